@@ -1,0 +1,50 @@
+// Safetensors files opened by mmap, with no copy of the weights. A set is one model.safetensors or the
+// shards listed by model.safetensors.index.json. Headers are validated against the file size: every
+// tensor's byte range must lie inside the data section, match dtype × shape and not overlap another.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace plm {
+
+class SafetensorsFile {
+ public:
+  // Throws plm::Error: kFileNotFound, kFileRead (truncated), kCorruptFile (bad header), kUnsupportedDtype.
+  explicit SafetensorsFile(const std::string& path);
+  ~SafetensorsFile();
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+
+  const std::string& path() const { return path_; }
+  const std::map<std::string, TensorView>& tensors() const { return tensors_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  size_t file_size() const { return size_; }
+
+ private:
+  std::string path_;
+  void* map_ = nullptr;
+  size_t size_ = 0;
+  std::map<std::string, TensorView> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+class SafetensorsSet {
+ public:
+  // dir/model.safetensors.index.json if present, else dir/model.safetensors, else every *.safetensors in dir.
+  static std::unique_ptr<SafetensorsSet> open_dir(const std::string& dir);
+  static std::unique_ptr<SafetensorsSet> open_file(const std::string& path);
+
+  const TensorView* find(const std::string& name) const;
+  const std::map<std::string, const TensorView*>& all() const { return index_; }
+  size_t total_bytes() const;
+
+ private:
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, const TensorView*> index_;
+};
+
+}  // namespace plm

@@ -1,0 +1,60 @@
+// Online-softmax attention: each (query row, head) streams over the keys once, keeping a running max,
+// sum and output, so no [Tq, Tk] score matrix is ever stored (ViT tiles of 1025 tokens, 10k prefills).
+#include "cpu/attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace plm::cpu {
+
+void attention(const float* q, const float* k, const float* v, float* out, const AttentionShape& s, ThreadPool* pool) {
+  const int hd = s.head_dim, group = s.heads / s.kv_heads;
+  constexpr int64_t kKeyBlock = 64;
+  auto task = [&](int64_t idx) {
+    const int64_t i = idx / s.heads;
+    const int h = static_cast<int>(idx % s.heads), kvh = h / group;
+    const float* qi = q + i * s.q_stride + static_cast<int64_t>(h) * hd;
+    float* oi = out + i * s.q_stride + static_cast<int64_t>(h) * hd;
+    const int64_t keys = s.causal ? std::min(s.kv_len, s.q_offset + i + 1) : s.kv_len;
+    thread_local std::vector<float> acc, scores;
+    acc.assign(hd, 0.f);
+    scores.resize(kKeyBlock);
+    float running_max = -INFINITY, running_sum = 0.f;
+    for (int64_t j0 = 0; j0 < keys; j0 += kKeyBlock) {
+      const int64_t j1 = std::min(keys, j0 + kKeyBlock);
+      float block_max = -INFINITY;
+      for (int64_t j = j0; j < j1; ++j) {
+        const float* kj = k + j * s.kv_stride + static_cast<int64_t>(kvh) * hd;
+        float d = 0.f;
+        for (int c = 0; c < hd; ++c) d += qi[c] * kj[c];
+        d *= s.scale;
+        scores[j - j0] = d;
+        block_max = std::max(block_max, d);
+      }
+      const float new_max = std::max(running_max, block_max);
+      const float correction = std::exp(running_max - new_max);
+      running_sum *= correction;
+      for (int c = 0; c < hd; ++c) acc[c] *= correction;
+      for (int64_t j = j0; j < j1; ++j) {
+        const float p = std::exp(scores[j - j0] - new_max);
+        running_sum += p;
+        const float* vj = v + j * s.kv_stride + static_cast<int64_t>(kvh) * hd;
+        for (int c = 0; c < hd; ++c) acc[c] += p * vj[c];
+      }
+      running_max = new_max;
+    }
+    const float inv = 1.0f / running_sum;
+    for (int c = 0; c < hd; ++c) oi[c] = acc[c] * inv;
+  };
+  const int64_t tasks = s.q_len * s.heads;
+  if (pool) {
+    pool->parallel_for(tasks, 4, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) task(t);
+    });
+  } else {
+    for (int64_t t = 0; t < tasks; ++t) task(t);
+  }
+}
+
+}  // namespace plm::cpu

@@ -1,0 +1,26 @@
+// Scaled dot-product attention with grouped KV heads, f32, flash-style (no [Tq, Tk] matrix in memory).
+#pragma once
+#include <cstdint>
+
+#include "core/thread_pool.h"
+
+namespace plm::cpu {
+
+struct AttentionShape {
+  int64_t q_len = 0;       // Tq
+  int64_t kv_len = 0;      // Tk
+  int heads = 0;           // query heads
+  int kv_heads = 0;        // key/value heads; query head h reads kv head h / (heads / kv_heads)
+  int head_dim = 0;
+  int64_t q_stride = 0;    // floats between consecutive rows of q (and out)
+  int64_t kv_stride = 0;   // floats between consecutive rows of k and v
+  float scale = 0.f;       // usually head_dim^-0.5
+  bool causal = false;     // query row i sees keys 0 .. q_offset + i
+  int64_t q_offset = 0;    // position of query row 0 among the keys (cache length before this chunk)
+};
+
+// q: [Tq, heads, hd] (row stride q_stride), k, v: [Tk, kv_heads, hd] (row stride kv_stride),
+// out: [Tq, heads, hd] (row stride q_stride).
+void attention(const float* q, const float* k, const float* v, float* out, const AttentionShape& s, ThreadPool* pool);
+
+}  // namespace plm::cpu

@@ -1,0 +1,64 @@
+// Portable reference matmul: blocks of W rows are widened to f32 once and reused for every row of x.
+// The x86 fast paths (AVX-512, AMX) live in their own files and take over through dispatch when present.
+#include "cpu/matmul.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+#include "core/half.h"
+
+namespace plm::cpu {
+
+void weight_row_to_f32(const WeightMatrix& w, int64_t row, float* out) {
+  const size_t esz = dtype_size(w.dtype);
+  to_f32(w.dtype, static_cast<const uint8_t*>(w.data) + static_cast<size_t>(row) * w.cols * esz, out, w.cols);
+}
+
+namespace {
+
+inline float dot(const float* a, const float* b, int64_t n) {
+  // 8 independent partial sums so the compiler can vectorize without reassociation flags.
+  float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) s[j] += a[i + j] * b[i + j];
+  float r = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+  for (; i < n; ++i) r += a[i] * b[i];
+  return r;
+}
+
+}  // namespace
+
+void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool) {
+  const int64_t N = w.rows, K = w.cols;
+  if (w.dtype != DType::kF32 && w.dtype != DType::kBF16 && w.dtype != DType::kF16)
+    throw Error(ErrorCode::kUnsupportedDtype, std::string("matmul: unsupported weight dtype ") + dtype_name(w.dtype));
+  constexpr int64_t kRowBlock = 16;  // W rows widened per task
+  const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
+  auto run = [&](int64_t b) {
+    thread_local std::vector<float> wf;
+    const int64_t n0 = b * kRowBlock, n1 = std::min(N, n0 + kRowBlock);
+    const float* wrows;
+    if (w.dtype == DType::kF32) {
+      wrows = static_cast<const float*>(w.data) + n0 * K;
+    } else {
+      wf.resize(static_cast<size_t>((n1 - n0) * K));
+      for (int64_t n = n0; n < n1; ++n) weight_row_to_f32(w, n, wf.data() + (n - n0) * K);
+      wrows = wf.data();
+    }
+    for (int64_t m = 0; m < M; ++m) {
+      const float* xr = x + m * K;
+      float* yr = y + m * N;
+      for (int64_t n = n0; n < n1; ++n) yr[n] = dot(xr, wrows + (n - n0) * K, K) + (bias ? bias[n] : 0.f);
+    }
+  };
+  if (pool && blocks > 1) {
+    pool->run_tasks(blocks, run);
+  } else {
+    for (int64_t b = 0; b < blocks; ++b) run(b);
+  }
+}
+
+}  // namespace plm::cpu

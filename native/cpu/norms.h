@@ -1,0 +1,13 @@
+// RMSNorm (Llama) and LayerNorm (ViT), row by row, f32.
+#pragma once
+#include <cstdint>
+
+namespace plm::cpu {
+
+// y[r] = w ⊙ (x[r] · rsqrt(mean(x[r]²) + eps)); x, y: [rows, dim]; may alias.
+void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t dim, float eps);
+
+// y[r] = (x[r] - mean) · rsqrt(var + eps) ⊙ w + b (biased variance); x, y: [rows, dim]; may alias.
+void layer_norm(const float* x, const float* w, const float* b, float* y, int64_t rows, int64_t dim, float eps);
+
+}  // namespace plm::cpu

@@ -1,0 +1,113 @@
+#include "model/decoder.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "cpu/activations.h"
+#include "cpu/attention.h"
+#include "cpu/norms.h"
+#include "cpu/rope.h"
+#include "model/rope_tables.h"
+#include "model/weights_f32.h"
+
+namespace plm {
+
+Decoder::Decoder(const LoadedModel& model, ThreadPool* pool, int64_t max_context)
+    : cfg_(model.config.text),
+      pool_(pool),
+      cache_(model.config.text.num_layers, int64_t(model.config.text.num_kv_heads) * model.config.text.head_dim,
+             max_context) {
+  const std::string p = "model.language_model.";
+  for (int l = 0; l < cfg_.num_layers; ++l) {
+    const std::string L = p + "layers." + std::to_string(l) + ".";
+    Layer layer;
+    layer.input_norm = load_f32(model, L + "input_layernorm.weight");
+    layer.post_norm = load_f32(model, L + "post_attention_layernorm.weight");
+    layer.q = matrix(model.get(L + "self_attn.q_proj.weight"));
+    layer.k = matrix(model.get(L + "self_attn.k_proj.weight"));
+    layer.v = matrix(model.get(L + "self_attn.v_proj.weight"));
+    layer.o = matrix(model.get(L + "self_attn.o_proj.weight"));
+    layer.gate = matrix(model.get(L + "mlp.gate_proj.weight"));
+    layer.up = matrix(model.get(L + "mlp.up_proj.weight"));
+    layer.down = matrix(model.get(L + "mlp.down_proj.weight"));
+    layers_.push_back(std::move(layer));
+  }
+  final_norm_ = load_f32(model, p + "norm.weight");
+  embed_ = matrix(model.get(p + "embed_tokens.weight"));
+  lm_head_ = matrix(model.lm_head());
+  inv_freq_ = llama_rope_inv_freq(cfg_);
+}
+
+void Decoder::embed(const int32_t* ids, int64_t n, float* out) const {
+  for (int64_t i = 0; i < n; ++i) {
+    if (ids[i] < 0 || ids[i] >= cfg_.vocab_size)
+      throw Error(ErrorCode::kInvalidArgument, "token id " + std::to_string(ids[i]) + " at position " +
+                                                   std::to_string(i) + " is outside the vocabulary (0.." +
+                                                   std::to_string(cfg_.vocab_size - 1) + ")");
+    cpu::weight_row_to_f32(embed_, ids[i], out + i * cfg_.hidden_size);
+  }
+}
+
+void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_out, const CancelToken* cancel,
+                      const DumpFn& dump) {
+  const int64_t H = cfg_.hidden_size, hd = cfg_.head_dim, nh = cfg_.num_heads, nkv = cfg_.num_kv_heads;
+  const int64_t qw = nh * hd, kvw = nkv * hd, I = cfg_.intermediate_size;
+  const int64_t pos0 = cache_.length();
+  cache_.reserve(pos0 + n);
+  if (dump) dump("hidden.embed", x, {n, H});
+
+  std::vector<float> h(n * H);                   // [n, H] normed input
+  std::vector<float> q(n * qw);                  // [n, nh, hd]
+  std::vector<float> attn(n * qw);               // [n, nh, hd]
+  std::vector<float> proj(n * H);                // [n, H]
+  std::vector<float> gate(n * I), up(n * I);     // [n, I]
+  std::vector<float> cos(n * hd / 2), sin(n * hd / 2);  // [n, hd/2]
+  cpu::rope_llama_table(inv_freq_.data(), static_cast<int>(hd), pos0, n, cos.data(), sin.data());
+
+  for (int l = 0; l < cfg_.num_layers; ++l) {
+    if (cancel && cancel->is_cancelled()) throw Error(ErrorCode::kCancelled, "cancelled");
+    Layer& L = layers_[l];
+    float* kc = cache_.keys(l) + pos0 * kvw;    // [n, nkv, hd] slice of the cache
+    float* vc = cache_.values(l) + pos0 * kvw;
+    cpu::rms_norm(x, L.input_norm.data(), h.data(), n, H, cfg_.rms_norm_eps);
+    cpu::matmul(h.data(), n, L.q, nullptr, q.data(), pool_);
+    cpu::matmul(h.data(), n, L.k, nullptr, kc, pool_);
+    cpu::matmul(h.data(), n, L.v, nullptr, vc, pool_);
+    cpu::rope_rotate_half(q.data(), n, static_cast<int>(nh), static_cast<int>(hd), cos.data(), sin.data());
+    cpu::rope_rotate_half(kc, n, static_cast<int>(nkv), static_cast<int>(hd), cos.data(), sin.data());
+    cpu::AttentionShape s;
+    s.q_len = n;
+    s.kv_len = pos0 + n;
+    s.heads = static_cast<int>(nh);
+    s.kv_heads = static_cast<int>(nkv);
+    s.head_dim = static_cast<int>(hd);
+    s.q_stride = qw;
+    s.kv_stride = kvw;
+    s.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    s.causal = true;
+    s.q_offset = pos0;
+    cpu::attention(q.data(), cache_.keys(l), cache_.values(l), attn.data(), s, pool_);
+    cpu::matmul(attn.data(), n, L.o, nullptr, proj.data(), pool_);
+    for (int64_t i = 0; i < n * H; ++i) x[i] += proj[i];
+    cpu::rms_norm(x, L.post_norm.data(), h.data(), n, H, cfg_.rms_norm_eps);
+    cpu::matmul(h.data(), n, L.gate, nullptr, gate.data(), pool_);
+    cpu::matmul(h.data(), n, L.up, nullptr, up.data(), pool_);
+    cpu::silu_mul(gate.data(), up.data(), gate.data(), n * I);
+    cpu::matmul(gate.data(), n, L.down, nullptr, proj.data(), pool_);
+    for (int64_t i = 0; i < n * H; ++i) x[i] += proj[i];
+    if (dump) dump("hidden.layers." + std::to_string(l), x, {n, H});
+  }
+  cache_.set_length(pos0 + n);
+  if (logits_rows <= 0) return;
+  logits_rows = std::min(logits_rows, n);
+  // Only the rows that need logits are normed, unless every row is being dumped.
+  const int64_t norm_rows = dump ? n : logits_rows;
+  const float* src = x + (n - norm_rows) * H;
+  cpu::rms_norm(src, final_norm_.data(), h.data(), norm_rows, H, cfg_.rms_norm_eps);
+  if (dump) dump("hidden.norm", h.data(), {n, H});
+  cpu::matmul(h.data() + (norm_rows - logits_rows) * H, logits_rows, lm_head_, nullptr, logits_out, pool_);
+}
+
+}  // namespace plm

@@ -1,0 +1,43 @@
+// The Llama 3 decoder on the CPU, as transformers computes it, in f32 with weights read in place.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "cpu/matmul.h"
+#include "model/kv_cache.h"
+#include "model/model.h"
+#include "model/runner.h"
+
+namespace plm {
+
+class Decoder {
+ public:
+  Decoder(const LoadedModel& model, ThreadPool* pool, int64_t max_context);
+
+  // Runs n tokens appended to the cache. embeds [n, hidden] are the input rows (already merged);
+  // logits_out [logits_rows, vocab] for the last logits_rows rows.
+  void forward(float* embeds, int64_t n, int64_t logits_rows, float* logits_out, const CancelToken* cancel,
+               const DumpFn& dump);
+  // embeds [n, hidden] for token ids.
+  void embed(const int32_t* ids, int64_t n, float* out) const;
+
+  KvCache& cache() { return cache_; }
+  int hidden() const { return cfg_.hidden_size; }
+  int vocab() const { return cfg_.vocab_size; }
+
+ private:
+  struct Layer {
+    std::vector<float> input_norm, post_norm;  // [hidden]
+    cpu::WeightMatrix q, k, v, o, gate, up, down;
+  };
+  const TextConfig& cfg_;
+  ThreadPool* pool_;
+  std::vector<Layer> layers_;
+  std::vector<float> final_norm_;  // [hidden]
+  std::vector<float> inv_freq_;    // [head_dim / 2]
+  cpu::WeightMatrix embed_, lm_head_;
+  KvCache cache_;
+};
+
+}  // namespace plm

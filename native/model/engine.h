@@ -1,0 +1,83 @@
+// The engine: a loaded model, a runner on the chosen backend, and the generation loop.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "model/model.h"
+#include "model/runner.h"
+
+namespace plm {
+
+struct EngineOptions {
+  std::string backend = "auto";  // "cpu", "cuda", "auto" (cuda when usable, else cpu)
+  int threads = 0;               // CPU threads; 0: physical cores
+  int max_context = 0;           // KV cache capacity; 0: max_position_embeddings
+  int cuda_device = 0;
+};
+
+// Pixels of every image and video frame in the prompt, concatenated in prompt order.
+struct MediaInput {
+  const float* pixels = nullptr;  // [tiles, 3, S, S]
+  int64_t tiles = 0;
+};
+
+struct GenerateOptions {
+  int max_tokens = 256;
+  SamplingParams sampling;
+  std::vector<int32_t> stop_ids;  // eos ids; empty: the checkpoint's generation_config eos list
+  // Called with each new token; return false to stop (stop strings are checked by the caller).
+  std::function<bool(int32_t token)> on_token;
+};
+
+struct GenerateResult {
+  std::vector<int32_t> tokens;      // generated ids only
+  std::string finish_reason;        // "stop", "length", "cancelled"
+  int64_t prompt_tokens = 0;
+  double vision_ms = 0, prefill_ms = 0, decode_ms = 0;
+};
+
+class Engine {
+ public:
+  // Throws plm::Error. When backend is "auto" and CUDA is unusable, backend_note() says why.
+  static std::unique_ptr<Engine> load(const std::string& dir, const EngineOptions& options, const ProgressFn& progress);
+  ~Engine();
+
+  const LoadedModel& model() const { return *model_; }
+  Runner& runner() { return *runner_; }
+  std::string backend_name() const { return runner_->backend_name(); }
+  const std::string& backend_note() const { return backend_note_; }
+
+  // Fresh sequence: clears the cache, runs ids (with media merged), writes logits [logits_rows, vocab].
+  void forward(const int32_t* ids, int64_t n, const MediaInput* media, int64_t logits_rows, float* logits,
+               const CancelToken* cancel, const DumpFn& dump = nullptr);
+
+  // Vision tower + projector: [tiles * tokens_per_tile, hidden].
+  std::vector<float> encode_images(const float* pixels, int64_t tiles, const CancelToken* cancel);
+
+  // Fresh sequence: prefill then sample until a stop id, max_tokens, on_token() == false or cancel.
+  GenerateResult generate(const int32_t* ids, int64_t n, const MediaInput* media, const GenerateOptions& options,
+                          const CancelToken* cancel);
+
+  // Checks ids/media against the config: placeholder count vs tiles, context length. Throws plm::Error.
+  void validate_prompt(const int32_t* ids, int64_t n, const MediaInput* media, int64_t extra_tokens) const;
+
+ private:
+  Engine() = default;
+  std::unique_ptr<LoadedModel> model_;
+  std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<Runner> runner_;
+  std::string backend_note_;
+  int64_t max_context_ = 0;
+};
+
+// Factories, one per backend (runner_cpu.cpp, runner_cuda.cpp).
+std::unique_ptr<Runner> make_cpu_runner(const LoadedModel& model, ThreadPool* pool, int64_t max_context);
+// Returns null and sets *why_not when the CUDA library, driver or device is unavailable.
+std::unique_ptr<Runner> make_cuda_runner(const LoadedModel& model, int device, int64_t max_context,
+                                         const ProgressFn& progress, std::string* why_not);
+// One line for `plm info`: the CUDA library path and device, or why the GPU is not used.
+std::string cuda_status();
+
+}  // namespace plm

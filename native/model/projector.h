@@ -1,0 +1,25 @@
+// The multimodal projector: linear_1 -> exact GELU -> linear_2 -> 2x2 average pooling on the patch grid.
+#pragma once
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "cpu/matmul.h"
+#include "model/model.h"
+#include "model/runner.h"
+
+namespace plm {
+
+class Projector {
+ public:
+  Projector(const LoadedModel& model, ThreadPool* pool);
+  // patches [tiles, grid*grid, C] (CLS already removed) -> out [tiles * tokens_per_tile, hidden].
+  void forward(const float* patches, int64_t tiles, float* out, const DumpFn& dump);
+
+ private:
+  int grid_, pool_ratio_, width_, hidden_;
+  ThreadPool* pool_;
+  cpu::WeightMatrix linear1_, linear2_;
+  std::vector<float> bias1_, bias2_;  // [hidden]
+};
+
+}  // namespace plm

@@ -1,0 +1,134 @@
+#include "model/vision_encoder.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "cpu/activations.h"
+#include "cpu/attention.h"
+#include "cpu/norms.h"
+#include "cpu/rope.h"
+#include "model/rope_tables.h"
+#include "model/weights_f32.h"
+
+namespace plm {
+
+VisionEncoder::VisionEncoder(const LoadedModel& model, ThreadPool* pool) : cfg_(model.config.vision), pool_(pool) {
+  const std::string p = "model.vision_tower.timm_model.";
+  patch_ = matrix(model.get(p + "patch_embed.proj.weight"));
+  if (cfg_.class_token) cls_ = load_f32(model, p + "cls_token");
+  pos_ = load_f32(model, p + "pos_embed");
+  if (cfg_.pre_norm) {
+    pre_w_ = load_f32(model, p + "norm_pre.weight");
+    pre_b_ = load_f32(model, p + "norm_pre.bias");
+  }
+  if (cfg_.post_norm) {
+    post_w_ = load_f32(model, p + "norm.weight");
+    post_b_ = load_f32(model, p + "norm.bias");
+  }
+  for (int b = 0; b < cfg_.depth; ++b) {
+    const std::string B = p + "blocks." + std::to_string(b) + ".";
+    Block blk;
+    blk.norm1_w = load_f32(model, B + "norm1.weight");
+    blk.norm1_b = load_f32(model, B + "norm1.bias");
+    blk.norm2_w = load_f32(model, B + "norm2.weight");
+    blk.norm2_b = load_f32(model, B + "norm2.bias");
+    blk.qkv = matrix(model.get(B + "attn.qkv.weight"));
+    blk.qkv_b = load_f32(model, B + "attn.qkv.bias");
+    blk.proj = matrix(model.get(B + "attn.proj.weight"));
+    blk.proj_b = load_f32(model, B + "attn.proj.bias");
+    blk.fc1 = matrix(model.get(B + "mlp.fc1.weight"));
+    blk.fc1_b = load_f32(model, B + "mlp.fc1.bias");
+    blk.fc2 = matrix(model.get(B + "mlp.fc2.weight"));
+    blk.fc2_b = load_f32(model, B + "mlp.fc2.bias");
+    if (cfg_.layer_scale) {
+      blk.gamma1 = load_f32(model, B + "gamma_1");
+      blk.gamma2 = load_f32(model, B + "gamma_2");
+    }
+    blocks_.push_back(std::move(blk));
+  }
+  pe_rope_tables(cfg_, &rope_cos_, &rope_sin_);
+}
+
+void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, const CancelToken* cancel,
+                            const DumpFn& dump) {
+  const int64_t C = cfg_.width, ps = cfg_.patch_size, S = cfg_.image_size, g = cfg_.grid();
+  const int64_t P = g * g, N = cfg_.tokens(), prefix = cfg_.class_token ? 1 : 0;
+  const int64_t hd = cfg_.head_dim, heads = cfg_.heads, mlp = cfg_.mlp_hidden;
+  const int64_t M = tiles * N;          // rows of the batched matmuls
+  const int64_t patch_len = 3 * ps * ps;
+
+  // Patch embedding as a matmul: rows ordered (tile, py, px), columns (channel, ky, kx) like the conv weight.
+  std::vector<float> patches(tiles * P * patch_len);  // [tiles, P, 3*ps*ps]
+  for (int64_t t = 0; t < tiles; ++t)
+    for (int64_t py = 0; py < g; ++py)
+      for (int64_t px = 0; px < g; ++px) {
+        float* dst = patches.data() + ((t * P) + py * g + px) * patch_len;
+        for (int64_t c = 0; c < 3; ++c)
+          for (int64_t ky = 0; ky < ps; ++ky) {
+            const float* src = pixels + ((t * 3 + c) * S + py * ps + ky) * S + px * ps;
+            std::memcpy(dst + (c * ps + ky) * ps, src, ps * sizeof(float));
+          }
+      }
+  std::vector<float> embedded(tiles * P * C);  // [tiles, P, C]
+  cpu::matmul(patches.data(), tiles * P, patch_, nullptr, embedded.data(), pool_);
+  patches = std::vector<float>();
+
+  float* x = out;  // [tiles, N, C] residual stream, written in place in the output
+  for (int64_t t = 0; t < tiles; ++t) {
+    float* xt = x + t * N * C;
+    if (prefix) std::memcpy(xt, cls_.data(), C * sizeof(float));
+    std::memcpy(xt + prefix * C, embedded.data() + t * P * C, P * C * sizeof(float));
+    for (int64_t i = 0; i < N * C; ++i) xt[i] += pos_[i];
+  }
+  embedded = std::vector<float>();
+  if (dump) dump("vision.embed", x, {tiles, N, C});
+  if (!pre_w_.empty()) cpu::layer_norm(x, pre_w_.data(), pre_b_.data(), x, M, C, cfg_.layer_norm_eps);
+  if (dump) dump("vision.norm_pre", x, {tiles, N, C});
+
+  std::vector<float> h(M * C);          // [M, C]
+  std::vector<float> qkv(M * 3 * C);    // [M, 3C]
+  std::vector<float> q(M * C), k(M * C), v(M * C), a(M * C);  // [tiles, N, heads, hd]
+  std::vector<float> f(M * mlp);        // [M, mlp]
+  for (size_t b = 0; b < blocks_.size(); ++b) {
+    if (cancel && cancel->is_cancelled()) throw Error(ErrorCode::kCancelled, "cancelled");
+    Block& blk = blocks_[b];
+    cpu::layer_norm(x, blk.norm1_w.data(), blk.norm1_b.data(), h.data(), M, C, cfg_.layer_norm_eps);
+    cpu::matmul(h.data(), M, blk.qkv, blk.qkv_b.data(), qkv.data(), pool_);
+    for (int64_t r = 0; r < M; ++r) {
+      std::memcpy(q.data() + r * C, qkv.data() + r * 3 * C, C * sizeof(float));
+      std::memcpy(k.data() + r * C, qkv.data() + r * 3 * C + C, C * sizeof(float));
+      std::memcpy(v.data() + r * C, qkv.data() + r * 3 * C + 2 * C, C * sizeof(float));
+    }
+    for (int64_t t = 0; t < tiles; ++t) {
+      cpu::rope_interleaved(q.data() + t * N * C, N, static_cast<int>(heads), static_cast<int>(hd),
+                            static_cast<int>(prefix), rope_cos_.data(), rope_sin_.data());
+      cpu::rope_interleaved(k.data() + t * N * C, N, static_cast<int>(heads), static_cast<int>(hd),
+                            static_cast<int>(prefix), rope_cos_.data(), rope_sin_.data());
+      cpu::AttentionShape s;
+      s.q_len = N;
+      s.kv_len = N;
+      s.heads = s.kv_heads = static_cast<int>(heads);
+      s.head_dim = static_cast<int>(hd);
+      s.q_stride = s.kv_stride = C;
+      s.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+      s.causal = false;
+      cpu::attention(q.data() + t * N * C, k.data() + t * N * C, v.data() + t * N * C, a.data() + t * N * C, s,
+                     pool_);
+    }
+    cpu::matmul(a.data(), M, blk.proj, blk.proj_b.data(), h.data(), pool_);
+    const bool ls = !blk.gamma1.empty();
+    for (int64_t r = 0; r < M; ++r)
+      for (int64_t c = 0; c < C; ++c) x[r * C + c] += ls ? blk.gamma1[c] * h[r * C + c] : h[r * C + c];
+    cpu::layer_norm(x, blk.norm2_w.data(), blk.norm2_b.data(), h.data(), M, C, cfg_.layer_norm_eps);
+    cpu::matmul(h.data(), M, blk.fc1, blk.fc1_b.data(), f.data(), pool_);
+    cpu::gelu_erf(f.data(), M * mlp);
+    cpu::matmul(f.data(), M, blk.fc2, blk.fc2_b.data(), h.data(), pool_);
+    for (int64_t r = 0; r < M; ++r)
+      for (int64_t c = 0; c < C; ++c) x[r * C + c] += ls ? blk.gamma2[c] * h[r * C + c] : h[r * C + c];
+    if (dump) dump("vision.blocks." + std::to_string(b), x, {tiles, N, C});
+  }
+  if (!post_w_.empty()) cpu::layer_norm(x, post_w_.data(), post_b_.data(), x, M, C, cfg_.layer_norm_eps);
+}
+
+}  // namespace plm

@@ -1,0 +1,39 @@
+// The Perception Encoder ViT (timm Eva as PLM configures it) on the CPU, f32.
+#pragma once
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "cpu/matmul.h"
+#include "model/model.h"
+#include "model/runner.h"
+
+namespace plm {
+
+class VisionEncoder {
+ public:
+  VisionEncoder(const LoadedModel& model, ThreadPool* pool);
+
+  // pixels [tiles, 3, S, S] -> out [tiles, tokens, width] (the last block's output, CLS included when present).
+  void forward(const float* pixels, int64_t tiles, float* out, const CancelToken* cancel, const DumpFn& dump);
+  int64_t tokens() const { return cfg_.tokens(); }
+  int width() const { return cfg_.width; }
+
+ private:
+  struct Block {
+    std::vector<float> norm1_w, norm1_b, norm2_w, norm2_b;  // [C]
+    std::vector<float> qkv_b, proj_b, fc1_b, fc2_b;          // [3C], [C], [mlp], [C]
+    std::vector<float> gamma1, gamma2;                       // [C] (empty: no layer scale)
+    cpu::WeightMatrix qkv, proj, fc1, fc2;
+  };
+  const VisionConfig& cfg_;
+  ThreadPool* pool_;
+  cpu::WeightMatrix patch_;             // [C, 3 * p * p]
+  std::vector<float> cls_;              // [C] or empty
+  std::vector<float> pos_;              // [tokens, C]
+  std::vector<float> pre_w_, pre_b_;    // [C] (empty: no norm_pre)
+  std::vector<float> post_w_, post_b_;  // [C] (empty: no final norm)
+  std::vector<float> rope_cos_, rope_sin_;  // [patches, hd / 2]
+  std::vector<Block> blocks_;
+};
+
+}  // namespace plm
