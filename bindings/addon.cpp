@@ -471,6 +471,7 @@ class GenerateWorker : public JobWorker {
     out.Set("visionMs", result_.vision_ms);
     out.Set("prefillMs", result_.prefill_ms);
     out.Set("decodeMs", result_.decode_ms);
+    if (!result_.logits.empty()) out.Set("logits", float_array(env, result_.logits.data(), result_.logits.size()));
     return out;
   }
 
@@ -503,6 +504,8 @@ Napi::Value NativeModel::Generate(const Napi::CallbackInfo& info) {
   opts.sampling.min_p = static_cast<float>(number_opt(o, "minP", 0));
   opts.sampling.repetition_penalty = static_cast<float>(number_opt(o, "repetitionPenalty", 1));
   opts.sampling.seed = static_cast<uint64_t>(number_opt(o, "seed", 0));
+  Napi::Value keep = o.Get("returnLogits");
+  opts.keep_logits = keep.IsBoolean() && keep.As<Napi::Boolean>().Value();
   if (opts.max_tokens < 0) throw_invalid(env, "maxTokens must be >= 0");
   if (opts.sampling.repetition_penalty <= 0) throw_invalid(env, "repetitionPenalty must be > 0");
   Napi::Value stop = o.Get("stopIds");

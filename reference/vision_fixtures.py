@@ -113,7 +113,7 @@ def generate(out_root: Path, log=print) -> dict:
                     "(max_num_tiles 2) gives thumbnail + 2x1 tiles. Text: hidden 64, GQA 2, llama3 scaling, tied, "
                     "bf16 weights, 4.x config flavour.",
         dtype=torch.bfloat16, flavour="v4", mm_fn=lambda cfg: {"pixel_values": pv},
-        scales={"embed": 1.0, "linear_gain": 2.0},
+        scales={"embed": 0.5, "linear_gain": 2.0},
         extra_meta=lambda t, m: {**_geometry(C.PE_L, True, [nt], 64, 2, "num_tiles"), **_arch_meta(m),
                                  "image": "image.png", "image_size_wh": [200, 100],
                                  "image_processor": {"tile_size": TILE, "max_num_tiles": 2}},
@@ -156,7 +156,7 @@ def generate(out_root: Path, log=print) -> dict:
                     "as pixel_values_videos, 16 <|video|> placeholders (id 501) per frame. Same model shape as "
                     "pe_l_cls_2tiles (different seed search), bf16, 4.x flavour.",
         dtype=torch.bfloat16, flavour="v4", mm_fn=lambda cfg: {"pixel_values_videos": pvv},
-        scales={"embed": 1.0, "linear_gain": 2.0},
+        scales={"embed": 0.5, "linear_gain": 2.0},
         extra_meta=lambda t, m: {**_geometry(C.PE_L, True, nf, 64, 2, "num_frames"), **_arch_meta(m),
                                  "frames": [f"frame{k}.png" for k in range(nf)]},
         log=log)

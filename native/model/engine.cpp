@@ -136,7 +136,14 @@ GenerateResult Engine::generate(const int32_t* ids, int64_t n, const MediaInput*
 
   auto t2 = std::chrono::steady_clock::now();
   result.finish_reason = "length";
-  int32_t token = options.max_tokens > 0 ? sampler.sample(logits.data(), vocab, history) : -1;
+  std::vector<float> raw;  // the unmodified row, kept when keep_logits
+  auto choose = [&]() {
+    if (options.keep_logits) raw = logits;
+    int32_t t = sampler.sample(logits.data(), vocab, history);
+    if (options.keep_logits) logits.swap(raw);
+    return t;
+  };
+  int32_t token = options.max_tokens > 0 ? choose() : -1;
   for (int step = 0; step < options.max_tokens; ++step) {
     if (cancelled()) {
       result.finish_reason = "cancelled";
@@ -144,6 +151,7 @@ GenerateResult Engine::generate(const int32_t* ids, int64_t n, const MediaInput*
     }
     result.tokens.push_back(token);
     history.push_back(token);
+    if (options.keep_logits) result.logits.insert(result.logits.end(), logits.begin(), logits.end());
     const bool is_stop = std::find(stop.begin(), stop.end(), token) != stop.end();
     const bool keep_going = options.on_token ? options.on_token(token) : true;
     if (is_stop) {
@@ -156,7 +164,7 @@ GenerateResult Engine::generate(const int32_t* ids, int64_t n, const MediaInput*
     }
     if (step + 1 == options.max_tokens) break;
     try {
-      if (runner_->samples_on_device() && simple_sampling) {
+      if (runner_->samples_on_device() && simple_sampling && !options.keep_logits) {
         token = runner_->decode_step(token, options.sampling, static_cast<uint64_t>(step + 1), nullptr);
       } else {
         ForwardRequest req;
@@ -165,7 +173,7 @@ GenerateResult Engine::generate(const int32_t* ids, int64_t n, const MediaInput*
         req.logits_rows = 1;
         req.logits_out = logits.data();
         runner_->forward(req, cancel);
-        token = sampler.sample(logits.data(), vocab, history);
+        token = choose();
       }
     } catch (const Error& err) {
       if (err.code() != ErrorCode::kCancelled) throw;

@@ -29,11 +29,13 @@ struct GenerateOptions {
   std::vector<int32_t> stop_ids;  // eos ids; empty: the checkpoint's generation_config eos list
   // Called with each new token; return false to stop (stop strings are checked by the caller).
   std::function<bool(int32_t token)> on_token;
+  bool keep_logits = false;       // keep the logits row each token was chosen from (validation)
 };
 
 struct GenerateResult {
   std::vector<int32_t> tokens;      // generated ids only
   std::string finish_reason;        // "stop", "length", "cancelled"
+  std::vector<float> logits;        // [tokens, vocab] when keep_logits
   int64_t prompt_tokens = 0;
   double vision_ms = 0, prefill_ms = 0, decode_ms = 0;
 };

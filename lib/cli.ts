@@ -1,0 +1,326 @@
+#!/usr/bin/env node
+/**
+ * `plm`: the command-line interface of perception-lm.
+ *
+ *   plm generate [--model DIR] "prompt"
+ *   plm describe <image|video> [--prompt TEXT]
+ *   plm info [--model DIR] [--json]
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { isPlmError, PlmError } from './errors';
+import { loadModel, LoadProgress, PerceptionLM } from './model';
+import { native, packageRoot } from './native';
+
+/** Extensions read as videos (decoded with ffmpeg); everything else is read as an image. .gif is an image (first frame). */
+export const VIDEO_EXTENSIONS: readonly string[] = ['.mp4', '.webm', '.mov', '.mkv', '.avi', '.m4v', '.mpg', '.mpeg', '.wmv', '.flv', '.3gp'];
+
+/** True when `file` names a video by its extension. */
+export function isVideoPath(file: string): boolean {
+  return VIDEO_EXTENSIONS.includes(path.extname(file).toLowerCase());
+}
+
+function defaultModelDir(): string {
+  return path.join(packageRoot(), 'models', 'plm-tiny-random');
+}
+
+/** True when the model directory carries a marker saying its weights are random. */
+export function isRandomModel(dir: string): boolean {
+  if (fs.existsSync(path.join(dir, 'BUNDLED_RANDOM'))) return true;
+  const marker = path.join(dir, 'perception_lm_bundled.json');
+  if (fs.existsSync(marker)) {
+    try {
+      const v = JSON.parse(fs.readFileSync(marker, 'utf8')) as { random?: unknown };
+      if (v.random === true) return true;
+    } catch {
+      /* ignore */
+    }
+  }
+  return false;
+}
+
+function intArg(name: string, min: number) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}`);
+    return n;
+  };
+}
+
+function floatArg(name: string, min: number) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < min) throw new InvalidArgumentError(`${name} must be a number >= ${min}`);
+    return n;
+  };
+}
+
+interface CommonOpts {
+  model?: string;
+  backend?: 'auto' | 'cpu' | 'cuda';
+  threads?: number;
+  maxTokens: number;
+  temperature?: number;
+  topP?: number;
+  topK?: number;
+  seed?: number;
+  json?: boolean;
+  quiet?: boolean;
+}
+
+function addModelOptions(cmd: Command): Command {
+  return cmd
+    .option('-m, --model <dir>', 'model directory (default: the bundled random-weight tiny model)')
+    .addOption(new Option('--backend <name>', 'compute backend').choices(['auto', 'cpu', 'cuda']).default('auto'))
+    .option('--threads <n>', 'CPU threads (0 = physical cores)', intArg('--threads', 0));
+}
+
+function addSamplingOptions(cmd: Command): Command {
+  return cmd
+    .option('-n, --max-tokens <n>', 'maximum new tokens', intArg('--max-tokens', 1), 256)
+    .option('-t, --temperature <t>', '0 = greedy (default: the model generation_config)', floatArg('--temperature', 0))
+    .option('--top-p <p>', 'nucleus sampling', floatArg('--top-p', 0))
+    .option('--top-k <k>', 'top-k sampling (0 = off)', intArg('--top-k', 0))
+    .option('--seed <n>', 'sampler seed', intArg('--seed', 0))
+    .option('-q, --quiet', 'no progress or notices on stderr');
+}
+
+async function openModel(opts: CommonOpts): Promise<PerceptionLM> {
+  const dir = path.resolve(opts.model ?? defaultModelDir());
+  if (!opts.quiet && isRandomModel(dir)) {
+    process.stderr.write(`plm: note: ${dir} has random weights (a test model): its answers are noise. Use --model <dir> with a real PerceptionLM checkpoint.\n`);
+  }
+  let last = -1;
+  const showProgress = !opts.quiet && process.stderr.isTTY;
+  const model = await loadModel(dir, {
+    backend: opts.backend,
+    threads: opts.threads,
+    onProgress: showProgress
+      ? (p: LoadProgress) => {
+          const pct = Math.floor(p.fraction * 100);
+          if (pct !== last) {
+            last = pct;
+            process.stderr.write(`\rloading ${p.stage} ${pct}%   `);
+          }
+        }
+      : undefined,
+  });
+  if (showProgress) process.stderr.write('\r\x1b[K');
+  return model;
+}
+
+function stopOnSigint(): AbortController {
+  const ac = new AbortController();
+  process.once('SIGINT', () => ac.abort());
+  return ac;
+}
+
+async function runGenerate(promptParts: string[], opts: CommonOpts & { system?: string }): Promise<void> {
+  const prompt = promptParts.join(' ');
+  if (prompt.trim().length === 0) throw new PlmError('ERR_INVALID_ARGUMENT', 'give a prompt, e.g. plm generate "Write a haiku"');
+  const model = await openModel(opts);
+  try {
+    const ac = stopOnSigint();
+    const common = {
+      prompt,
+      system: opts.system,
+      maxTokens: opts.maxTokens,
+      temperature: opts.temperature,
+      topP: opts.topP,
+      topK: opts.topK,
+      seed: opts.seed,
+      signal: ac.signal,
+    };
+    if (opts.json) {
+      process.stdout.write(JSON.stringify(await model.complete(common)) + '\n');
+      return;
+    }
+    for await (const chunk of model.generate(common)) process.stdout.write(chunk.text);
+    process.stdout.write('\n');
+  } finally {
+    model.dispose();
+  }
+}
+
+async function runDescribe(
+  media: string,
+  opts: CommonOpts & { prompt?: string; maxTiles?: number; frames?: number },
+): Promise<void> {
+  const file = path.resolve(media);
+  if (!fs.existsSync(file)) throw new PlmError('ERR_FILE_NOT_FOUND', `${file} does not exist`);
+  const video = isVideoPath(file);
+  const prompt = opts.prompt ?? (video ? 'Describe the video.' : 'Describe the image.');
+  const model = await openModel(opts);
+  try {
+    const ac = stopOnSigint();
+    const common = {
+      prompt,
+      ...(video ? { videos: [file] } : { images: [file] }),
+      maxTokens: opts.maxTokens,
+      temperature: opts.temperature,
+      topP: opts.topP,
+      topK: opts.topK,
+      seed: opts.seed,
+      maxNumTiles: opts.maxTiles,
+      numFrames: opts.frames,
+      signal: ac.signal,
+    };
+    if (opts.json) {
+      const r = await model.complete(common);
+      process.stdout.write(JSON.stringify({ file, kind: video ? 'video' : 'image', prompt, ...r }) + '\n');
+      return;
+    }
+    for await (const chunk of model.generate(common)) process.stdout.write(chunk.text);
+    process.stdout.write('\n');
+  } finally {
+    model.dispose();
+  }
+}
+
+function formatBytes(n: number): string {
+  if (n >= 1 << 30) return `${(n / (1 << 30)).toFixed(2)} GiB`;
+  if (n >= 1 << 20) return `${(n / (1 << 20)).toFixed(1)} MiB`;
+  return `${(n / 1024).toFixed(1)} KiB`;
+}
+
+async function runInfo(opts: { model?: string; json?: boolean; backend?: 'auto' | 'cpu' | 'cuda'; threads?: number }): Promise<void> {
+  const dir = path.resolve(opts.model ?? defaultModelDir());
+  const cpu = native.cpuFeatures();
+  const cuda = native.cudaStatus();
+  const model = await loadModel(dir, { backend: opts.backend, threads: opts.threads });
+  try {
+    const c = model.config;
+    const random = isRandomModel(dir);
+    if (opts.json) {
+      process.stdout.write(
+        JSON.stringify({
+          model: dir,
+          randomWeights: random,
+          config: c,
+          dtype: c.dtype ?? null,
+          weightBytes: model.weightBytes,
+          backend: model.backend,
+          backendNote: model.backendNote,
+          maxContext: model.maxContext,
+          chatTemplate: model.chatTemplate.origin,
+          cpuFeatures: cpu,
+          cudaStatus: cuda,
+        }) + '\n',
+      );
+      return;
+    }
+    const t = c.text;
+    const v = c.vision;
+    const lines = [
+      `model        ${dir}${random ? '  (random weights: answers are noise)' : ''}`,
+      `text         hidden ${t.hidden_size}, layers ${String(t.num_hidden_layers ?? t.num_layers ?? '?')}, ` +
+        `heads ${String(t.num_heads ?? t.num_attention_heads ?? '?')}/${String(t.num_kv_heads ?? t.num_key_value_heads ?? '?')} kv, ` +
+        `vocab ${t.vocab_size}, context ${t.max_position_embeddings}`,
+      v?.present
+        ? `vision       ${String(v.architecture ?? 'PE')}: ${v.image_size}px tiles, patch ${v.patch_size}, ` +
+          `width ${String(v.width ?? '?')}, depth ${String(v.depth ?? '?')}, ${c.tokens_per_tile} tokens per tile`
+        : 'vision       none (text only)',
+      `dtype        ${c.dtype ?? 'unknown'}`,
+      `weights      ${formatBytes(model.weightBytes)}`,
+      `backend      ${model.backend}${model.backendNote ? ` (${model.backendNote})` : ''}`,
+      `template     ${model.chatTemplate.origin}`,
+      `cpu          ${cpu.join(' ') || 'baseline'}`,
+      `cuda         ${cuda}`,
+    ];
+    process.stdout.write(lines.join('\n') + '\n');
+  } finally {
+    model.dispose();
+  }
+}
+
+function fail(e: unknown): never {
+  if (isPlmError(e)) process.stderr.write(`plm: ${e.code}: ${e.message}\n`);
+  else if (e instanceof Error) process.stderr.write(`plm: ERR_INTERNAL: ${e.message}\n`);
+  else process.stderr.write(`plm: ERR_INTERNAL: ${String(e)}\n`);
+  process.exit(1);
+}
+
+/** Builds the commander program (exported for tests). */
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('plm')
+    .description('Run Meta PerceptionLM vision-language models locally (image, video or text in, text out).')
+    .version(readVersion())
+    .showHelpAfterError()
+    .addHelpText(
+      'after',
+      `
+Examples:
+  plm describe photo.jpg
+  plm describe chart.png --prompt "What is the highest bar?" --model ~/models/Perception-LM-1B
+  plm describe clip.mp4 --frames 16 --json
+  plm generate --model ~/models/Perception-LM-1B "Write a haiku about cats"
+  plm info --json`,
+    );
+
+  const gen = program.command('generate').description('generate text from a text prompt, streamed to stdout');
+  addSamplingOptions(addModelOptions(gen))
+    .argument('<prompt...>', 'the prompt (a user turn, rendered with the chat template)')
+    .option('--system <text>', 'system prompt (default: the PerceptionLM system prompt)')
+    .option('--json', 'print one JSON object with text, finishReason and timings instead of streaming')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  plm generate "What is the capital of France?"
+  plm generate --model ~/models/Perception-LM-1B --max-tokens 64 --temperature 0.7 --seed 1 "Tell me a story"`,
+    )
+    .action(async (prompt: string[], opts: CommonOpts & { system?: string }) => runGenerate(prompt, opts));
+
+  const describe = program.command('describe').description('describe an image or a video, streamed to stdout');
+  addSamplingOptions(addModelOptions(describe))
+    .argument('<file>', `image (png, jpg, webp, gif, ...) or video (${VIDEO_EXTENSIONS.join(' ')}, needs ffmpeg)`)
+    .option('-p, --prompt <text>', 'question about the media (default "Describe the image." / "Describe the video.")')
+    .option('--max-tiles <n>', 'maximum 448px tiles per image, thumbnail excluded (default 36)', intArg('--max-tiles', 1))
+    .option('--frames <n>', 'frames sampled from a video (default 32)', intArg('--frames', 1))
+    .option('--json', 'print one JSON object with text, finishReason and timings instead of streaming')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  plm describe cat.jpg
+  plm describe chart.png --prompt "Describe the bar plot in the image." --max-tiles 4 --max-tokens 64
+  plm describe clip.mp4 --frames 8 --json`,
+    )
+    .action(async (file: string, opts: CommonOpts & { prompt?: string; maxTiles?: number; frames?: number }) => runDescribe(file, opts));
+
+  const info = program.command('info').description('print the model architecture, sizes, dtype, backend, CPU features and GPU status');
+  addModelOptions(info)
+    .option('--json', 'print one JSON object')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  plm info
+  plm info --model ~/models/Perception-LM-1B --backend cpu
+  plm info --json`,
+    )
+    .action(async (opts: { model?: string; json?: boolean; backend?: 'auto' | 'cpu' | 'cuda'; threads?: number }) => runInfo(opts));
+
+  return program;
+}
+
+function readVersion(): string {
+  try {
+    const pkg = JSON.parse(fs.readFileSync(path.join(packageRoot(), 'package.json'), 'utf8')) as { version?: unknown };
+    return typeof pkg.version === 'string' ? pkg.version : '0.0.0';
+  } catch {
+    return '0.0.0';
+  }
+}
+
+if (require.main === module) {
+  buildProgram()
+    .parseAsync(process.argv)
+    .then(
+      () => process.exit(0),
+      (e: unknown) => fail(e),
+    );
+}

@@ -1,0 +1,85 @@
+/**
+ * perception-lm: run Meta's PerceptionLM vision-language models locally from Node.js.
+ *
+ * @example
+ * ```ts
+ * import { loadModel } from 'perception-lm';
+ * const model = await loadModel('/models/Perception-LM-1B');
+ * for await (const { text } of model.generate({ prompt: 'Describe the image.', images: ['cat.jpg'] })) {
+ *   process.stdout.write(text);
+ * }
+ * model.dispose();
+ * ```
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { native, packageRoot } from './native';
+
+export { loadModel, PerceptionLM } from './model';
+export type {
+  CompleteResult,
+  FinishReason,
+  ForwardOptions,
+  ForwardResult,
+  GenerateChunk,
+  GenerateOptions,
+  GenerateProgress,
+  GenerateTimings,
+  LoadModelOptions,
+  LoadProgress,
+  Message,
+  PerceptionLMConfig,
+  VideoInput,
+} from './model';
+export { PlmError, isPlmError } from './errors';
+export type { PlmErrorCode } from './errors';
+export { decodeImage, preprocessImage } from './image';
+export type { ImageInput, RawImage, DecodedImage, PreprocessImageOptions, PreprocessedImage } from './image';
+export { loadVideoFrames } from './video';
+export type { LoadVideoOptions, VideoFrames } from './video';
+export { PlmTokenizer, StreamDecoder } from './tokenizer';
+export { ChatTemplate, PLM_CHAT_TEMPLATE, PLM_DEFAULT_SYSTEM_PROMPT } from './chat_template';
+export type { ChatMessage, MessageContent, TextContent, ImageContent, VideoContent } from './chat_template';
+export type { BuiltPrompt, PlacedMedia } from './prompt';
+export type { NativeTensorDump as TensorDump } from './native';
+
+function readVersion(): string {
+  try {
+    const pkg = JSON.parse(fs.readFileSync(path.join(packageRoot(), 'package.json'), 'utf8')) as { version?: unknown };
+    return typeof pkg.version === 'string' ? pkg.version : '0.0.0';
+  } catch {
+    return '0.0.0';
+  }
+}
+
+/** The package version. */
+export const version: string = readVersion();
+
+/**
+ * CPU features the native kernels detected and can use (e.g. `['avx2', 'fma', 'avx512f', 'amx-bf16']`).
+ *
+ * @example
+ * ```ts
+ * console.log(cpuFeatures().join(' '));
+ * ```
+ */
+export function cpuFeatures(): string[] {
+  return native.cpuFeatures();
+}
+
+/**
+ * Whether CUDA can be used, and if not, why (no driver, no GPU, library missing, ...).
+ *
+ * @example
+ * ```ts
+ * console.log(cudaStatus()); // 'available: NVIDIA H100 (sm_90), driver 12.4' or 'unavailable: ...'
+ * ```
+ */
+export function cudaStatus(): string {
+  return native.cudaStatus();
+}
+
+/** The directory of the small random-weight model shipped with the package (for smoke tests). */
+export function bundledModelDir(): string {
+  return path.join(packageRoot(), 'models', 'plm-tiny-random');
+}

@@ -1,0 +1,812 @@
+/**
+ * The public model API: {@link loadModel} and {@link PerceptionLM}.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { ChatMessage, ChatTemplate } from './chat_template';
+import { PlmError, wrapNativeError } from './errors';
+import { ImageInput, preprocessImage } from './image';
+import {
+  native,
+  NativeBackend,
+  NativeCancel,
+  NativeModel,
+  NativeModelConfig,
+  NativePrecision,
+  NativeTensorDump,
+} from './native';
+import { buildPrompt, BuiltPrompt, MediaProcessors, PromptModelInfo } from './prompt';
+import { PlmTokenizer } from './tokenizer';
+import { loadVideoFrames } from './video';
+
+/** A video: a file path (decoded with ffmpeg) or an array of frames. */
+export type VideoInput = string | ImageInput[];
+
+/** A chat message whose media parts take {@link ImageInput} / {@link VideoInput}. */
+export type Message = ChatMessage<ImageInput, VideoInput>;
+
+/** The parsed checkpoint configuration (config.json + generation_config.json). */
+export type PerceptionLMConfig = NativeModelConfig;
+
+/** Progress of {@link loadModel}. */
+export interface LoadProgress {
+  /** 0..1 */
+  fraction: number;
+  /** e.g. 'config', 'weights', 'backend'. */
+  stage: string;
+}
+
+/** Options of {@link loadModel}. */
+export interface LoadModelOptions {
+  /** 'auto' (CUDA when usable, else CPU), 'cpu' or 'cuda' (fails with ERR_BACKEND without a GPU). Default 'auto'. */
+  backend?: NativeBackend;
+  /** CPU threads; 0 = number of physical cores. Default 0. */
+  threads?: number;
+  /**
+   * Activation precision on the CPU: 'f32' computes exactly like transformers in float32; 'bf16' uses
+   * the CPU's bf16 matrix units (AVX512-BF16, AMX) where present, faster at a small accuracy cost;
+   * 'auto' picks the fastest. Default 'auto'.
+   */
+  precision?: NativePrecision;
+  /**
+   * KV-cache capacity in tokens (prompt + generated); 0 = the model's max_position_embeddings
+   * (11520 for PLM). Smaller values save memory. Default 0.
+   */
+  maxContext?: number;
+  /** Aborting rejects with ERR_CANCELLED (the model is freed once the native load finishes). */
+  signal?: AbortSignal;
+  onProgress?: (progress: LoadProgress) => void;
+}
+
+/** Input of {@link PerceptionLM.forward}. */
+export interface ForwardOptions {
+  /** [T] token ids with placeholders already expanded. */
+  inputIds: ArrayLike<number>;
+  /** [numTiles, 3, S, S] pixels for the placeholders, in order. */
+  pixelValues?: Float32Array | null;
+  /** Tiles in pixelValues (derived from its length when omitted). */
+  numTiles?: number;
+  /** 'all' (T rows, default) or 'last' (1 row). */
+  logitsRows?: 'last' | 'all';
+  /** Also return named intermediates (hidden.layers.i, vision.blocks.i, ...). Default false. */
+  dump?: boolean;
+  signal?: AbortSignal;
+}
+
+/** Output of {@link PerceptionLM.forward}. */
+export interface ForwardResult {
+  /** [rows, vocab] row-major float32. */
+  logits: Float32Array;
+  rows: number;
+  vocabSize: number;
+  dumps?: Record<string, NativeTensorDump>;
+}
+
+/** Progress of a generation. */
+export interface GenerateProgress {
+  stage: 'preprocess' | 'prefill' | 'decode';
+  /** 0..1 within the stage (decode: tokens / maxTokens). */
+  fraction: number;
+}
+
+/** Options of {@link PerceptionLM.generate} and {@link PerceptionLM.complete}. Exactly one of messages, prompt, inputIds. */
+export interface GenerateOptions {
+  /** Chat messages; media parts without payload take `images` / `videos` in order. */
+  messages?: Message[];
+  /** A single user turn (images, then videos, then this text), rendered with the chat template. */
+  prompt?: string;
+  /** Raw token ids (one placeholder per image/video, or already expanded). */
+  inputIds?: ArrayLike<number>;
+  /**
+   * With `inputIds` whose placeholders are already expanded: the [numTiles, 3, S, S] pixels they
+   * stand for (as `preprocessImage` / `loadVideoFrames` return them), instead of `images`/`videos`.
+   */
+  pixelValues?: Float32Array;
+  /** Tiles in `pixelValues` (derived from its length when omitted). */
+  numTiles?: number;
+  /** Also return the logits row each generated token was chosen from (validation). Default false. */
+  returnLogits?: boolean;
+  images?: ImageInput[];
+  videos?: VideoInput[];
+  /** System prompt with `prompt` (default: PLM's default system prompt). */
+  system?: string;
+  /** Maximum new tokens. Default 256. */
+  maxTokens?: number;
+  /** 0 = greedy. Default: generation_config's temperature when do_sample, else 0. */
+  temperature?: number;
+  /** Nucleus sampling. Default generation_config top_p, else 1 (off). */
+  topP?: number;
+  /** Top-k sampling, 0 = off. Default generation_config top_k, else 0. */
+  topK?: number;
+  /** Min-p sampling, 0 = off. Default 0. */
+  minP?: number;
+  /** >1 penalizes repeated tokens. Default 1 (off). */
+  repetitionPenalty?: number;
+  /** Sampler seed. Default: random (greedy decoding ignores it). */
+  seed?: number;
+  /** Stop strings: generation stops as soon as the text contains one; it is trimmed from the output. */
+  stop?: string[];
+  /** Extra stop token ids besides generation_config's eos_token_id. */
+  stopTokenIds?: number[];
+  /** Cancels: complete() resolves with finishReason 'cancelled', generate() ends its iteration. */
+  signal?: AbortSignal;
+  onProgress?: (progress: GenerateProgress) => void;
+  /** Tiles per image, thumbnail excluded. Default preprocessor_config.json max_num_tiles, else 36. */
+  maxNumTiles?: number;
+  /** Tile side in pixels. Default: the vision tower's image_size (448). */
+  tileSize?: number;
+  /** Frames sampled per video. Default 32. */
+  numFrames?: number;
+}
+
+/** One streamed piece of a generation. */
+export interface GenerateChunk {
+  /** New text ('' while a multi-byte character is incomplete or text is held back for stop strings). */
+  text: string;
+  /** The token that produced it; -1 for the final flush chunk. */
+  tokenId: number;
+}
+
+export type FinishReason = 'stop' | 'length' | 'cancelled';
+
+export interface GenerateTimings {
+  /** Prompt length in tokens, image/video features included. */
+  promptTokens: number;
+  /** Vision tower + projector. */
+  visionMs: number;
+  /** Prompt prefill (first token). */
+  prefillMs: number;
+  /** All decode steps after the first token. */
+  decodeMs: number;
+  /** (generated tokens - 1) / decode seconds. */
+  decodeTokensPerSecond: number;
+  /** Wall clock of the whole call: preprocessing, queueing and generation. */
+  totalMs: number;
+}
+
+/** Result of {@link PerceptionLM.complete}. */
+export interface CompleteResult {
+  text: string;
+  /** Generated ids (may end with the stop token). */
+  tokenIds: number[];
+  finishReason: FinishReason;
+  timings: GenerateTimings;
+  /** [tokenIds.length, vocab] row-major, only with `returnLogits`. */
+  logits?: Float32Array;
+}
+
+const DEFAULT_MAX_TOKENS = 256;
+const DEFAULT_NUM_FRAMES = 32;
+const DEFAULT_MAX_NUM_TILES = 36;
+
+function cancelledError(): PlmError {
+  return new PlmError('ERR_CANCELLED', 'the operation was aborted (AbortSignal)');
+}
+
+function readJsonIfExists(file: string): Record<string, unknown> | undefined {
+  if (!fs.existsSync(file)) return undefined;
+  try {
+    const v = JSON.parse(fs.readFileSync(file, 'utf8')) as unknown;
+    return typeof v === 'object' && v !== null ? (v as Record<string, unknown>) : undefined;
+  } catch (e) {
+    throw new PlmError('ERR_CORRUPT_FILE', `${file} is not valid JSON: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/** Serializes native jobs of one model. */
+class JobQueue {
+  private tail: Promise<void> = Promise.resolve();
+  run<T>(job: () => Promise<T>): Promise<T> {
+    const result = this.tail.then(job);
+    this.tail = result.then(
+      () => undefined,
+      () => undefined,
+    );
+    return result;
+  }
+  /** Resolves with a release function once all earlier jobs are done. */
+  acquire(): Promise<() => void> {
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const ready = this.tail.then(() => release);
+    this.tail = held;
+    return ready;
+  }
+}
+
+/** Tracks stop strings over the streamed text, holding back what could be the start of one. */
+class StopMatcher {
+  private text = '';
+  private released = 0;
+  private readonly maxLen: number;
+  constructor(private readonly stops: readonly string[]) {
+    this.maxLen = stops.reduce((m, s) => Math.max(m, s.length), 0);
+  }
+  /** Returns the releasable text and whether a stop string was found. */
+  push(delta: string): { text: string; stopped: boolean } {
+    this.text += delta;
+    if (this.stops.length === 0) return { text: this.releaseTo(this.text.length), stopped: false };
+    const from = Math.max(0, this.released - this.maxLen + 1);
+    let hit = -1;
+    for (const s of this.stops) {
+      const i = this.text.indexOf(s, from);
+      if (i >= 0 && (hit < 0 || i < hit)) hit = i;
+    }
+    if (hit >= 0) return { text: this.releaseTo(Math.max(hit, this.released)), stopped: true };
+    let hold = 0;
+    for (const s of this.stops) {
+      for (let k = Math.min(s.length - 1, this.text.length); k > hold; k--) {
+        if (this.text.endsWith(s.slice(0, k))) {
+          hold = k;
+          break;
+        }
+      }
+    }
+    return { text: this.releaseTo(this.text.length - hold), stopped: false };
+  }
+  finish(): string {
+    return this.releaseTo(this.text.length);
+  }
+  private releaseTo(end: number): string {
+    if (end <= this.released) return '';
+    const out = this.text.slice(this.released, end);
+    this.released = end;
+    return out;
+  }
+}
+
+interface PreparedJob {
+  built: BuiltPrompt;
+  maxTokens: number;
+  native: {
+    maxTokens: number;
+    temperature: number;
+    topK: number;
+    topP: number;
+    minP: number;
+    repetitionPenalty: number;
+    seed: number;
+    stopIds: number[];
+    returnLogits: boolean;
+  };
+  stops: string[];
+  started: number;
+}
+
+type StreamEvent =
+  | { kind: 'chunk'; chunk: GenerateChunk }
+  | { kind: 'done'; result: CompleteResult }
+  | { kind: 'error'; error: PlmError };
+
+/**
+ * A loaded PerceptionLM checkpoint. Create with {@link loadModel}.
+ *
+ * One native job (generation, forward, encodeImages) runs at a time per model; concurrent calls are
+ * queued in call order (media preprocessing of queued requests still runs in parallel).
+ */
+export class PerceptionLM {
+  /** The parsed config (text, vision, token ids, tokens_per_tile, generation defaults). */
+  readonly config: PerceptionLMConfig;
+  /** The backend in use: 'cpu' or 'cuda'. */
+  readonly backend: string;
+  /** Why this backend was chosen (e.g. why CUDA was not used). */
+  readonly backendNote: string;
+  /** Bytes of weights held. */
+  readonly weightBytes: number;
+  /** The checkpoint directory. */
+  readonly dir: string;
+  /** The tokenizer, or null when the checkpoint has no tokenizer.json (then only `inputIds` inputs work). */
+  readonly tokenizer: PlmTokenizer | null;
+  /** The chat template (the built-in PLM one when the checkpoint has none). */
+  readonly chatTemplate: ChatTemplate;
+  private readonly promptInfo: PromptModelInfo;
+  private readonly queue = new JobQueue();
+  private readonly running = new Set<NativeCancel>();
+  private disposed = false;
+  private readonly media: MediaProcessors<ImageInput, VideoInput> = {
+    image: (input, opts) => preprocessImage(input, opts),
+    video: (input, opts) => loadVideoFrames(input, opts),
+  };
+
+  /** @internal use {@link loadModel}. */
+  constructor(
+    private readonly handle: NativeModel,
+    dir: string,
+    tokenizer: PlmTokenizer | null,
+    chatTemplate: ChatTemplate,
+    maxContext: number,
+  ) {
+    const info = handle.info();
+    this.config = info.config;
+    this.backend = info.backend;
+    this.backendNote = info.backendNote;
+    this.weightBytes = info.weightBytes;
+    this.dir = dir;
+    this.tokenizer = tokenizer;
+    this.chatTemplate = chatTemplate;
+    const pre = readJsonIfExists(path.join(dir, 'preprocessor_config.json')) ?? {};
+    const maxPos = this.config.text.max_position_embeddings;
+    const bos = this.config.generation?.bos_token_id;
+    this.promptInfo = {
+      imageTokenId: this.config.image_token_id,
+      videoTokenId: this.config.video_token_id,
+      tokensPerTile: this.config.tokens_per_tile,
+      maxContext: maxContext > 0 && maxContext < maxPos ? maxContext : maxPos,
+      bosTokenId: typeof bos === 'number' && bos >= 0 ? bos : undefined,
+      visionPresent: Boolean(this.config.vision?.present),
+      tileSize: this.config.vision?.image_size || (typeof pre.tile_size === 'number' ? pre.tile_size : 448),
+      maxNumTiles: typeof pre.max_num_tiles === 'number' ? pre.max_num_tiles : DEFAULT_MAX_NUM_TILES,
+      numFrames: DEFAULT_NUM_FRAMES,
+    };
+  }
+
+  /** Context limit in tokens (prompt + generated). */
+  get maxContext(): number {
+    return this.promptInfo.maxContext;
+  }
+
+  /**
+   * Frees the weights and the KV cache. Running generations are cancelled; later calls reject with
+   * `ERR_DISPOSED`. Safe to call twice.
+   *
+   * @example
+   * ```ts
+   * const model = await loadModel(dir);
+   * try { console.log((await model.complete({ prompt: 'Hi' })).text); } finally { model.dispose(); }
+   * ```
+   */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const c of this.running) c.cancel();
+    this.handle.dispose();
+  }
+
+  private checkDisposed(): void {
+    if (this.disposed) throw new PlmError('ERR_DISPOSED', 'this model was disposed; load it again with loadModel()');
+  }
+
+  /**
+   * Runs the full model on a prompt and returns its logits (no sampling, no KV cache kept).
+   *
+   * @param options `inputIds` (expanded), `pixelValues`/`numTiles` for the placeholders,
+   *   `logitsRows` 'all' (default) or 'last', `dump` (default false) for named intermediates.
+   * @returns `{ logits: Float32Array [rows x vocab], rows, vocabSize, dumps? }`.
+   * @example
+   * ```ts
+   * const { logits, vocabSize } = await model.forward({ inputIds: [128000, 9906], logitsRows: 'last' });
+   * const top = logits.indexOf(Math.max(...logits));
+   * ```
+   */
+  async forward(options: ForwardOptions): Promise<ForwardResult> {
+    this.checkDisposed();
+    if (options.signal?.aborted) throw cancelledError();
+    const ids = Int32Array.from(options.inputIds);
+    if (ids.length === 0) throw new PlmError('ERR_INVALID_ARGUMENT', 'inputIds is empty');
+    const pixels = options.pixelValues ?? null;
+    const numTiles = this.tilesOf(pixels, options.numTiles);
+    const rows = (options.logitsRows ?? 'all') === 'all' ? ids.length : 1;
+    return this.queue.run(async () => {
+      this.checkDisposed();
+      const cancel = native.createCancelToken();
+      const onAbort = (): void => cancel.cancel();
+      options.signal?.addEventListener('abort', onAbort);
+      this.running.add(cancel);
+      try {
+        const r = await this.handle.forward(ids, pixels, numTiles, rows, options.dump ?? false, cancel);
+        const vocabSize = r.logits.length / rows;
+        return { logits: r.logits, rows, vocabSize, ...(r.dumps ? { dumps: r.dumps } : {}) };
+      } catch (e) {
+        throw wrapNativeError(e);
+      } finally {
+        this.running.delete(cancel);
+        options.signal?.removeEventListener('abort', onAbort);
+      }
+    });
+  }
+
+  /**
+   * Runs the vision tower and projector on preprocessed tiles.
+   *
+   * @param pixelValues [numTiles, 3, S, S] (from `preprocessImage` / `loadVideoFrames`).
+   * @param numTiles tiles in pixelValues (default: derived from its length).
+   * @returns [numTiles * tokens_per_tile, hidden_size] features, row-major.
+   * @example
+   * ```ts
+   * const { pixelValues, numTiles } = await preprocessImage('cat.jpg', { maxNumTiles: 4 });
+   * const features = await model.encodeImages(pixelValues, numTiles);
+   * ```
+   */
+  async encodeImages(pixelValues: Float32Array, numTiles?: number): Promise<Float32Array> {
+    this.checkDisposed();
+    if (!this.promptInfo.visionPresent) {
+      throw new PlmError('ERR_INVALID_ARGUMENT', 'this checkpoint has no vision tower');
+    }
+    const tiles = this.tilesOf(pixelValues, numTiles);
+    return this.queue.run(async () => {
+      this.checkDisposed();
+      const cancel = native.createCancelToken();
+      this.running.add(cancel);
+      try {
+        return await this.handle.encodeImages(pixelValues, tiles, cancel);
+      } catch (e) {
+        throw wrapNativeError(e);
+      } finally {
+        this.running.delete(cancel);
+      }
+    });
+  }
+
+  /**
+   * Builds the model input exactly as {@link generate} would (template, tokenization, media
+   * preprocessing, placeholder expansion, context check) without running the model.
+   *
+   * @example
+   * ```ts
+   * const { inputIds, numTiles } = await model.buildInput({ prompt: 'Describe the image.', images: ['cat.jpg'] });
+   * ```
+   */
+  async buildInput(options: GenerateOptions): Promise<BuiltPrompt> {
+    this.checkDisposed();
+    if (options.pixelValues !== undefined) {
+      if (options.inputIds === undefined || options.images?.length || options.videos?.length) {
+        throw new PlmError('ERR_INVALID_ARGUMENT', 'pixelValues goes with expanded inputIds, not with messages, prompt, images or videos');
+      }
+      const inputIds = Int32Array.from(options.inputIds);
+      const numTiles = this.tilesOf(options.pixelValues, options.numTiles);
+      const rows = numTiles * this.config.tokens_per_tile;
+      let placeholders = 0;
+      for (const id of inputIds) if (id === this.config.image_token_id || id === this.config.video_token_id) placeholders++;
+      if (placeholders !== rows) {
+        throw new PlmError('ERR_INVALID_ARGUMENT', `inputIds has ${placeholders} placeholders but ${numTiles} tiles need ${rows} (${this.config.tokens_per_tile} per tile)`);
+      }
+      if (inputIds.length + (options.maxTokens ?? DEFAULT_MAX_TOKENS) > this.maxContext) {
+        throw new PlmError('ERR_CONTEXT_OVERFLOW', `the prompt has ${inputIds.length} tokens; with maxTokens it exceeds the context of ${this.maxContext}`);
+      }
+      return { inputIds, pixelValues: options.pixelValues, numTiles, media: [] };
+    }
+    if ((options.messages !== undefined || options.prompt !== undefined) && !this.tokenizer) {
+      throw new PlmError(
+        'ERR_FILE_NOT_FOUND',
+        `${path.join(this.dir, 'tokenizer.json')} does not exist: without a tokenizer only inputIds can be used`,
+      );
+    }
+    const tokenizer = this.tokenizer ?? (null as unknown as PlmTokenizer);
+    let done = 0;
+    const nMedia = (options.images?.length ?? 0) + (options.videos?.length ?? 0);
+    const media: MediaProcessors<ImageInput, VideoInput> = {
+      image: async (i, o) => {
+        const r = await this.media.image(i, o);
+        options.onProgress?.({ stage: 'preprocess', fraction: ++done / Math.max(1, nMedia) });
+        return r;
+      },
+      video: async (v, o) => {
+        const r = await this.media.video(v, o);
+        options.onProgress?.({ stage: 'preprocess', fraction: ++done / Math.max(1, nMedia) });
+        return r;
+      },
+    };
+    try {
+      return await buildPrompt(tokenizer, this.chatTemplate, this.promptInfo, media, {
+        messages: options.messages,
+        prompt: options.prompt,
+        inputIds: options.inputIds,
+        images: options.images,
+        videos: options.videos,
+        system: options.system,
+        maxTokens: options.maxTokens ?? DEFAULT_MAX_TOKENS,
+        maxNumTiles: options.maxNumTiles,
+        tileSize: options.tileSize,
+        numFrames: options.numFrames,
+        signal: options.signal,
+      });
+    } catch (e) {
+      throw wrapNativeError(e);
+    }
+  }
+
+  /**
+   * Streams a generation as `{ text, tokenId }` chunks.
+   *
+   * - An already-aborted `signal` rejects (the first `next()`) with `PlmError('ERR_CANCELLED')`;
+   *   aborting later ends the iteration quietly (no error).
+   * - Breaking out of the loop cancels the native job.
+   * - With `stop` strings, text that may begin a stop string is held back; on a match the iteration
+   *   ends and the stop string is not emitted.
+   * - Queued behind other jobs of this model (one at a time).
+   *
+   * Defaults: maxTokens 256; temperature from generation_config (0 = greedy when do_sample is false);
+   * topP 1, topK 0, minP 0, repetitionPenalty 1; stop on generation_config eos_token_id.
+   *
+   * @example
+   * ```ts
+   * for await (const { text } of model.generate({ prompt: 'Describe the image.', images: ['cat.jpg'] })) {
+   *   process.stdout.write(text);
+   * }
+   * ```
+   */
+  generate(options: GenerateOptions): AsyncIterable<GenerateChunk> {
+    const events = (): AsyncGenerator<StreamEvent> => this.stream(options, true);
+    return {
+      async *[Symbol.asyncIterator](): AsyncGenerator<GenerateChunk> {
+        for await (const ev of events()) {
+          if (ev.kind === 'chunk') yield ev.chunk;
+        }
+      },
+    };
+  }
+
+  /**
+   * Generates a whole answer.
+   *
+   * An already-aborted `signal` rejects with `PlmError('ERR_CANCELLED')`; an abort during the call
+   * resolves with the text so far and `finishReason: 'cancelled'`. Stop strings end with
+   * `finishReason: 'stop'` and are trimmed from `text`. Other defaults as {@link generate}.
+   *
+   * @returns `{ text, tokenIds, finishReason, timings }`.
+   * @example
+   * ```ts
+   * const r = await model.complete({
+   *   messages: [{ role: 'user', content: [{ type: 'image', image: 'chart.png' }, { type: 'text', text: 'Describe the bar plot.' }] }],
+   *   maxTokens: 64,
+   * });
+   * console.log(r.text, r.finishReason, r.timings.decodeTokensPerSecond);
+   * ```
+   */
+  async complete(options: GenerateOptions): Promise<CompleteResult> {
+    let result: CompleteResult | undefined;
+    for await (const ev of this.stream(options, false)) {
+      if (ev.kind === 'done') result = ev.result;
+    }
+    if (!result) throw new PlmError('ERR_INTERNAL', 'generation ended without a result');
+    return result;
+  }
+
+  private tilesOf(pixels: Float32Array | null, numTiles: number | undefined): number {
+    if (!pixels) {
+      if (numTiles) throw new PlmError('ERR_INVALID_ARGUMENT', 'numTiles given without pixelValues');
+      return 0;
+    }
+    const s = this.promptInfo.tileSize;
+    const per = 3 * s * s;
+    const derived = pixels.length / per;
+    if (!Number.isInteger(derived) || derived < 1) {
+      throw new PlmError('ERR_INVALID_ARGUMENT', `pixelValues has ${pixels.length} values: not a whole number of 3x${s}x${s} tiles`);
+    }
+    if (numTiles !== undefined && numTiles !== derived) {
+      throw new PlmError('ERR_INVALID_ARGUMENT', `numTiles is ${numTiles} but pixelValues holds ${derived} tiles of 3x${s}x${s}`);
+    }
+    return derived;
+  }
+
+  private resolveSampling(options: GenerateOptions): PreparedJob['native'] {
+    const g = this.config.generation ?? { bos_token_id: -1, eos_token_ids: [] };
+    const maxTokens = options.maxTokens ?? DEFAULT_MAX_TOKENS;
+    const temperature = options.temperature ?? (g.do_sample ? (g.temperature ?? 1) : 0);
+    const topP = options.topP ?? (g.do_sample && typeof g.top_p === 'number' ? g.top_p : 1);
+    const topK = options.topK ?? (g.do_sample && typeof g.top_k === 'number' ? g.top_k : 0);
+    const minP = options.minP ?? 0;
+    const repetitionPenalty = options.repetitionPenalty ?? 1;
+    const seed = options.seed ?? Math.floor(Math.random() * 0x7fffffff);
+    const bad = (name: string, v: number): never => {
+      throw new PlmError('ERR_INVALID_ARGUMENT', `${name} is out of range: ${v}`);
+    };
+    if (!Number.isInteger(maxTokens) || maxTokens < 1) bad('maxTokens (a positive integer)', maxTokens);
+    if (!(temperature >= 0) || !Number.isFinite(temperature)) bad('temperature (>= 0)', temperature);
+    if (!(topP > 0 && topP <= 1)) bad('topP (0 < topP <= 1)', topP);
+    if (!Number.isInteger(topK) || topK < 0) bad('topK (an integer >= 0)', topK);
+    if (!(minP >= 0 && minP <= 1)) bad('minP (0..1)', minP);
+    if (!(repetitionPenalty > 0) || !Number.isFinite(repetitionPenalty)) bad('repetitionPenalty (> 0)', repetitionPenalty);
+    if (!Number.isInteger(seed) || seed < 0) bad('seed (an integer >= 0)', seed);
+    const stopIds = new Set<number>(g.eos_token_ids ?? []);
+    if (stopIds.size === 0 && this.tokenizer) {
+      for (const id of [this.tokenizer.special.eos, this.tokenizer.special.eot, this.tokenizer.special.endOfText]) {
+        if (id !== undefined) stopIds.add(id);
+      }
+    }
+    for (const id of options.stopTokenIds ?? []) {
+      if (!Number.isInteger(id) || id < 0) bad('stopTokenIds entry', id);
+      stopIds.add(id);
+    }
+    return { maxTokens, temperature, topK, topP, minP, repetitionPenalty, seed, stopIds: [...stopIds], returnLogits: options.returnLogits === true };
+  }
+
+  /**
+   * The generation engine behind generate() and complete(): yields chunks (when `chunks`) and one
+   * final 'done' event. Errors are thrown.
+   */
+  private async *stream(options: GenerateOptions, chunks: boolean): AsyncGenerator<StreamEvent> {
+    const started = performance.now();
+    this.checkDisposed();
+    if (options.signal?.aborted) throw cancelledError();
+    const sampling = this.resolveSampling(options);
+    const stops = (options.stop ?? []).filter((s) => typeof s === 'string' && s.length > 0);
+    const signal = options.signal;
+
+    const cancelledResult = (): CompleteResult => ({
+      text: '',
+      tokenIds: [],
+      finishReason: 'cancelled',
+      timings: { promptTokens: 0, visionMs: 0, prefillMs: 0, decodeMs: 0, decodeTokensPerSecond: 0, totalMs: performance.now() - started },
+    });
+
+    let built: BuiltPrompt;
+    try {
+      built = await this.buildInput(options);
+    } catch (e) {
+      if (e instanceof PlmError && e.code === 'ERR_CANCELLED' && signal?.aborted) {
+        if (!chunks) yield { kind: 'done', result: cancelledResult() };
+        return;
+      }
+      throw e;
+    }
+
+    const release = await this.queue.acquire();
+    const cancel = (() => {
+      try {
+        return native.createCancelToken();
+      } catch (e) {
+        release();
+        throw wrapNativeError(e);
+      }
+    })();
+    const events: StreamEvent[] = [];
+    let wake: (() => void) | undefined;
+    const push = (ev: StreamEvent): void => {
+      events.push(ev);
+      wake?.();
+      wake = undefined;
+    };
+    const decoder = this.tokenizer?.createStreamDecoder();
+    const matcher = new StopMatcher(stops);
+    let stoppedByString = false;
+    let textOut = '';
+    let generated = 0;
+    const onAbort = (): void => cancel.cancel();
+    let job: Promise<void> | undefined;
+
+    try {
+      this.checkDisposed();
+      if (signal?.aborted) {
+        if (!chunks) yield { kind: 'done', result: cancelledResult() };
+        return;
+      }
+      signal?.addEventListener('abort', onAbort);
+      this.running.add(cancel);
+      options.onProgress?.({ stage: 'prefill', fraction: 0 });
+      const stopIdSet = new Set(sampling.stopIds);
+      const onToken = (id: number): void => {
+        if (stoppedByString) return;
+        generated++;
+        options.onProgress?.({ stage: 'decode', fraction: Math.min(1, generated / sampling.maxTokens) });
+        if (stopIdSet.has(id)) return;
+        const delta = decoder ? decoder.push(id) : '';
+        const { text, stopped } = matcher.push(delta);
+        textOut += text;
+        if (chunks) push({ kind: 'chunk', chunk: { text, tokenId: id } });
+        if (stopped) {
+          stoppedByString = true;
+          cancel.cancel();
+        }
+      };
+      job = this.handle
+        .generate(built.inputIds, built.pixelValues, built.numTiles, sampling, onToken, cancel)
+        .then(
+          (r) => {
+            if (!stoppedByString) {
+              const tail = matcher.push(decoder ? decoder.flush() : '');
+              let rest = tail.text;
+              if (tail.stopped) stoppedByString = true;
+              else rest += matcher.finish();
+              textOut += rest;
+              if (chunks && rest.length > 0) push({ kind: 'chunk', chunk: { text: rest, tokenId: -1 } });
+            }
+            const n = r.tokens.length;
+            push({
+              kind: 'done',
+              result: {
+                text: textOut,
+                tokenIds: Array.from(r.tokens),
+                finishReason: stoppedByString ? 'stop' : r.finishReason,
+                ...(r.logits ? { logits: r.logits } : {}),
+                timings: {
+                  promptTokens: r.promptTokens,
+                  visionMs: r.visionMs,
+                  prefillMs: r.prefillMs,
+                  decodeMs: r.decodeMs,
+                  decodeTokensPerSecond: n > 1 && r.decodeMs > 0 ? ((n - 1) * 1000) / r.decodeMs : 0,
+                  totalMs: performance.now() - started,
+                },
+              },
+            });
+          },
+          (e: unknown) => {
+            const err = wrapNativeError(e);
+            if (err.code === 'ERR_CANCELLED' && (stoppedByString || signal?.aborted)) {
+              push({
+                kind: 'done',
+                result: { ...cancelledResult(), text: textOut, finishReason: stoppedByString ? 'stop' : 'cancelled' },
+              });
+            } else push({ kind: 'error', error: err });
+          },
+        );
+
+      for (;;) {
+        while (events.length > 0) {
+          const ev = events.shift() as StreamEvent;
+          if (ev.kind === 'error') throw ev.error;
+          if (ev.kind === 'chunk') {
+            if (chunks) yield ev;
+            continue;
+          }
+          if (!chunks) yield ev;
+          return;
+        }
+        await new Promise<void>((r) => (wake = r));
+      }
+    } finally {
+      // Early exit (break, error): stop the native job and wait for it before the next one starts.
+      cancel.cancel();
+      if (job) await job.catch(() => undefined);
+      this.running.delete(cancel);
+      signal?.removeEventListener('abort', onAbort);
+      release();
+    }
+  }
+}
+
+/**
+ * Loads a PerceptionLM checkpoint in the Hugging Face layout (config.json, generation_config.json,
+ * *.safetensors, tokenizer.json, tokenizer_config.json, chat template, preprocessor_config.json).
+ *
+ * @param dir checkpoint directory.
+ * @param options `backend` ('auto'), `threads` (0 = physical cores), `maxContext` (0 = the model's
+ *   max_position_embeddings), `signal`, `onProgress({ fraction, stage })`.
+ * @returns the loaded {@link PerceptionLM}; call `dispose()` when done.
+ * @throws PlmError ERR_FILE_NOT_FOUND, ERR_CORRUPT_FILE, ERR_UNSUPPORTED_MODEL, ERR_SHAPE_MISMATCH,
+ *   ERR_UNSUPPORTED_DTYPE, ERR_BACKEND, ERR_OUT_OF_MEMORY, ERR_CANCELLED, ERR_NATIVE_NOT_FOUND.
+ * @example
+ * ```ts
+ * import { loadModel } from 'perception-lm';
+ * const model = await loadModel('/models/Perception-LM-1B', { onProgress: (p) => console.log(p.stage, p.fraction) });
+ * const { text } = await model.complete({ prompt: 'Describe the image.', images: ['cat.jpg'] });
+ * model.dispose();
+ * ```
+ */
+export async function loadModel(dir: string, options: LoadModelOptions = {}): Promise<PerceptionLM> {
+  if (typeof dir !== 'string' || dir.length === 0) throw new PlmError('ERR_INVALID_ARGUMENT', 'dir must be a non-empty path');
+  const abs = path.resolve(dir);
+  if (options.signal?.aborted) throw cancelledError();
+  if (!fs.existsSync(abs) || !fs.statSync(abs).isDirectory()) {
+    throw new PlmError('ERR_FILE_NOT_FOUND', `${abs} is not a directory: pass the folder holding config.json and the *.safetensors files`);
+  }
+  const backend = options.backend ?? 'auto';
+  if (!['auto', 'cpu', 'cuda'].includes(backend)) throw new PlmError('ERR_INVALID_ARGUMENT', `backend must be 'auto', 'cpu' or 'cuda', got ${String(backend)}`);
+  const threads = options.threads ?? 0;
+  const maxContext = options.maxContext ?? 0;
+  if (!Number.isInteger(threads) || threads < 0) throw new PlmError('ERR_INVALID_ARGUMENT', `threads must be an integer >= 0, got ${threads}`);
+  if (!Number.isInteger(maxContext) || maxContext < 0) throw new PlmError('ERR_INVALID_ARGUMENT', `maxContext must be an integer >= 0, got ${maxContext}`);
+
+  // Tokenizer and template first: cheap, and their errors are clearer before a long weight load.
+  const tokenizer = fs.existsSync(path.join(abs, 'tokenizer.json')) ? PlmTokenizer.fromDirectory(abs) : null;
+  const template = ChatTemplate.fromDirectory(abs, tokenizer?.config ?? {});
+
+  let handle: NativeModel;
+  try {
+    handle = await native.loadModel(abs, { backend, threads, maxContext, precision: options.precision ?? 'auto' }, (fraction, stage) => {
+      options.onProgress?.({ fraction, stage });
+    });
+  } catch (e) {
+    throw wrapNativeError(e);
+  }
+  if (options.signal?.aborted) {
+    handle.dispose();
+    throw cancelledError();
+  }
+  try {
+    return new PerceptionLM(handle, abs, tokenizer, template, maxContext);
+  } catch (e) {
+    handle.dispose();
+    throw wrapNativeError(e);
+  }
+}

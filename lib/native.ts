@@ -1,0 +1,296 @@
+/**
+ * Loader and typed interface of the N-API addon (bindings/addon.cpp).
+ *
+ * The addon is found with node-gyp-build from the package root: `build/Release/*.node` when built
+ * from source, else `prebuilds/<platform>-<arch>/perception-lm.node`. The package root is found by
+ * walking up from this file to the directory whose package.json is named `perception-lm`, so the
+ * loader works from `lib/` (ts-jest), from `dist/lib/` (the published build) and from bundles that
+ * keep the package directory. In Electron the addon must live outside the asar archive: list
+ * `node_modules/perception-lm/{build,prebuilds}/**` in `asarUnpack`; the loader rewrites
+ * `app.asar` to `app.asar.unpacked` when that directory exists. `PERCEPTION_LM_ROOT` overrides the
+ * package root (for bundlers that move the code away from the package).
+ *
+ * The addon is loaded lazily, on the first use of {@link native}, so importing the package never
+ * fails on a machine without the binary; the first call then throws `PlmError('ERR_NATIVE_NOT_FOUND')`.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { PlmError } from './errors';
+
+/** Compute backend names accepted by the addon. */
+export type NativeBackend = 'auto' | 'cpu' | 'cuda';
+
+/** Cancel token shared between JS and a native job. */
+export interface NativeCancel {
+  cancel(): void;
+}
+
+/** Text-model part of the parsed config.json (plain JSON from native/core/config.h). */
+export interface NativeTextConfig {
+  hidden_size: number;
+  intermediate_size: number;
+  num_layers?: number;
+  num_hidden_layers?: number;
+  num_heads?: number;
+  num_kv_heads?: number;
+  head_dim?: number;
+  vocab_size: number;
+  max_position_embeddings: number;
+  tie_word_embeddings?: boolean;
+  [key: string]: unknown;
+}
+
+/** Vision-tower part of the parsed config. `present` is false for text-only checkpoints. */
+export interface NativeVisionConfig {
+  present: boolean;
+  architecture?: string;
+  image_size: number;
+  patch_size: number;
+  width?: number;
+  depth?: number;
+  [key: string]: unknown;
+}
+
+/** Generation defaults from generation_config.json (with config.json fallbacks). */
+export interface NativeGenerationConfig {
+  bos_token_id: number;
+  eos_token_ids: number[];
+  do_sample?: boolean;
+  temperature?: number;
+  top_p?: number;
+  top_k?: number;
+  max_new_tokens?: number;
+  [key: string]: unknown;
+}
+
+/** The parsed model configuration as the addon returns it. */
+export interface NativeModelConfig {
+  text: NativeTextConfig;
+  vision: NativeVisionConfig;
+  image_token_id: number;
+  video_token_id: number;
+  tokens_per_tile: number;
+  projector_pooling_ratio?: number;
+  dtype?: string;
+  generation: NativeGenerationConfig;
+  [key: string]: unknown;
+}
+
+export interface NativeModelInfo {
+  config: NativeModelConfig;
+  backend: string;
+  backendNote: string;
+  weightBytes: number;
+}
+
+export interface NativeTensorDump {
+  data: Float32Array;
+  shape: number[];
+}
+
+export interface NativeForwardResult {
+  logits: Float32Array;
+  dumps?: Record<string, NativeTensorDump>;
+}
+
+export interface NativeGenerateOptions {
+  maxTokens: number;
+  temperature: number;
+  topK: number;
+  topP: number;
+  minP: number;
+  repetitionPenalty: number;
+  seed: number;
+  stopIds: number[];
+  /** Keep the logits row each token was chosen from. */
+  returnLogits?: boolean;
+}
+
+export type NativeFinishReason = 'stop' | 'length' | 'cancelled';
+
+export interface NativeGenerateResult {
+  tokens: Int32Array;
+  finishReason: NativeFinishReason;
+  promptTokens: number;
+  visionMs: number;
+  prefillMs: number;
+  decodeMs: number;
+  /** [tokens, vocab] with returnLogits. */
+  logits?: Float32Array;
+}
+
+/** A loaded model held by the addon. */
+export interface NativeModel {
+  info(): NativeModelInfo;
+  forward(
+    ids: Int32Array,
+    pixels: Float32Array | null,
+    tiles: number,
+    logitsRows: number,
+    dump: boolean,
+    cancel: NativeCancel | null,
+  ): Promise<NativeForwardResult>;
+  encodeImages(pixels: Float32Array, tiles: number, cancel: NativeCancel | null): Promise<Float32Array>;
+  generate(
+    ids: Int32Array,
+    pixels: Float32Array | null,
+    tiles: number,
+    opts: NativeGenerateOptions,
+    onToken: (id: number) => void,
+    cancel: NativeCancel,
+  ): Promise<NativeGenerateResult>;
+  dispose(): void;
+}
+
+/** 'f32': exact float32 activations; 'bf16': bf16 activations on CPUs with AVX512-BF16/AMX; 'auto': the fastest. */
+export type NativePrecision = 'auto' | 'f32' | 'bf16';
+
+export interface NativeLoadOptions {
+  backend: NativeBackend;
+  threads: number;
+  maxContext: number;
+  precision?: NativePrecision;
+}
+
+export interface NativePreprocessedImage {
+  pixelValues: Float32Array;
+  numTiles: number;
+  grid: [number, number];
+}
+
+/** Everything bindings/addon.cpp exports. */
+export interface NativeAddon {
+  loadModel(
+    dir: string,
+    opts: NativeLoadOptions,
+    onProgress: (fraction: number, stage: string) => void,
+  ): Promise<NativeModel>;
+  createCancelToken(): NativeCancel;
+  cpuFeatures(): string[];
+  cudaStatus(): string;
+  preprocessImage(
+    rgb: Uint8Array,
+    width: number,
+    height: number,
+    tileSize: number,
+    maxNumTiles: number,
+  ): Promise<NativePreprocessedImage>;
+  /** Optional: frames [F, H, W, 3] back to back -> [F, 3, S, S] (bindings/image_processor_binding.h). */
+  preprocessFrames?(
+    rgb: Uint8Array,
+    width: number,
+    height: number,
+    numFrames: number,
+    tileSize: number,
+  ): Promise<{ pixelValues: Float32Array; numFrames: number }>;
+}
+
+const PACKAGE_NAME = 'perception-lm';
+let cachedRoot: string | undefined;
+
+function readPackageName(dir: string): string | undefined {
+  try {
+    const pkg = JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')) as { name?: unknown };
+    return typeof pkg.name === 'string' ? pkg.name : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Maps `.../app.asar/...` to `.../app.asar.unpacked/...` when the unpacked copy exists (Electron). */
+function asarUnpacked(dir: string): string {
+  const marker = `${path.sep}app.asar${path.sep}`;
+  const i = (dir + path.sep).indexOf(marker);
+  if (i < 0) return dir;
+  const unpacked = dir.slice(0, i) + `${path.sep}app.asar.unpacked` + dir.slice(i + marker.length - 1);
+  try {
+    if (fs.existsSync(unpacked)) return unpacked;
+  } catch {
+    /* fall through */
+  }
+  return dir;
+}
+
+/**
+ * The directory of the perception-lm package (holding package.json, build/, prebuilds/, models/).
+ *
+ * @example
+ * ```ts
+ * const bundled = path.join(packageRoot(), 'models', 'plm-tiny-random');
+ * ```
+ */
+export function packageRoot(): string {
+  if (cachedRoot !== undefined) return cachedRoot;
+  const env = process.env.PERCEPTION_LM_ROOT;
+  if (env && env.length > 0) {
+    cachedRoot = path.resolve(env);
+    return cachedRoot;
+  }
+  let dir = path.resolve(__dirname);
+  for (;;) {
+    if (readPackageName(dir) === PACKAGE_NAME) {
+      cachedRoot = asarUnpacked(dir);
+      return cachedRoot;
+    }
+    const parent = path.dirname(dir);
+    if (parent === dir) break;
+    dir = parent;
+  }
+  // Bundled without the package layout: the conventional layouts relative to this file.
+  cachedRoot = asarUnpacked(path.resolve(__dirname, path.basename(path.dirname(__dirname)) === 'dist' ? '../..' : '..'));
+  return cachedRoot;
+}
+
+let loaded: NativeAddon | undefined;
+let loadError: PlmError | undefined;
+
+/** Loads (once) and returns the addon; throws PlmError('ERR_NATIVE_NOT_FOUND') when it cannot be loaded. */
+export function loadNative(): NativeAddon {
+  if (loaded) return loaded;
+  if (loadError) throw loadError;
+  const root = packageRoot();
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const nodeGypBuild = require('node-gyp-build') as (dir: string) => unknown;
+    loaded = nodeGypBuild(root) as NativeAddon;
+    return loaded;
+  } catch (e) {
+    const reason = e instanceof Error ? e.message : String(e);
+    loadError = new PlmError(
+      'ERR_NATIVE_NOT_FOUND',
+      `could not load the perception-lm native addon from ${root} (${reason}). ` +
+        `Build it with "npm run build:native" (needs cmake and a C++17 compiler), or reinstall the package ` +
+        `for a platform with a prebuilt binary. In Electron, add the package's build/ and prebuilds/ to asarUnpack.`,
+      { cause: e },
+    );
+    throw loadError;
+  }
+}
+
+/** True when the addon can be loaded (loads it). */
+export function nativeAvailable(): boolean {
+  try {
+    loadNative();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The addon, loaded lazily on first property access (see {@link loadNative}).
+ *
+ * @example
+ * ```ts
+ * console.log(native.cpuFeatures());
+ * ```
+ */
+export const native: NativeAddon = new Proxy({} as NativeAddon, {
+  get(_target, prop) {
+    const addon = loadNative() as unknown as Record<PropertyKey, unknown>;
+    return addon[prop];
+  },
+  has(_target, prop) {
+    return prop in (loadNative() as object);
+  },
+});
