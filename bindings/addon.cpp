@@ -458,6 +458,24 @@ class GenerateWorker : public JobWorker {
     result_ = s_->engine->generate(ids_.data(), static_cast<int64_t>(ids_.size()), tiles_ ? &media : nullptr, options_,
                                    cancel_.get());
   }
+  // Token callbacks travel through the thread-safe function's queue and may still be pending when
+  // the work completes. The promise is settled by one last call on that same queue, so every token
+  // reaches JS before the result does.
+  void OnOK() override {
+    if (!on_token_) {
+      JobWorker::OnOK();
+      return;
+    }
+    SuppressDestruct();
+    GenerateWorker* self = this;
+    if (on_token_.NonBlockingCall(self, [](Napi::Env, Napi::Function, GenerateWorker* w) {
+          w->JobWorker::OnOK();  // settles the promise and releases the token function
+          w->Destroy();
+        }) != napi_ok) {
+      JobWorker::OnOK();
+      Destroy();
+    }
+  }
   void Cleanup() override {
     if (on_token_) on_token_.Release();
   }
