@@ -549,6 +549,8 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
     Napi::Object o = info[1].As<Napi::Object>();
     Napi::Value b = o.Get("backend");
     if (b.IsString()) options.backend = b.As<Napi::String>().Utf8Value();
+    Napi::Value pr = o.Get("precision");
+    if (pr.IsString()) options.precision = pr.As<Napi::String>().Utf8Value();
     options.threads = static_cast<int>(number_opt(o, "threads", 0));
     options.max_context = static_cast<int>(number_opt(o, "maxContext", 0));
   }

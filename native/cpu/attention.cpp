@@ -6,9 +6,20 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu/cpu_features.h"
+
+namespace plm::cpu::kernels {
+bool attention_avx512(const float* q, const float* k, const float* v, float* out, const AttentionShape& s,
+                      ThreadPool* pool);
+}  // namespace plm::cpu::kernels
+
 namespace plm::cpu {
 
 void attention(const float* q, const float* k, const float* v, float* out, const AttentionShape& s, ThreadPool* pool) {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const bool avx512 = cpu_features().avx512f && cpu_features().avx512dq;
+  if (avx512 && kernels::attention_avx512(q, k, v, out, s, pool)) return;
+#endif
   const int hd = s.head_dim, group = s.heads / s.kv_heads;
   constexpr int64_t kKeyBlock = 64;
   auto task = [&](int64_t idx) {

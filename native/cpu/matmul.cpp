@@ -8,6 +8,8 @@
 
 #include "core/error.h"
 #include "core/half.h"
+#include "cpu/cpu_features.h"
+#include "cpu/gemm_kernels.h"
 
 namespace plm::cpu {
 
@@ -31,7 +33,50 @@ inline float dot(const float* a, const float* b, int64_t n) {
 
 }  // namespace
 
+namespace {
+void matmul_portable(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
+}  // namespace
+
+bool bf16_matmul_available() {
+#if defined(__x86_64__) || defined(_M_X64)
+  return cpu_features().amx_bf16 && cpu_features().avx512_bf16;
+#else
+  return false;
+#endif
+}
+
+const char* matmul_kernel_name() {
+#if defined(__x86_64__) || defined(_M_X64)
+  const CpuFeatures& f = cpu_features();
+  if (f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq)
+    return bf16_matmul_available() ? "avx512+amx-bf16" : "avx512";
+  if (f.avx2 && f.fma && f.f16c) return "avx2";
+#endif
+  return "portable";
+}
+
 void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool) {
+  matmul(x, M, w, bias, y, pool, Precision::kF32);
+}
+
+void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool,
+            Precision precision) {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const CpuFeatures& f = cpu_features();
+  static const bool avx512 = f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq;
+  static const bool avx2 = f.avx2 && f.fma && f.f16c;
+  static const bool amx = bf16_matmul_available() && avx512;
+  if (precision == Precision::kBF16 && amx && M >= 32 && kernels::matmul_amx_bf16(x, M, w, bias, y, pool)) return;
+  if (avx512 && kernels::matmul_avx512_f32(x, M, w, bias, y, pool)) return;
+  if (avx2 && kernels::matmul_avx2_f32(x, M, w, bias, y, pool)) return;
+#else
+  (void)precision;
+#endif
+  matmul_portable(x, M, w, bias, y, pool);
+}
+
+namespace {
+void matmul_portable(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool) {
   const int64_t N = w.rows, K = w.cols;
   if (w.dtype != DType::kF32 && w.dtype != DType::kBF16 && w.dtype != DType::kF16)
     throw Error(ErrorCode::kUnsupportedDtype, std::string("matmul: unsupported weight dtype ") + dtype_name(w.dtype));
@@ -60,5 +105,7 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
     for (int64_t b = 0; b < blocks; ++b) run(b);
   }
 }
+
+}  // namespace
 
 }  // namespace plm::cpu

@@ -19,6 +19,23 @@ struct WeightMatrix {
 // y[M, N] = x[M, K] · W^T + bias. bias may be null. y must not alias x.
 void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
 
+// Activation precision of the matmuls with many rows (prefill, vision). kF32: f32 activations and
+// accumulation (exact to f32 rounding; the fixture tests' mode). kBF16: activations rounded to bf16,
+// f32 accumulation, on AMX tiles where the CPU has them (error bound in benchmarks/RESULTS.md).
+// Small-M matmuls (decode, M <= 8) always use f32 activations: they are memory-bound either way.
+enum class Precision { kF32, kBF16 };
+
+// Same as matmul() with an explicit precision. kBF16 falls back to kF32 where no fast bf16 kernel
+// applies (no AMX/AVX512-BF16, a shape the tiles don't cover, or f32/f16 weights).
+void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool,
+            Precision precision);
+
+// True when kBF16 has a fast kernel on this CPU (AMX-BF16 granted by the OS).
+bool bf16_matmul_available();
+
+// Which kernel family matmul() uses on this CPU, for `plm info` and benchmarks ("amx-bf16+avx512", ...).
+const char* matmul_kernel_name();
+
 // Reads one row of W as f32 (embedding lookup, tied heads).
 void weight_row_to_f32(const WeightMatrix& w, int64_t row, float* out);
 

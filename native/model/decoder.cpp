@@ -72,9 +72,9 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
     float* kc = cache_.keys(l) + pos0 * kvw;    // [n, nkv, hd] slice of the cache
     float* vc = cache_.values(l) + pos0 * kvw;
     cpu::rms_norm(x, L.input_norm.data(), h.data(), n, H, cfg_.rms_norm_eps);
-    cpu::matmul(h.data(), n, L.q, nullptr, q.data(), pool_);
-    cpu::matmul(h.data(), n, L.k, nullptr, kc, pool_);
-    cpu::matmul(h.data(), n, L.v, nullptr, vc, pool_);
+    cpu::matmul(h.data(), n, L.q, nullptr, q.data(), pool_, precision_);
+    cpu::matmul(h.data(), n, L.k, nullptr, kc, pool_, precision_);
+    cpu::matmul(h.data(), n, L.v, nullptr, vc, pool_, precision_);
     cpu::rope_rotate_half(q.data(), n, static_cast<int>(nh), static_cast<int>(hd), cos.data(), sin.data());
     cpu::rope_rotate_half(kc, n, static_cast<int>(nkv), static_cast<int>(hd), cos.data(), sin.data());
     cpu::AttentionShape s;
@@ -89,13 +89,13 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
     s.causal = true;
     s.q_offset = pos0;
     cpu::attention(q.data(), cache_.keys(l), cache_.values(l), attn.data(), s, pool_);
-    cpu::matmul(attn.data(), n, L.o, nullptr, proj.data(), pool_);
+    cpu::matmul(attn.data(), n, L.o, nullptr, proj.data(), pool_, precision_);
     for (int64_t i = 0; i < n * H; ++i) x[i] += proj[i];
     cpu::rms_norm(x, L.post_norm.data(), h.data(), n, H, cfg_.rms_norm_eps);
-    cpu::matmul(h.data(), n, L.gate, nullptr, gate.data(), pool_);
-    cpu::matmul(h.data(), n, L.up, nullptr, up.data(), pool_);
+    cpu::matmul(h.data(), n, L.gate, nullptr, gate.data(), pool_, precision_);
+    cpu::matmul(h.data(), n, L.up, nullptr, up.data(), pool_, precision_);
     cpu::silu_mul(gate.data(), up.data(), gate.data(), n * I);
-    cpu::matmul(gate.data(), n, L.down, nullptr, proj.data(), pool_);
+    cpu::matmul(gate.data(), n, L.down, nullptr, proj.data(), pool_, precision_);
     for (int64_t i = 0; i < n * H; ++i) x[i] += proj[i];
     if (dump) dump("hidden.layers." + std::to_string(l), x, {n, H});
   }
@@ -107,7 +107,7 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
   const float* src = x + (n - norm_rows) * H;
   cpu::rms_norm(src, final_norm_.data(), h.data(), norm_rows, H, cfg_.rms_norm_eps);
   if (dump) dump("hidden.norm", h.data(), {n, H});
-  cpu::matmul(h.data() + (norm_rows - logits_rows) * H, logits_rows, lm_head_, nullptr, logits_out, pool_);
+  cpu::matmul(h.data() + (norm_rows - logits_rows) * H, logits_rows, lm_head_, nullptr, logits_out, pool_, precision_);
 }
 
 }  // namespace plm

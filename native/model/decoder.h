@@ -13,6 +13,8 @@ namespace plm {
 
 class Decoder {
  public:
+  // Activation precision of the large matmuls (cpu::Precision::kBF16: AMX tiles where available).
+  void set_precision(cpu::Precision p) { precision_ = p; }
   Decoder(const LoadedModel& model, ThreadPool* pool, int64_t max_context);
 
   // Runs n tokens appended to the cache. embeds [n, hidden] are the input rows (already merged);
@@ -33,6 +35,7 @@ class Decoder {
   };
   const TextConfig& cfg_;
   ThreadPool* pool_;
+  cpu::Precision precision_ = cpu::Precision::kF32;
   std::vector<Layer> layers_;
   std::vector<float> final_norm_;  // [hidden]
   std::vector<float> inv_freq_;    // [head_dim / 2]

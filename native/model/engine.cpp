@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 
 #include "core/error.h"
 #include "model/sampler.h"
@@ -14,6 +15,20 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 }
 
 }  // namespace
+
+// "auto" takes the bf16 matrix units where the CPU has them; the fixture tests ask for "f32" explicitly.
+constexpr bool kAutoPrefersBf16 = true;
+
+static cpu::Precision resolve_precision(std::string p) {
+  if (p == "auto") {
+    const char* env = std::getenv("PLM_PRECISION");
+    if (env && *env) p = env;
+  }
+  if (p == "f32") return cpu::Precision::kF32;
+  if (p == "bf16") return cpu::Precision::kBF16;  // falls back to f32 kernels where no bf16 kernel applies
+  if (p == "auto") return kAutoPrefersBf16 && cpu::bf16_matmul_available() ? cpu::Precision::kBF16 : cpu::Precision::kF32;
+  throw Error(ErrorCode::kInvalidArgument, "precision must be \"auto\", \"f32\" or \"bf16\", got \"" + p + "\"");
+}
 
 Engine::~Engine() = default;
 
@@ -36,7 +51,7 @@ std::unique_ptr<Engine> Engine::load(const std::string& dir, const EngineOptions
   }
   if (!e->runner_) {
     e->pool_ = std::make_unique<ThreadPool>(options.threads);
-    e->runner_ = make_cpu_runner(*e->model_, e->pool_.get(), e->max_context_);
+    e->runner_ = make_cpu_runner(*e->model_, e->pool_.get(), e->max_context_, resolve_precision(options.precision));
   }
   return e;
 }

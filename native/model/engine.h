@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/thread_pool.h"
+#include "cpu/matmul.h"
 #include "model/model.h"
 #include "model/runner.h"
 
@@ -15,6 +16,11 @@ struct EngineOptions {
   int threads = 0;               // CPU threads; 0: physical cores
   int max_context = 0;           // KV cache capacity; 0: max_position_embeddings
   int cuda_device = 0;
+  // CPU activation precision for prefill, vision and projector matmuls: "f32" (exact to f32 rounding, what the
+  // fixture tests check), "bf16" (activations rounded to bf16, f32 accumulation, AMX tiles; several times
+  // faster; see benchmarks/RESULTS.md for the measured error), "auto" (see resolve_precision in engine.cpp).
+  // Decode (one token at a time) always runs with f32 activations. The env var PLM_PRECISION overrides "auto".
+  std::string precision = "auto";
 };
 
 // Pixels of every image and video frame in the prompt, concatenated in prompt order.
@@ -75,7 +81,8 @@ class Engine {
 };
 
 // Factories, one per backend (runner_cpu.cpp, runner_cuda.cpp).
-std::unique_ptr<Runner> make_cpu_runner(const LoadedModel& model, ThreadPool* pool, int64_t max_context);
+std::unique_ptr<Runner> make_cpu_runner(const LoadedModel& model, ThreadPool* pool, int64_t max_context,
+                                        cpu::Precision precision = cpu::Precision::kF32);
 // Returns null and sets *why_not when the CUDA library, driver or device is unavailable.
 std::unique_ptr<Runner> make_cuda_runner(const LoadedModel& model, int device, int64_t max_context,
                                          const ProgressFn& progress, std::string* why_not);

@@ -11,6 +11,8 @@ namespace plm {
 
 class Projector {
  public:
+  // Activation precision of the large matmuls (cpu::Precision::kBF16: AMX tiles where available).
+  void set_precision(cpu::Precision p) { precision_ = p; }
   Projector(const LoadedModel& model, ThreadPool* pool);
   // patches [tiles, grid*grid, C] (CLS already removed) -> out [tiles * tokens_per_tile, hidden].
   void forward(const float* patches, int64_t tiles, float* out, const DumpFn& dump);
@@ -18,6 +20,7 @@ class Projector {
  private:
   int grid_, pool_ratio_, width_, hidden_;
   ThreadPool* pool_;
+  cpu::Precision precision_ = cpu::Precision::kF32;
   cpu::WeightMatrix linear1_, linear2_;
   std::vector<float> bias1_, bias2_;  // [hidden]
 };

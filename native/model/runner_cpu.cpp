@@ -13,11 +13,14 @@ namespace {
 
 class CpuRunner : public Runner {
  public:
-  CpuRunner(const LoadedModel& model, ThreadPool* pool, int64_t max_context)
+  CpuRunner(const LoadedModel& model, ThreadPool* pool, int64_t max_context, cpu::Precision precision)
       : model_(model), pool_(pool), decoder_(model, pool, max_context) {
+    decoder_.set_precision(precision);
     if (model.config.vision.present) {
       vision_ = std::make_unique<VisionEncoder>(model, pool);
       projector_ = std::make_unique<Projector>(model, pool);
+      vision_->set_precision(precision);
+      projector_->set_precision(precision);
     }
   }
 
@@ -93,8 +96,9 @@ class CpuRunner : public Runner {
 
 }  // namespace
 
-std::unique_ptr<Runner> make_cpu_runner(const LoadedModel& model, ThreadPool* pool, int64_t max_context) {
-  return std::make_unique<CpuRunner>(model, pool, max_context);
+std::unique_ptr<Runner> make_cpu_runner(const LoadedModel& model, ThreadPool* pool, int64_t max_context,
+                                        cpu::Precision precision) {
+  return std::make_unique<CpuRunner>(model, pool, max_context, precision);
 }
 
 }  // namespace plm

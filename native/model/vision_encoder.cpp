@@ -71,7 +71,7 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
           }
       }
   std::vector<float> embedded(tiles * P * C);  // [tiles, P, C]
-  cpu::matmul(patches.data(), tiles * P, patch_, nullptr, embedded.data(), pool_);
+  cpu::matmul(patches.data(), tiles * P, patch_, nullptr, embedded.data(), pool_, precision_);
   patches = std::vector<float>();
 
   float* x = out;  // [tiles, N, C] residual stream, written in place in the output
@@ -94,7 +94,7 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
     if (cancel && cancel->is_cancelled()) throw Error(ErrorCode::kCancelled, "cancelled");
     Block& blk = blocks_[b];
     cpu::layer_norm(x, blk.norm1_w.data(), blk.norm1_b.data(), h.data(), M, C, cfg_.layer_norm_eps);
-    cpu::matmul(h.data(), M, blk.qkv, blk.qkv_b.data(), qkv.data(), pool_);
+    cpu::matmul(h.data(), M, blk.qkv, blk.qkv_b.data(), qkv.data(), pool_, precision_);
     for (int64_t r = 0; r < M; ++r) {
       std::memcpy(q.data() + r * C, qkv.data() + r * 3 * C, C * sizeof(float));
       std::memcpy(k.data() + r * C, qkv.data() + r * 3 * C + C, C * sizeof(float));
@@ -116,14 +116,14 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
       cpu::attention(q.data() + t * N * C, k.data() + t * N * C, v.data() + t * N * C, a.data() + t * N * C, s,
                      pool_);
     }
-    cpu::matmul(a.data(), M, blk.proj, blk.proj_b.data(), h.data(), pool_);
+    cpu::matmul(a.data(), M, blk.proj, blk.proj_b.data(), h.data(), pool_, precision_);
     const bool ls = !blk.gamma1.empty();
     for (int64_t r = 0; r < M; ++r)
       for (int64_t c = 0; c < C; ++c) x[r * C + c] += ls ? blk.gamma1[c] * h[r * C + c] : h[r * C + c];
     cpu::layer_norm(x, blk.norm2_w.data(), blk.norm2_b.data(), h.data(), M, C, cfg_.layer_norm_eps);
-    cpu::matmul(h.data(), M, blk.fc1, blk.fc1_b.data(), f.data(), pool_);
+    cpu::matmul(h.data(), M, blk.fc1, blk.fc1_b.data(), f.data(), pool_, precision_);
     cpu::gelu_erf(f.data(), M * mlp);
-    cpu::matmul(f.data(), M, blk.fc2, blk.fc2_b.data(), h.data(), pool_);
+    cpu::matmul(f.data(), M, blk.fc2, blk.fc2_b.data(), h.data(), pool_, precision_);
     for (int64_t r = 0; r < M; ++r)
       for (int64_t c = 0; c < C; ++c) x[r * C + c] += ls ? blk.gamma2[c] * h[r * C + c] : h[r * C + c];
     if (dump) dump("vision.blocks." + std::to_string(b), x, {tiles, N, C});

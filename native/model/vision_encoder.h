@@ -11,6 +11,8 @@ namespace plm {
 
 class VisionEncoder {
  public:
+  // Activation precision of the large matmuls (cpu::Precision::kBF16: AMX tiles where available).
+  void set_precision(cpu::Precision p) { precision_ = p; }
   VisionEncoder(const LoadedModel& model, ThreadPool* pool);
 
   // pixels [tiles, 3, S, S] -> out [tiles, tokens, width] (the last block's output, CLS included when present).
@@ -27,6 +29,7 @@ class VisionEncoder {
   };
   const VisionConfig& cfg_;
   ThreadPool* pool_;
+  cpu::Precision precision_ = cpu::Precision::kF32;
   cpu::WeightMatrix patch_;             // [C, 3 * p * p]
   std::vector<float> cls_;              // [C] or empty
   std::vector<float> pos_;              // [tokens, C]

@@ -1,0 +1,234 @@
+// AVX-512F matmul with f32 activations: y[M, N] = x[M, K] · W[N, K]^T + bias, W in bf16/f16/f32 read in
+// place from the mmap (bf16 widened by a 16-bit shift, f16 by vcvtph2ps), f32 FMA accumulation.
+//  - M <= 8 (decode): GEMV. N is split into row ranges across the pool so every core streams its own share of
+//    the weights once; each pass keeps 2-4 weight rows x M activation rows in registers. Memory-bound.
+//  - M > 8 (prefill, vision in f32 mode): a panel GEMM. A 32-column panel of W (KC deep) is widened and
+//    transposed once into a thread-local f32 buffer, then reused by every 6-row micro-tile of the M block.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "cpu/gemm_kernels.h"
+
+namespace plm::cpu::kernels {
+namespace {
+
+template <DType D>
+inline __m512 load16(const void* row, int64_t k) {
+  if constexpr (D == DType::kBF16) {
+    __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(row) + k));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+  } else if constexpr (D == DType::kF16) {
+    __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(row) + k));
+    return _mm512_cvtph_ps(v);
+  } else {
+    return _mm512_loadu_ps(static_cast<const float*>(row) + k);
+  }
+}
+
+template <DType D>
+inline __m512 load16_mask(const void* row, int64_t k, __mmask16 m) {
+  if constexpr (D == DType::kBF16) {
+    __m256i v = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(row) + k);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+  } else if constexpr (D == DType::kF16) {
+    __m256i v = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(row) + k);
+    return _mm512_cvtph_ps(v);
+  } else {
+    return _mm512_maskz_loadu_ps(m, static_cast<const float*>(row) + k);
+  }
+}
+
+template <DType D>
+constexpr size_t esize() {
+  return D == DType::kF32 ? 4 : 2;
+}
+
+// Rows [n0, n1) of y for MR activation rows, NR weight rows per pass.
+template <DType D, int MR, int NR>
+void gemv_range(const float* x, int64_t K, int64_t N, const uint8_t* W, const float* bias, float* y, int64_t n0,
+                int64_t n1) {
+  const size_t rb = static_cast<size_t>(K) * esize<D>();
+  const int64_t kmain = K & ~int64_t(15);
+  const __mmask16 tail = static_cast<__mmask16>((1u << (K - kmain)) - 1u);
+  for (int64_t n = n0; n < n1; n += NR) {
+    const int R = static_cast<int>(std::min<int64_t>(NR, n1 - n));
+    const uint8_t* wr[NR];
+    for (int r = 0; r < NR; ++r) wr[r] = W + static_cast<size_t>(n + std::min(r, R - 1)) * rb;
+    __m512 acc[NR][MR];
+    for (int r = 0; r < NR; ++r)
+      for (int m = 0; m < MR; ++m) acc[r][m] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < kmain; k += 16) {
+      __m512 xv[MR];
+      for (int m = 0; m < MR; ++m) xv[m] = _mm512_loadu_ps(x + m * K + k);
+      for (int r = 0; r < NR; ++r) {
+        _mm_prefetch(reinterpret_cast<const char*>(wr[r]) + (k + 512) * esize<D>(), _MM_HINT_T0);
+        const __m512 w = load16<D>(wr[r], k);
+        for (int m = 0; m < MR; ++m) acc[r][m] = _mm512_fmadd_ps(w, xv[m], acc[r][m]);
+      }
+    }
+    if (tail) {
+      __m512 xv[MR];
+      for (int m = 0; m < MR; ++m) xv[m] = _mm512_maskz_loadu_ps(tail, x + m * K + kmain);
+      for (int r = 0; r < NR; ++r) {
+        const __m512 w = load16_mask<D>(wr[r], kmain, tail);
+        for (int m = 0; m < MR; ++m) acc[r][m] = _mm512_fmadd_ps(w, xv[m], acc[r][m]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int m = 0; m < MR; ++m) y[m * N + n + r] = _mm512_reduce_add_ps(acc[r][m]) + (bias ? bias[n + r] : 0.f);
+  }
+}
+
+template <DType D>
+void gemv(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, int64_t n0, int64_t n1) {
+  const int64_t K = w.cols, N = w.rows;
+  const uint8_t* W = static_cast<const uint8_t*>(w.data);
+  switch (M) {
+    case 1: gemv_range<D, 1, 4>(x, K, N, W, bias, y, n0, n1); break;
+    case 2: gemv_range<D, 2, 4>(x, K, N, W, bias, y, n0, n1); break;
+    case 3: gemv_range<D, 3, 4>(x, K, N, W, bias, y, n0, n1); break;
+    case 4: gemv_range<D, 4, 4>(x, K, N, W, bias, y, n0, n1); break;
+    case 5: gemv_range<D, 5, 2>(x, K, N, W, bias, y, n0, n1); break;
+    case 6: gemv_range<D, 6, 2>(x, K, N, W, bias, y, n0, n1); break;
+    case 7: gemv_range<D, 7, 2>(x, K, N, W, bias, y, n0, n1); break;
+    default: gemv_range<D, 8, 2>(x, K, N, W, bias, y, n0, n1); break;
+  }
+}
+
+// ---- panel GEMM (M > 8) ----
+constexpr int kNP = 32;     // panel width (columns of y)
+constexpr int kMR = 6;      // micro-tile rows
+constexpr int64_t kKC = 256;
+constexpr int64_t kMC = 240;
+
+// Widens W[n0 .. n0+nw)[kc .. kc+kb) into wp[k][32] (f32), zero-padding columns >= nw.
+template <DType D>
+void pack_panel(const WeightMatrix& w, int64_t n0, int nw, int64_t kc, int64_t kb, float* wp) {
+  const size_t rb = static_cast<size_t>(w.cols) * esize<D>();
+  const uint8_t* W = static_cast<const uint8_t*>(w.data);
+  alignas(64) float tmp[16 * 16];
+  for (int64_t k0 = 0; k0 < kb; k0 += 16) {
+    const int kn = static_cast<int>(std::min<int64_t>(16, kb - k0));
+    const __mmask16 km = static_cast<__mmask16>((1u << kn) - 1u);
+    for (int half = 0; half < 2; ++half) {
+      for (int j = 0; j < 16; ++j) {
+        const int col = half * 16 + j;
+        __m512 v = col < nw ? load16_mask<D>(W + static_cast<size_t>(n0 + col) * rb, kc + k0, km) : _mm512_setzero_ps();
+        _mm512_store_ps(tmp + j * 16, v);
+      }
+      // tmp[j][k] -> wp[k0 + k][half*16 + j]
+      const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                             _mm512_set1_epi32(16));
+      for (int k = 0; k < kn; ++k)
+        _mm512_store_ps(wp + (k0 + k) * kNP + half * 16, _mm512_i32gather_ps(_mm512_add_epi32(idx, _mm512_set1_epi32(k)), tmp, 4));
+    }
+  }
+}
+
+template <int MR>
+void micro(const float* x, int64_t K, const float* wp, int64_t kb, float* y, int64_t N, int nw, bool first,
+           const float* bias) {
+  const __mmask16 m0 = static_cast<__mmask16>(nw >= 16 ? 0xffff : (1u << nw) - 1u);
+  const __mmask16 m1 = static_cast<__mmask16>(nw >= 32 ? 0xffff : nw > 16 ? (1u << (nw - 16)) - 1u : 0u);
+  __m512 c0[MR], c1[MR];
+  if (first) {
+    const __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
+    const __m512 b1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
+    for (int m = 0; m < MR; ++m) c0[m] = b0, c1[m] = b1;
+  } else {
+    for (int m = 0; m < MR; ++m) {
+      c0[m] = _mm512_maskz_loadu_ps(m0, y + m * N);
+      c1[m] = _mm512_maskz_loadu_ps(m1, y + m * N + 16);
+    }
+  }
+  for (int64_t k = 0; k < kb; ++k) {
+    const __m512 w0 = _mm512_load_ps(wp + k * kNP), w1 = _mm512_load_ps(wp + k * kNP + 16);
+    for (int m = 0; m < MR; ++m) {
+      const __m512 xb = _mm512_set1_ps(x[m * K + k]);
+      c0[m] = _mm512_fmadd_ps(w0, xb, c0[m]);
+      c1[m] = _mm512_fmadd_ps(w1, xb, c1[m]);
+    }
+  }
+  for (int m = 0; m < MR; ++m) {
+    _mm512_mask_storeu_ps(y + m * N, m0, c0[m]);
+    _mm512_mask_storeu_ps(y + m * N + 16, m1, c1[m]);
+  }
+}
+
+template <DType D>
+void gemm_block(const float* x, const WeightMatrix& w, const float* bias, float* y, int64_t m0, int64_t m1,
+                int64_t n0, int64_t n1) {
+  const int64_t K = w.cols, N = w.rows;
+  thread_local std::vector<float, std::allocator<float>> buf;
+  buf.resize(kKC * kNP + 16);
+  float* wp = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+  for (int64_t kc = 0; kc < K; kc += kKC) {
+    const int64_t kb = std::min(kKC, K - kc);
+    for (int64_t np = n0; np < n1; np += kNP) {
+      const int nw = static_cast<int>(std::min<int64_t>(kNP, n1 - np));
+      pack_panel<D>(w, np, nw, kc, kb, wp);
+      const float* bp = bias ? bias + np : nullptr;
+      int64_t m = m0;
+      for (; m + kMR <= m1; m += kMR) micro<kMR>(x + m * K + kc, K, wp, kb, y + m * N + np, N, nw, kc == 0, bp);
+      switch (m1 - m) {
+        case 1: micro<1>(x + m * K + kc, K, wp, kb, y + m * N + np, N, nw, kc == 0, bp); break;
+        case 2: micro<2>(x + m * K + kc, K, wp, kb, y + m * N + np, N, nw, kc == 0, bp); break;
+        case 3: micro<3>(x + m * K + kc, K, wp, kb, y + m * N + np, N, nw, kc == 0, bp); break;
+        case 4: micro<4>(x + m * K + kc, K, wp, kb, y + m * N + np, N, nw, kc == 0, bp); break;
+        case 5: micro<5>(x + m * K + kc, K, wp, kb, y + m * N + np, N, nw, kc == 0, bp); break;
+        default: break;
+      }
+    }
+  }
+}
+
+template <DType D>
+void run(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool) {
+  const int64_t N = w.rows, K = w.cols;
+  const int threads = pool ? pool->size() : 1;
+  if (M <= 8) {
+    // Row ranges of ~64 KB of weights or more, a few per thread so a busy core doesn't stall the other.
+    const int64_t row_bytes = K * static_cast<int64_t>(esize<D>());
+    int64_t rows = std::max<int64_t>(4, ((65536 / std::max<int64_t>(row_bytes, 1)) + 3) & ~int64_t(3));
+    int64_t tasks = (N + rows - 1) / rows;
+    if (tasks > 4 * threads) {
+      tasks = 4 * threads;
+      rows = (((N + tasks - 1) / tasks) + 3) & ~int64_t(3);
+      tasks = (N + rows - 1) / rows;
+    }
+    auto fn = [&](int64_t t) { gemv<D>(x, M, w, bias, y, t * rows, std::min(N, (t + 1) * rows)); };
+    if (pool && tasks > 1) pool->run_tasks(tasks, fn);
+    else for (int64_t t = 0; t < tasks; ++t) fn(t);
+    return;
+  }
+  const int64_t mblocks = (M + kMC - 1) / kMC;
+  int64_t nchunks = std::max<int64_t>(1, (4 * threads + mblocks - 1) / mblocks);
+  int64_t ncols = ((N + nchunks - 1) / nchunks + kNP - 1) / kNP * kNP;
+  ncols = std::max<int64_t>(ncols, kNP);
+  nchunks = (N + ncols - 1) / ncols;
+  auto fn = [&](int64_t t) {
+    const int64_t mb = t / nchunks, nc = t % nchunks;
+    gemm_block<D>(x, w, bias, y, mb * kMC, std::min(M, (mb + 1) * kMC), nc * ncols, std::min(N, (nc + 1) * ncols));
+  };
+  const int64_t tasks = mblocks * nchunks;
+  if (pool && tasks > 1) pool->run_tasks(tasks, fn);
+  else for (int64_t t = 0; t < tasks; ++t) fn(t);
+}
+
+}  // namespace
+
+bool matmul_avx512_f32(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y,
+                       ThreadPool* pool) {
+  if (M <= 0 || w.rows <= 0) return true;
+  switch (w.dtype) {
+    case DType::kBF16: run<DType::kBF16>(x, M, w, bias, y, pool); return true;
+    case DType::kF16: run<DType::kF16>(x, M, w, bias, y, pool); return true;
+    case DType::kF32: run<DType::kF32>(x, M, w, bias, y, pool); return true;
+    default: return false;
+  }
+}
+
+}  // namespace plm::cpu::kernels
