@@ -5,6 +5,9 @@
  *   plm generate [--model DIR] "prompt"
  *   plm describe <image|video> [--prompt TEXT]
  *   plm info [--model DIR] [--json]
+ *   plm chat [--model DIR]
+ *   plm pull <owner/name> [--revision main] [--dir DIR]
+ *   plm serve [--port 8080] [--host 127.0.0.1] [--model DIR] [--max-queue N] [--allow-remote-images]
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -12,6 +15,8 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { isPlmError, PlmError } from './errors';
 import { loadModel, LoadProgress, PerceptionLM } from './model';
 import { native, packageRoot } from './native';
+import { HubError } from './hub';
+import { keepAlive, runChat, runPull, runServe } from './cli_shipping';
 
 /** Extensions read as videos (decoded with ffmpeg); everything else is read as an image. .gif is an image (first frame). */
 export const VIDEO_EXTENSIONS: readonly string[] = ['.mp4', '.webm', '.mov', '.mkv', '.avi', '.m4v', '.mpg', '.mpeg', '.wmv', '.flv', '.3gp'];
@@ -235,7 +240,8 @@ async function runInfo(opts: { model?: string; json?: boolean; backend?: 'auto' 
 }
 
 function fail(e: unknown): never {
-  if (isPlmError(e)) process.stderr.write(`plm: ${e.code}: ${e.message}\n`);
+  if (e instanceof HubError) process.stderr.write(`plm: ${e.code}: ${e.message}\n`);
+  else if (isPlmError(e)) process.stderr.write(`plm: ${e.code}: ${e.message}\n`);
   else if (e instanceof Error) process.stderr.write(`plm: ERR_INTERNAL: ${e.message}\n`);
   else process.stderr.write(`plm: ERR_INTERNAL: ${String(e)}\n`);
   process.exit(1);
@@ -257,7 +263,10 @@ Examples:
   plm describe chart.png --prompt "What is the highest bar?" --model ~/models/Perception-LM-1B
   plm describe clip.mp4 --frames 16 --json
   plm generate --model ~/models/Perception-LM-1B "Write a haiku about cats"
-  plm info --json`,
+  plm info --json
+  plm chat
+  plm pull facebook/Perception-LM-1B
+  plm serve --port 8080`,
     );
 
   const gen = program.command('generate').description('generate text from a text prompt, streamed to stdout');
@@ -304,7 +313,73 @@ Examples:
     )
     .action(async (opts: { model?: string; json?: boolean; backend?: 'auto' | 'cpu' | 'cuda'; threads?: number }) => runInfo(opts));
 
+  registerShippingCommands(program);
   return program;
+}
+
+function registerShippingCommands(program: Command): void {
+  const chat = program.command('chat').description('interactive chat with history; /image PATH attaches an image, Ctrl-C stops an answer, /exit quits');
+  addSamplingOptions(addModelOptions(chat))
+    .option('--system <text>', 'system prompt (default: the PerceptionLM system prompt)')
+    .option('--max-tiles <n>', 'maximum tiles per image, thumbnail excluded', intArg('--max-tiles', 1))
+    .addHelpText(
+      'after',
+      `
+Commands inside the chat:
+  /image PATH   attach an image to the next message
+  /clear        forget the history
+  /exit         quit (or Ctrl-D, or Ctrl-C twice)
+  Ctrl-C        stop the current answer
+
+Examples:
+  plm chat
+  plm chat --model ~/models/Perception-LM-1B --temperature 0.7`,
+    )
+    .action(async (opts: CommonOpts & { system?: string; maxTiles?: number }) => runChat(opts, () => openModel(opts)));
+
+  program
+    .command('pull')
+    .description('download a checkpoint from the Hugging Face hub (resumable, sha256-verified; HF_TOKEN, HF_ENDPOINT)')
+    .argument('<repo>', 'hub repo id, e.g. facebook/Perception-LM-1B')
+    .option('-r, --revision <rev>', 'branch, tag or commit', 'main')
+    .option('-d, --dir <dir>', 'target directory (default: $PLM_MODELS_DIR or ~/.cache/perception-lm/models, then owner--name)')
+    .option('--json', 'print one JSON object with the directory and files at the end')
+    .addHelpText(
+      'after',
+      `
+Environment:
+  HF_TOKEN      token for gated/private repos (accept the model license on huggingface.co first)
+  HF_ENDPOINT   hub URL (default https://huggingface.co)
+
+Examples:
+  HF_TOKEN=hf_xxx plm pull facebook/Perception-LM-1B
+  plm pull facebook/Perception-LM-1B --revision main --dir ./models/plm-1b
+  plm describe cat.jpg --model ./models/plm-1b`,
+    )
+    .action(async (repo: string, opts: { revision: string; dir?: string; json?: boolean }) => runPull(repo, opts));
+
+  const serve = program.command('serve').description('OpenAI-compatible HTTP server (POST /v1/chat/completions, GET /v1/models, GET /health)');
+  addModelOptions(serve)
+    .option('--port <n>', 'port (0 = any free port)', intArg('--port', 0), 8080)
+    .option('--host <host>', 'address to listen on', '127.0.0.1')
+    .option('--max-queue <n>', 'requests waiting behind the running one (429 beyond)', intArg('--max-queue', 0), 16)
+    .option('--max-tokens-limit <n>', 'largest max_tokens a request may ask for', intArg('--max-tokens-limit', 1), 4096)
+    .option('--max-body <bytes>', 'largest request body in bytes (413 beyond)', intArg('--max-body', 1024), 32 * 1024 * 1024)
+    .option('--max-image-pixels <n>', 'largest image (width x height; 400 beyond)', intArg('--max-image-pixels', 1), 50_000_000)
+    .option('--allow-remote-images', 'fetch http(s) image_url URLs (default: data: URLs only)')
+    .option('-q, --quiet', 'no access log')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  plm serve --model ~/models/Perception-LM-1B --port 8080
+  curl http://127.0.0.1:8080/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{"messages":[{"role":"user","content":"Hello"}],"max_tokens":32}'`,
+    )
+    .action(
+      async (opts: CommonOpts & { port: number; host: string; maxQueue: number; maxTokensLimit: number; maxBody: number; maxImagePixels: number; allowRemoteImages?: boolean }) =>
+        runServe(opts, () => openModel(opts)),
+    );
 }
 
 function readVersion(): string {
@@ -320,7 +395,9 @@ if (require.main === module) {
   buildProgram()
     .parseAsync(process.argv)
     .then(
-      () => process.exit(0),
+      () => {
+        if (!keepAlive()) process.exit(0);
+      },
       (e: unknown) => fail(e),
     );
 }
