@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# The one script for a GPU machine (H100), run from the repository root:
+#   OUT=/some/dir bash benchmarks/gpu/run.sh
+# Builds the CUDA backend and tools, runs the parity test (ops + fixture goldens), writes random PLM-1B/3B/8B
+# checkpoints, benchmarks our engine on each and the transformers peer on 1B, and prints a summary table last.
+# Global budget PLM_BUDGET_S (default 480 s): steps that would not fit are skipped with a logged note.
+# Everything is logged to $OUT/log.txt; results are $OUT/*.json. One failed step never stops the script.
+set -u
+OUT=${OUT:-/tmp/plm_gpu_out}
+mkdir -p "$OUT"
+LOG="$OUT/log.txt"
+: > "$LOG"
+START=$(date +%s)
+BUDGET=${PLM_BUDGET_S:-480}
+WORK=${PLM_WORK:-/tmp/plm_gpu_work}
+mkdir -p "$WORK"
+elapsed() { echo $(( $(date +%s) - START )); }
+left() { echo $(( BUDGET - $(elapsed) )); }
+log() { echo "[$(elapsed)s] $*" | tee -a "$LOG"; }
+# step NAME MIN_SECONDS TIMEOUT CMD...: runs when at least MIN_SECONDS of the budget remain
+step() {
+  local name=$1 need=$2 to=$3; shift 3
+  local l; l=$(left)
+  if [ "$l" -lt "$need" ]; then log "SKIP $name: ${l}s left of the budget, needs ${need}s"; return 99; fi
+  [ "$to" -gt "$l" ] && to=$l
+  log "RUN  $name (timeout ${to}s)"
+  timeout -k 5 "$to" "$@" >> "$LOG" 2>&1
+  local rc=$?
+  log "END  $name rc=$rc"
+  return $rc
+}
+
+export PATH="$PATH:/usr/local/cuda/bin"
+export PYTHONUNBUFFERED=1
+log "perception-lm GPU run; budget ${BUDGET}s; OUT=$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv >> "$LOG" 2>&1
+nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | sed 's/^/gpu: /' | tee -a "$LOG"
+nproc | sed 's/^/cpus: /' >> "$LOG"
+df -h /tmp >> "$LOG" 2>&1
+
+# --- build (from a copy of native/ so a leftover placeholder runner never clashes with runner_cuda.cpp) ---
+SRC="$WORK/src"
+BUILD="$WORK/build"
+rm -rf "$SRC"; mkdir -p "$SRC"
+cp -r native CMakeLists.txt "$SRC"/
+if [ -f "$SRC/native/model/runner_cuda.cpp" ] && [ -f "$SRC/native/model/cuda_runner_pending.cpp" ]; then
+  log "note: dropping native/model/cuda_runner_pending.cpp from the build copy (runner_cuda.cpp supersedes it)"
+  rm -f "$SRC/native/model/cuda_runner_pending.cpp"
+fi
+step configure 60 60 cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DPLM_BUILD_TOOLS=ON -DPLM_CUDA_ARCHS=90a-real
+step build 60 240 cmake --build "$BUILD" -j16
+export PLM_CUDA_LIBRARY="$BUILD/Release/libplm_cuda.so"
+if command -v cuobjdump >/dev/null && [ -f "$PLM_CUDA_LIBRARY" ]; then
+  cuobjdump --dump-sass "$PLM_CUDA_LIBRARY" > "$WORK/sass.txt" 2>/dev/null
+  log "SASS: $(grep -c HMMA "$WORK/sass.txt") HMMA, $(grep -c HGMMA "$WORK/sass.txt") HGMMA, $(grep -cE '\b(LDL|STL)\b' "$WORK/sass.txt") LDL/STL"
+fi
+TEST="$BUILD/plm_cuda_test"
+BENCH="$BUILD/plm_bench"
+
+# --- parity ---
+FIX=$(ls -d test/fixtures/text/*/ test/fixtures/vision/*/ 2>/dev/null | sed 's#/$##')
+if [ -x "$TEST" ]; then
+  step parity 30 100 "$TEST" --json "$OUT/parity.json" $FIX
+  grep -E "^(FAIL|SKIPPED)|passed, .* failed" "$LOG" | tail -40
+else
+  log "no plm_cuda_test binary (build failed?)"
+fi
+
+# --- random checkpoints + benchmarks, most important first ---
+bench_variant() {
+  local v=$1 need_ckpt=$2 need_bench=$3
+  local dir="$WORK/plm-$v"
+  if [ ! -f "$dir/config.json" ]; then
+    step "checkpoint $v" "$need_ckpt" 200 python3 benchmarks/gpu/make_random_checkpoint.py --variant "$v" --out "$dir" || return
+  fi
+  if [ -x "$BENCH" ]; then
+    step "bench $v" "$need_bench" 150 "$BENCH" --model "$dir" --backend cuda --json "$OUT/bench_$v.json" \
+      --decode-tokens 128 --prefill 512,4096 --tiles 1,37 --ttft-tiles 37 --runs 3
+  fi
+}
+bench_variant 1b 60 30
+step "hf peer 1b" 60 110 python3 benchmarks/gpu/hf_peer.py --model "$WORK/plm-1b" --json "$OUT/hf_1b.json" \
+  --decode-tokens 64 --prefill 512 --tiles 1,37 --ttft-tiles 37 --runs 2 --time-budget 80
+bench_variant 3b 100 40
+rm -rf "$WORK/plm-3b"
+bench_variant 8b 150 60
+rm -rf "$WORK/plm-8b"
+rm -rf "$WORK/plm-1b"
+
+# --- summary ---
+log "done in $(elapsed)s"
+python3 - "$OUT" <<'PY' 2>&1 | tee -a "$LOG"
+import json, os, sys
+out = sys.argv[1]
+def load(n):
+    try:
+        return json.load(open(os.path.join(out, n)))
+    except Exception:
+        return None
+p = load("parity.json")
+if p is None:
+    print("parity: no report")
+elif p.get("skipped"):
+    print("parity: SKIPPED", p.get("reason"))
+else:
+    print(f"parity: {p['passed']} passed, {p['failed']} failed on {p.get('device')}")
+    for r in p["results"]:
+        if not r["pass"] and not r["info"]:
+            print(f"  FAIL {r['name']}: err {r['err']:.3g} bound {r['bound']:.3g} {r['detail']}")
+floor = {"1b": 0.74, "3b": 1.92, "8b": 4.48}
+print(f"{'run':<10}{'decode ms/tok':>14}{'floor':>7}{'prefill512 tok/s':>18}{'prefill4096 tok/s':>19}{'vision37 tiles/s':>18}{'TTFT37 ms':>11}")
+def row(name, d, v=None):
+    if not d:
+        print(f"{name:<10}  (no result)")
+        return
+    pf = d.get("prefill", {})
+    vi = d.get("vision", {})
+    def g(x, k):
+        return f"{x[k]:.1f}" if isinstance(x, dict) and k in x else "-"
+    dec = d.get("decode_ms_per_token")
+    dec_s = f"{dec:.3f}" if dec else "-"
+    fl = str(floor.get(v, "")) if v else ""
+    tt = f"{d['ttft_ms']:.1f}" if "ttft_ms" in d else "-"
+    print(f"{name:<10}{dec_s:>14}{fl:>7}{g(pf.get('512', {}), 'tokens_per_s'):>18}"
+          f"{g(pf.get('4096', {}), 'tokens_per_s'):>19}{g(vi.get('37', {}), 'tiles_per_s'):>18}{tt:>11}")
+    if d.get("error"):
+        print("   error:", d["error"])
+    for e in d.get("errors", []):
+        print("   note:", e)
+for v in ["1b", "3b", "8b"]:
+    row("ours " + v, load(f"bench_{v}.json"), v)
+row("hf 1b", load("hf_1b.json"), "1b")
+PY
+exit 0

@@ -1,0 +1,39 @@
+// Linear layers on the GPU: C[M, N] = A[M, K] · W[N, K]^T with a fused epilogue (plain C++ declarations).
+//   gemm_bf16: tensor cores (mma.sync m16n8k16 bf16, f32 accumulation), any M, N; K % 8 == 0 for the fast
+//              path (a simple fallback handles any K).
+//   gemv_bf16: M = 1 (decode), one warp per output row, 16-byte weight loads: bandwidth-bound.
+// TODO(quant): int8 / 4-bit weight GEMV (per-group scales) for the decode path; bf16 only for now.
+#pragma once
+#include <cstdint>
+
+namespace plm::cuda {
+
+enum class EpMode : int {
+  kStoreBf16 = 0,  // out_bf16[r, c] = v
+  kStoreF32 = 1,   // out_f32[r, c] = v
+  kAddF32 = 2,     // out_f32[r, c] += (scale ? scale[c] : 1) * v   (residual stream, layer scale)
+};
+
+struct Epilogue {
+  EpMode mode = EpMode::kStoreBf16;
+  const float* bias = nullptr;   // [N] or null, added first
+  bool gelu = false;             // exact erf GELU after the bias
+  const float* scale = nullptr;  // [N] or null, only for kAddF32
+  void* out = nullptr;           // bf16 (uint16_t) or f32 [M, ldo]
+  int64_t ldo = 0;               // elements between rows of out
+};
+
+// A: bf16 [M, lda], W: bf16 [N, ldw] (row n = output feature n), both row-major.
+void gemm_bf16(const uint16_t* A, int64_t lda, const uint16_t* W, int64_t ldw, int64_t M, int64_t N, int64_t K,
+               const Epilogue& ep, void* stream);
+
+// Decode matrix-vector product: y[N] = W[N, K] · x[K] with the same epilogue (row 0 only).
+// x: bf16 [K]. swiglu: W holds [gate (I rows); up (I rows)], N = I and out_bf16[i] = silu(g_i) * u_i.
+void gemv_bf16(const uint16_t* x, const uint16_t* W, int64_t N, int64_t K, const Epilogue& ep, bool swiglu,
+               void* stream);
+
+// Plain reference GEMM (one thread per output, f32): used by tests to cross-check the tensor-core path.
+void gemm_bf16_reference(const uint16_t* A, int64_t lda, const uint16_t* W, int64_t ldw, int64_t M, int64_t N,
+                         int64_t K, const Epilogue& ep, void* stream);
+
+}  // namespace plm::cuda
