@@ -28,11 +28,11 @@ if (!have(cxx)) {
 }
 
 const cmakeJs = require.resolve('cmake-js/bin/cmake-js');
-const args = [cmakeJs, process.argv.includes('--rebuild') ? 'rebuild' : 'build'];
-// Extra CMake definitions, e.g. PLM_CMAKE_ARGS="-DPLM_CUDA=OFF -DPLM_CUDA_ARCHS=90a-real".
-for (const def of (process.env.PLM_CMAKE_ARGS || '').split(/\s+/).filter(Boolean)) {
-  args.push(`--CD${def.replace(/^-D/, '')}`);
-}
+// Extra CMake definitions, e.g. PLM_CMAKE_ARGS="-DPLM_CUDA=OFF -DPLM_CUDA_ARCHS=90a-real". They only take
+// effect at configure time, so their presence makes this a full configure + build ('rebuild').
+const defs = (process.env.PLM_CMAKE_ARGS || '').split(/\s+/).filter(Boolean);
+const args = [cmakeJs, process.argv.includes('--rebuild') || defs.length > 0 ? 'rebuild' : 'build'];
+for (const def of defs) args.push(`--CD${def.replace(/^-D/, '')}`);
 const parallel = process.env.CMAKE_BUILD_PARALLEL_LEVEL || String(require('os').availableParallelism?.() || 2);
 const r = spawnSync(process.execPath, args, {
   cwd: root,

@@ -42,7 +42,7 @@ df -h /tmp >> "$LOG" 2>&1
 SRC="$WORK/src"
 BUILD="$WORK/build"
 rm -rf "$SRC"; mkdir -p "$SRC"
-cp -r native CMakeLists.txt "$SRC"/
+cp -a native CMakeLists.txt "$SRC"/   # -a keeps mtimes: a second call on a warm machine rebuilds only what changed
 if [ -f "$SRC/native/model/runner_cuda.cpp" ] && [ -f "$SRC/native/model/cuda_runner_pending.cpp" ]; then
   log "note: dropping native/model/cuda_runner_pending.cpp from the build copy (runner_cuda.cpp supersedes it)"
   rm -f "$SRC/native/model/cuda_runner_pending.cpp"
@@ -58,8 +58,12 @@ TEST="$BUILD/plm_cuda_test"
 BENCH="$BUILD/plm_bench"
 
 # --- parity ---
+# PLM_GPU_STEPS: "all" (default), "parity" (build + parity only) or "bench" (build + benchmarks only).
+STEPS=${PLM_GPU_STEPS:-all}
 FIX=$(ls -d test/fixtures/text/*/ test/fixtures/vision/*/ 2>/dev/null | sed 's#/$##')
-if [ -x "$TEST" ]; then
+if [ "$STEPS" = bench ]; then
+  log "parity skipped (PLM_GPU_STEPS=bench)"
+elif [ -x "$TEST" ]; then
   step parity 30 100 "$TEST" --json "$OUT/parity.json" $FIX
   grep -E "^(FAIL|SKIPPED)|passed, .* failed" "$LOG" | tail -40
 else
@@ -67,6 +71,7 @@ else
 fi
 
 # --- random checkpoints + benchmarks, most important first ---
+if [ "$STEPS" = parity ]; then log "benchmarks skipped (PLM_GPU_STEPS=parity)"; BUDGET=0; fi
 bench_variant() {
   local v=$1 need_ckpt=$2 need_bench=$3
   local dir="$WORK/plm-$v"
