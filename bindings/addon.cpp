@@ -10,46 +10,17 @@
 
 #include "core/error.h"
 #include "cpu/cpu_features.h"
+#include "async_job.h"
 #include "image_processor_binding.h"
 #include "model/engine.h"
 
 namespace {
 
 using plm::Engine;
-
-Napi::Error coded_error(Napi::Env env, const std::string& code, const std::string& message) {
-  Napi::Error err = Napi::Error::New(env, message);
-  err.Set("code", Napi::String::New(env, code));
-  return err;
-}
-
-[[noreturn]] void throw_invalid(Napi::Env env, const std::string& message) {
-  throw coded_error(env, "ERR_INVALID_ARGUMENT", message);
-}
-
-// Captures a native failure on the worker thread for rejection on the JS thread.
-struct Failure {
-  std::string code, message;
-  bool failed = false;
-  void capture(const std::exception_ptr& ep) {
-    failed = true;
-    try {
-      std::rethrow_exception(ep);
-    } catch (const plm::Error& e) {
-      code = plm::error_code_name(e.code());
-      message = e.what();
-    } catch (const std::bad_alloc&) {
-      code = "ERR_OUT_OF_MEMORY";
-      message = "out of memory";
-    } catch (const std::exception& e) {
-      code = "ERR_INTERNAL";
-      message = e.what();
-    } catch (...) {
-      code = "ERR_INTERNAL";
-      message = "unknown native error";
-    }
-  }
-};
+using plm_napi::coded_error;
+using plm_napi::float_array;
+using plm_napi::JobWorker;
+using plm_napi::throw_invalid;
 
 class CancelTokenWrap : public Napi::ObjectWrap<CancelTokenWrap> {
  public:
@@ -133,46 +104,6 @@ Napi::Object config_to_js(Napi::Env env, const plm::LoadedModel& m) {
   out.Set("generation", gen);
   return out;
 }
-
-// Base worker: runs Work() off the JS thread, resolves with Result() or rejects with a coded Error.
-class JobWorker : public Napi::AsyncWorker {
- public:
-  explicit JobWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
-  Napi::Promise Promise() { return deferred_.Promise(); }
-
- protected:
-  virtual void Work() = 0;
-  virtual Napi::Value Result(Napi::Env env) = 0;
-
-  void Execute() override {
-    try {
-      Work();
-    } catch (...) {
-      failure_.capture(std::current_exception());
-    }
-  }
-  void OnOK() override {
-    Napi::Env env = Env();
-    Cleanup();
-    if (failure_.failed) {
-      deferred_.Reject(coded_error(env, failure_.code, failure_.message).Value());
-      return;
-    }
-    try {
-      deferred_.Resolve(Result(env));
-    } catch (const Napi::Error& e) {
-      deferred_.Reject(e.Value());
-    }
-  }
-  void OnError(const Napi::Error& e) override {
-    Cleanup();
-    deferred_.Reject(e.Value());
-  }
-  virtual void Cleanup() {}
-
-  Napi::Promise::Deferred deferred_;
-  Failure failure_;
-};
 
 class NativeModel;
 
@@ -301,11 +232,6 @@ int64_t tiles_from(Napi::Env env, const Napi::Value& v) {
   return static_cast<int64_t>(d);
 }
 
-Napi::Float32Array float_array(Napi::Env env, const float* data, size_t n) {
-  Napi::Float32Array a = Napi::Float32Array::New(env, n);
-  if (n) std::memcpy(a.Data(), data, n * sizeof(float));
-  return a;
-}
 
 Napi::Value NativeModel::Info(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();

@@ -3,6 +3,8 @@
 // copied into JS-owned ArrayBuffers (no external buffers: Electron forbids them).
 #include "image_processor_binding.h"
 
+#include "async_job.h"
+
 #include <cstring>
 #include <memory>
 #include <string>
@@ -14,28 +16,24 @@
 
 namespace {
 
+using plm_napi::coded_error;
+
 // One process-wide pool for preprocessing, created on first use.
 plm::ThreadPool* preprocess_pool() {
   static plm::ThreadPool pool(0);
   return &pool;
 }
 
-Napi::Error make_error(Napi::Env env, const std::string& code, const std::string& message) {
-  Napi::Error err = Napi::Error::New(env, message);
-  err.Set("code", Napi::String::New(env, code));
-  return err;
-}
-
 // Reads args[i] as an integer in [lo, hi]; throws a JS TypeError with code ERR_INVALID_ARGUMENT.
 int int_arg(const Napi::CallbackInfo& info, size_t i, const char* name, int64_t lo, int64_t hi) {
   Napi::Env env = info.Env();
   if (info.Length() <= i || !info[i].IsNumber()) {
-    throw make_error(env, plm::error_code_name(plm::ErrorCode::kInvalidArgument),
+    throw coded_error(env, plm::error_code_name(plm::ErrorCode::kInvalidArgument),
                      std::string(name) + " must be a number");
   }
   double v = info[i].As<Napi::Number>().DoubleValue();
   if (!(v >= static_cast<double>(lo) && v <= static_cast<double>(hi)) || v != static_cast<double>(static_cast<int64_t>(v))) {
-    throw make_error(env, plm::error_code_name(plm::ErrorCode::kInvalidArgument),
+    throw coded_error(env, plm::error_code_name(plm::ErrorCode::kInvalidArgument),
                      std::string(name) + " must be an integer in " + std::to_string(lo) + ".." + std::to_string(hi) +
                          ", got " + info[i].ToString().Utf8Value());
   }
@@ -47,11 +45,11 @@ std::vector<uint8_t> bytes_arg(const Napi::CallbackInfo& info, size_t i, size_t 
   Napi::Env env = info.Env();
   if (info.Length() <= i || !info[i].IsTypedArray() ||
       info[i].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
-    throw make_error(env, plm::error_code_name(plm::ErrorCode::kInvalidArgument), "rgb must be a Uint8Array");
+    throw coded_error(env, plm::error_code_name(plm::ErrorCode::kInvalidArgument), "rgb must be a Uint8Array");
   }
   auto arr = info[i].As<Napi::Uint8Array>();
   if (arr.ByteLength() != expected) {
-    throw make_error(env, plm::error_code_name(plm::ErrorCode::kInvalidArgument),
+    throw coded_error(env, plm::error_code_name(plm::ErrorCode::kInvalidArgument),
                      "rgb has " + std::to_string(arr.ByteLength()) + " bytes, expected " + std::to_string(expected) +
                          " (width * height * 3" + std::string(" per frame)"));
   }
@@ -60,56 +58,7 @@ std::vector<uint8_t> bytes_arg(const Napi::CallbackInfo& info, size_t i, size_t 
   return out;
 }
 
-// Shared base: runs Work() off the JS thread and turns plm::Error into a coded rejection.
-class PreprocessWorker : public Napi::AsyncWorker {
- public:
-  explicit PreprocessWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
-  Napi::Promise Promise() { return deferred_.Promise(); }
-
- protected:
-  virtual void Work() = 0;
-  virtual Napi::Value Result(Napi::Env env) = 0;
-
-  void Execute() override {
-    try {
-      Work();
-    } catch (const plm::Error& e) {
-      code_ = plm::error_code_name(e.code());
-      SetError(e.what());
-    } catch (const std::bad_alloc&) {
-      code_ = plm::error_code_name(plm::ErrorCode::kOutOfMemory);
-      SetError("out of memory while preprocessing the image");
-    } catch (const std::exception& e) {
-      code_ = plm::error_code_name(plm::ErrorCode::kInternal);
-      SetError(e.what());
-    }
-  }
-  void OnOK() override {
-    Napi::Env env = Env();
-    Napi::HandleScope scope(env);
-    try {
-      deferred_.Resolve(Result(env));
-    } catch (const Napi::Error& e) {
-      deferred_.Reject(e.Value());
-    }
-  }
-  void OnError(const Napi::Error& e) override {
-    Napi::Env env = Env();
-    Napi::HandleScope scope(env);
-    deferred_.Reject(make_error(env, code_, e.Message()).Value());
-  }
-
-  // JS-owned Float32Array holding a copy of `data`.
-  static Napi::Float32Array to_float32(Napi::Env env, const std::vector<float>& data) {
-    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, data.size() * sizeof(float));
-    if (!data.empty()) std::memcpy(ab.Data(), data.data(), data.size() * sizeof(float));
-    return Napi::Float32Array::New(env, data.size(), ab, 0);
-  }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  std::string code_ = "ERR_INTERNAL";
-};
+using PreprocessWorker = plm_napi::JobWorker;
 
 class ImageWorker : public PreprocessWorker {
  public:
@@ -124,7 +73,7 @@ class ImageWorker : public PreprocessWorker {
   }
   Napi::Value Result(Napi::Env env) override {
     Napi::Object obj = Napi::Object::New(env);
-    obj.Set("pixelValues", to_float32(env, result_.pixel_values));
+    obj.Set("pixelValues", plm_napi::float_array(env, result_.pixel_values.data(), result_.pixel_values.size()));
     obj.Set("numTiles", Napi::Number::New(env, result_.num_tiles));
     Napi::Array grid = Napi::Array::New(env, 2);
     grid.Set(uint32_t{0}, Napi::Number::New(env, result_.grid.n_w));
@@ -156,7 +105,7 @@ class FramesWorker : public PreprocessWorker {
   }
   Napi::Value Result(Napi::Env env) override {
     Napi::Object obj = Napi::Object::New(env);
-    obj.Set("pixelValues", to_float32(env, out_));
+    obj.Set("pixelValues", plm_napi::float_array(env, out_.data(), out_.size()));
     obj.Set("numFrames", Napi::Number::New(env, frames_));
     return obj;
   }
@@ -173,7 +122,7 @@ void validate_dims_js(Napi::Env env, int w, int h) {
   try {
     plm::validate_image_size(w, h);
   } catch (const plm::Error& e) {
-    throw make_error(env, plm::error_code_name(e.code()), e.what());
+    throw coded_error(env, plm::error_code_name(e.code()), e.what());
   }
 }
 

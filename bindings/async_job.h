@@ -1,0 +1,96 @@
+// Shared N-API plumbing for every binding: coded errors and a promise-returning worker that runs
+// native work off the JS thread and turns plm::Error into a rejection with a `.code`.
+#pragma once
+#include <napi.h>
+
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "core/error.h"
+
+namespace plm_napi {
+
+inline Napi::Error coded_error(Napi::Env env, const std::string& code, const std::string& message) {
+  Napi::Error err = Napi::Error::New(env, message);
+  err.Set("code", Napi::String::New(env, code));
+  return err;
+}
+
+[[noreturn]] inline void throw_invalid(Napi::Env env, const std::string& message) {
+  throw coded_error(env, "ERR_INVALID_ARGUMENT", message);
+}
+
+// Captures a native failure on the worker thread for rejection on the JS thread.
+struct Failure {
+  std::string code, message;
+  bool failed = false;
+  void capture(const std::exception_ptr& ep) {
+    failed = true;
+    try {
+      std::rethrow_exception(ep);
+    } catch (const plm::Error& e) {
+      code = plm::error_code_name(e.code());
+      message = e.what();
+    } catch (const std::bad_alloc&) {
+      code = "ERR_OUT_OF_MEMORY";
+      message = "out of memory";
+    } catch (const std::exception& e) {
+      code = "ERR_INTERNAL";
+      message = e.what();
+    } catch (...) {
+      code = "ERR_INTERNAL";
+      message = "unknown native error";
+    }
+  }
+};
+
+
+// A JS-owned Float32Array holding a copy of data[0..n) (no external buffers: Electron forbids them).
+inline Napi::Float32Array float_array(Napi::Env env, const float* data, size_t n) {
+  Napi::Float32Array a = Napi::Float32Array::New(env, n);
+  if (n) std::memcpy(a.Data(), data, n * sizeof(float));
+  return a;
+}
+
+// Base worker: runs Work() off the JS thread, resolves with Result() or rejects with a coded Error.
+class JobWorker : public Napi::AsyncWorker {
+ public:
+  explicit JobWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+ protected:
+  virtual void Work() = 0;
+  virtual Napi::Value Result(Napi::Env env) = 0;
+
+  void Execute() override {
+    try {
+      Work();
+    } catch (...) {
+      failure_.capture(std::current_exception());
+    }
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Cleanup();
+    if (failure_.failed) {
+      deferred_.Reject(coded_error(env, failure_.code, failure_.message).Value());
+      return;
+    }
+    try {
+      deferred_.Resolve(Result(env));
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    }
+  }
+  void OnError(const Napi::Error& e) override {
+    Cleanup();
+    deferred_.Reject(e.Value());
+  }
+  virtual void Cleanup() {}
+
+  Napi::Promise::Deferred deferred_;
+  Failure failure_;
+};
+
+}  // namespace plm_napi
