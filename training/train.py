@@ -1,0 +1,372 @@
+"""Train the bundled tiny PerceptionLM (models/plm-tiny/) on the synthetic shapes world, on the CPU,
+with PLM's three-stage recipe (plm-spec.md / the PLM paper):
+
+  stage 1  projector only, captions, one 112 px image (vision_input_type "vanilla", no tiling)
+  stage 2  everything unfrozen, captions + QA, tiling on (thumb+tile, max_num_tiles 2)
+  stage 3  SFT: QA (+ the captioning instruction), more tiles (thumb+tile, max_num_tiles 4)
+
+The model is transformers' PerceptionLMForConditionalGeneration: a PE-L-style timm encoder (CLS token,
+2D RoPE, layer scale), the 2x2-pooling projector and a Llama 3 decoder with tied embeddings over the
+real 128256-token vocabulary. Prompts are rendered by PerceptionLMProcessor's chat template (the
+exact inference format) and pixel values come from the same processor.
+
+The vocabulary trick: the data only ever uses a few hundred token ids. During training the embedding
+is a small table over those ids (looked up through a 128256-entry index map) and the softmax runs over
+those ids plus one constant-zero "any other token" column. At save time the trained rows are written
+into the full 128256 x H tied embedding; every other row is a tiny random vector (std 1e-3), so its
+logit stays near 0, below the trained tokens' (the zero column trains them to beat 0 by a margin).
+
+    nice -n 19 reference/.venv/bin/python training/train.py --stage all
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "reference"))
+sys.path.insert(0, str(HERE))
+
+import os  # noqa: E402
+
+if os.environ.get("PLM_REAL_TORCHVISION") == "1":  # a working torchvision (e.g. a CUDA machine): load it
+    import torchvision  # noqa: F401,E402  before common.py's shim, which then stands aside
+import common as C  # noqa: E402  (installs the torchvision shim first)
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import bundled_model as B  # noqa: E402
+import make_data as D  # noqa: E402
+
+torch.set_num_threads(2)
+torch.use_deterministic_algorithms(False)
+
+OUT_DIR = C.REPO / "models" / "plm-tiny"
+CKPT = HERE / "ckpt"
+LOG = HERE / "train.log"
+SEED = 7
+
+HIDDEN = 40
+DEVICE = torch.device("cpu")
+TIME_GUARD = False
+
+
+def build_processor(max_num_tiles: int, input_type: str = "thumb+tile"):
+    from transformers import PerceptionLMProcessor
+
+    proc = PerceptionLMProcessor.from_pretrained(str(C.REPO / "models" / "plm-tiny-random"))
+    proc.image_processor.max_num_tiles = max_num_tiles
+    proc.image_processor.vision_input_type = input_type
+    return proc
+
+STAGES = {
+    1: dict(steps=150, batch=64, lr=2e-3, warmup=20, caption_prob=1.0, input_type="vanilla", tiles=1, train="projector", budget_s=15),
+    2: dict(steps=2500, batch=64, lr=1.5e-3, warmup=100, caption_prob=0.4, input_type="thumb+tile", tiles=2, train="all", budget_s=95),
+    3: dict(steps=3000, batch=64, lr=1e-3, warmup=100, caption_prob=0.25, input_type="thumb+tile", tiles=4, train="all", budget_s=135),
+}
+
+
+def model_cfg():
+    v = C.vision_config(C.PE_L, 128, 4, 4, img_size=112, patch=14)
+    t = C.text_config(128256, HIDDEN, 4, 4, 2, 160, head_dim=16, rope_scaling=C.llama3_scaling(), tie=True,
+                      bos=128000, eos=(128001, 128009))
+    return C.plm_config(v, t, True, pooling=2, image_token_id=128002, video_token_id=128003, tie=True)
+
+
+def log(msg: str) -> None:
+    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+    print(line, flush=True)
+    with open(LOG, "a") as f:
+        f.write(line + "\n")
+
+
+# --- vocabulary -------------------------------------------------------------------------------------
+def all_texts():
+    """Every prompt and answer string the generator can produce (enumerated, not sampled)."""
+    qs, ans = {D.CAPTION_PROMPT}, set()
+    for s in D.SHAPES:
+        qs.add(f"What color is the {s}?")
+        qs.add(f"How many {D.plural(s)} are there?")
+        for c in D.COLOURS:
+            qs.add(f"Where is the {c} {s}?")
+            qs.add(f"What is left of the {c} {s}?")
+            ans.add(f"A {c} {s}.")
+        ans.add(f"A {s}.")
+    for c in D.COLOURS:
+        qs.add(f"What shape is the {c} object?")
+        qs.add(f"How many {c} objects are there?")
+        ans.add(f"{c.capitalize()}.")
+    qs.add("How many objects are there?")
+    for k in range(5):
+        ans.add(f"{k}.")
+    for row in D.CELL_NAMES:
+        for n in row:
+            ans.add(f"{n.capitalize()}.")
+    ans.add("Nothing.")
+    return sorted(qs), sorted(ans)
+
+
+def used_vocab(tok):
+    qs, ans = all_texts()
+    ids = set(range(128000, 128010))
+    # prompt side: the full rendered chat (system prompt, headers) for every question
+    for q in qs:
+        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}]
+        ids.update(tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False,
+                                                      chat_template=C.PLM_CHAT_TEMPLATE),
+                              add_special_tokens=False))
+    # answer side: answers and captions (captions are built from a fixed set of pieces)
+    pieces = list(ans)
+    for n in D.NUM_WORDS[1:]:
+        pieces += [f"{n.capitalize()} object: ", f"{n.capitalize()} objects: "]
+    for s in D.SHAPES:
+        for c in D.COLOURS:
+            for row in D.CELL_NAMES:
+                for cell in row:
+                    pieces += [f"a {c} {s} at the {cell}", f", a {c} {s} at the {cell}.", f" and a {c} {s} in the center."]
+    for p in pieces:
+        ids.update(tok.encode(p, add_special_tokens=False))
+    return sorted(ids)
+
+
+class SmallEmbedding(nn.Module):
+    """An embedding over the used ids only, addressed with full-vocabulary ids."""
+
+    def __init__(self, used: list[int], dim: int, vocab: int, seed: int):
+        super().__init__()
+        index = torch.full((vocab,), -1, dtype=torch.long)
+        index[torch.tensor(used)] = torch.arange(len(used))
+        self.register_buffer("index", index, persistent=False)
+        g = torch.Generator().manual_seed(seed)
+        self.weight = nn.Parameter(torch.randn(len(used), dim, generator=g) * 0.15)
+
+    def forward(self, ids):
+        j = self.index[ids]
+        assert bool((j >= 0).all()), "token outside the training vocabulary"
+        return F.embedding(j, self.weight)
+
+
+# --- batches -----------------------------------------------------------------------------------------
+class Batcher:
+    def __init__(self, tok, input_type: str, tiles: int, caption_prob: float):
+        self.tok = tok
+        self.proc = build_processor(tiles, input_type)
+        self.caption_prob = caption_prob
+        self.prompt_cache: dict[str, list[int]] = {}
+        dummy = D.render(D.make_scene(0))
+        self.n_tiles = self.proc.image_processor(images=[dummy], return_tensors="pt")["pixel_values"].shape[1]
+
+    def prompt_ids(self, q: str, img) -> list[int]:
+        if q not in self.prompt_cache:
+            msgs = [{"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": q}]}]
+            out = self.proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                                return_tensors="pt")
+            self.prompt_cache[q] = out["input_ids"][0].tolist()
+        return self.prompt_cache[q]
+
+    def batch(self, seeds: list[int]):
+        imgs, seqs, labs = [], [], []
+        for s in seeds:
+            scene, q, a, _ = D.sample_training_pair(s, self.caption_prob)
+            img = D.render(scene)
+            imgs.append(img)
+            p = self.prompt_ids(q, img)
+            t = self.tok.encode(a, add_special_tokens=False) + [128009]
+            seqs.append(p + t)
+            labs.append([-100] * len(p) + t)
+        L = max(len(x) for x in seqs)
+        ids = torch.full((len(seeds), L), 128001, dtype=torch.long)
+        lab = torch.full((len(seeds), L), -100, dtype=torch.long)
+        att = torch.zeros((len(seeds), L), dtype=torch.long)
+        for i, (x, y) in enumerate(zip(seqs, labs)):
+            ids[i, : len(x)] = torch.tensor(x)
+            lab[i, : len(y)] = torch.tensor(y)
+            att[i, : len(x)] = 1
+        pv = self.proc.image_processor(images=imgs, return_tensors="pt")["pixel_values"]
+        return ids, att, lab, pv
+
+
+class StageData(torch.utils.data.Dataset):
+    """Batch number `step` of a stage; its content depends only on (stage, step)."""
+
+    def __init__(self, k: int, tok):
+        self.k, self.tok, self.bt = k, tok, None
+
+    def __len__(self):
+        return STAGES[self.k]["steps"]
+
+    def __getitem__(self, step):
+        st = STAGES[self.k]
+        if self.bt is None:
+            self.bt = Batcher(self.tok, st["input_type"], st["tiles"], st["caption_prob"])
+        seed0 = D.TRAIN_BASE + self.k * 2_000_000
+        return self.bt.batch([seed0 + step * st["batch"] + i for i in range(st["batch"])])
+
+
+# --- model ---------------------------------------------------------------------------------------------
+def build(used):
+    cfg = model_cfg()
+    model = C.build_model(cfg, SEED, {"embed": 1e-3, "linear_gain": 1.0, "norm_jitter": 0.0, "bias": 0.0,
+                                      "gamma": (0.1, 0.0), "pos": 0.02, "cls": 0.02})
+    # Llama-style small init for the residual-stream output projections
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith(("o_proj.weight", "down_proj.weight")):
+                p.mul_(0.5)
+    lm = model.model.language_model
+    small = SmallEmbedding(used, HIDDEN, cfg.text_config.vocab_size, SEED)
+    lm.embed_tokens.weight.requires_grad = False
+    lm.embed_tokens_full = lm.embed_tokens
+    lm.embed_tokens = small
+    return model, small
+
+
+def restricted_loss(model, small, ids, att, lab, pv):
+    out = model.model(input_ids=ids, attention_mask=att, pixel_values=pv, use_cache=False)
+    h = out.last_hidden_state[:, :-1]
+    y = lab[:, 1:]
+    m = y != -100
+    hs = h[m]
+    logits = hs @ small.weight.t()
+    logits = torch.cat([logits, torch.zeros_like(logits[:, :1])], dim=1)  # "any other token" column
+    tgt = small.index[y[m]]
+    loss = F.cross_entropy(logits, tgt)
+    acc = (logits.argmax(-1) == tgt).float().mean()
+    return loss, acc
+
+
+def set_trainable(model, what: str):
+    for n, p in model.named_parameters():
+        p.requires_grad = (what == "all") or n.startswith("model.multi_modal_projector")
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def run_stage(k: int, model, small, tok, workers: int):
+    st = STAGES[k]
+    bt = Batcher(tok, st["input_type"], st["tiles"], st["caption_prob"])
+    dl = torch.utils.data.DataLoader(StageData(k, tok), batch_size=None, shuffle=False, num_workers=workers,
+                                     prefetch_factor=4 if workers else None, persistent_workers=False)
+    params = set_trainable(model, st["train"])
+    if st["train"] == "all":
+        params = list({id(p): p for p in params + [small.weight]}.values())
+    else:
+        small.weight.requires_grad = False
+    small.weight.requires_grad = st["train"] == "all"
+    decay = [p for p in params if p.dim() >= 2]
+    nodecay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": nodecay, "weight_decay": 0.0}],
+                            lr=st["lr"], betas=(0.9, 0.98))
+    n_train = sum(p.numel() for p in params)
+    log(f"stage {k}: {st} tiles/image {bt.n_tiles} trainable params {n_train}")
+    model.train()
+    t0 = time.time()
+    ema_l = ema_a = None
+    for step, batch in enumerate(dl):
+        frac = step / st["steps"]
+        if TIME_GUARD:  # the schedule follows whichever runs out first, steps or the stage's time budget
+            frac = min(1.0, max(frac, (time.time() - t0) / st["budget_s"]))
+        lr = st["lr"] * min(1.0, (step + 1) / st["warmup"]) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss, acc = restricted_loss(model, small, *[t.to(DEVICE, non_blocking=True) for t in batch])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema_l = loss.item() if ema_l is None else 0.95 * ema_l + 0.05 * loss.item()
+        ema_a = acc.item() if ema_a is None else 0.95 * ema_a + 0.05 * acc.item()
+        if TIME_GUARD and time.time() - t0 > st["budget_s"]:
+            log(f"stage {k}: wall-time guard hit at step {step + 1}/{st['steps']} ({st['budget_s']}s), stage ends early")
+            break
+        if step % 25 == 0 or step == st["steps"] - 1:
+            log(f"stage {k} step {step}/{st['steps']} loss {ema_l:.4f} tok_acc {ema_a:.4f} lr {lr:.2e} "
+                f"elapsed {time.time() - t0:.0f}s")
+    log(f"stage {k} done in {time.time() - t0:.0f}s")
+    model.eval()
+
+
+def export(model, small, used, out_dir: Path):
+    lm = model.model.language_model
+    full = lm.embed_tokens_full
+    g = torch.Generator().manual_seed(SEED + 1)
+    with torch.no_grad():
+        w = torch.randn(full.weight.shape, generator=g) * 1e-3
+        w[torch.tensor(used)] = small.weight.detach()
+        full.weight.copy_(w)
+    lm.embed_tokens = full
+    del lm.embed_tokens_full
+    model.tie_weights()
+    assert model.lm_head.weight.data_ptr() == full.weight.data_ptr()
+    proc = build_processor(STAGES[3]["tiles"])
+    B_MODEL = B.MODEL_DIR
+    try:
+        B.MODEL_DIR = out_dir
+        model.to("cpu").float()
+        B._save_bundle(model, proc)
+    finally:
+        B.MODEL_DIR = B_MODEL
+    (out_dir / "README.md").write_text("# plm-tiny\n\n(see training/README.md)\n")
+
+
+def main():
+    global DEVICE, CKPT, TIME_GUARD
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stage", default="all", help="1, 2, 3 or all")
+    ap.add_argument("--steps-scale", type=float, default=1.0, help="scale every stage's step count (smoke tests)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    ap.add_argument("--ckpt-dir", default=str(CKPT))
+    ap.add_argument("--export", default=str(OUT_DIR), help="where the HF checkpoint is written after stage 3")
+    ap.add_argument("--time-guard", action="store_true", help="end a stage early past its budget_s")
+    a = ap.parse_args()
+    TIME_GUARD = a.time_guard
+    DEVICE = torch.device(a.device)
+    CKPT = Path(a.ckpt_dir)
+    torch.manual_seed(SEED)
+    tok = build_processor(4).tokenizer
+    used = used_vocab(tok)
+    if a.stage == "export":  # write the HF checkpoint from <ckpt-dir>/stage3.pt
+        model, small = build(used)
+        sd = torch.load(CKPT / "stage3.pt")
+        small.weight.data.copy_(sd.pop("small_embedding"))
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        assert not unexpected and all("embed_tokens" in n or "lm_head" in n for n in missing), (missing, unexpected)
+        export(model, small, used, Path(a.export))
+        print(f"saved {a.export} ({C.dir_size(Path(a.export)) / 1e6:.2f} MB)")
+        return
+    stages = [1, 2, 3] if a.stage == "all" else [int(a.stage)]
+    for k in STAGES:
+        STAGES[k]["steps"] = max(1, int(STAGES[k]["steps"] * a.steps_scale))
+    model, small = build(used)
+    if stages[0] > 1:
+        sd = torch.load(CKPT / f"stage{stages[0] - 1}.pt")
+        small.weight.data.copy_(sd.pop("small_embedding"))
+        model.load_state_dict(sd, strict=False)
+    if stages[0] == 1:
+        LOG.write_text("")
+    log(f"device {DEVICE} torch {torch.__version__} transformers {__import__('transformers').__version__}; "
+        f"used vocabulary: {len(used)} ids; params {sum(p.numel() for p in model.parameters())} "
+        f"(+ training embedding {small.weight.numel()})")
+    model.to(DEVICE)
+    small.to(DEVICE)
+    CKPT.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    for k in stages:
+        torch.manual_seed(SEED + k)
+        run_stage(k, model, small, tok, a.workers)
+        sd = {n: t.detach().cpu() for n, t in model.state_dict().items() if "embed_tokens" not in n and "lm_head" not in n}
+        sd["small_embedding"] = small.weight.detach().cpu()
+        torch.save(sd, CKPT / f"stage{k}.pt")
+    log(f"training time {time.time() - t0:.0f}s")
+    if stages[-1] == 3:
+        export(model, small.cpu(), used, Path(a.export))
+        log(f"saved {a.export} ({C.dir_size(Path(a.export)) / 1e6:.2f} MB)")
+
+
+if __name__ == "__main__":
+    main()
