@@ -15,7 +15,6 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { isPlmError, PlmError } from './errors';
 import { loadModel, LoadProgress, PerceptionLM } from './model';
 import { native, packageRoot } from './native';
-import { HubError } from './hub';
 import { keepAlive, runChat, runPull, runServe } from './cli_shipping';
 
 /** Extensions read as videos (decoded with ffmpeg); everything else is read as an image. .gif is an image (first frame). */
@@ -240,8 +239,7 @@ async function runInfo(opts: { model?: string; json?: boolean; backend?: 'auto' 
 }
 
 function fail(e: unknown): never {
-  if (e instanceof HubError) process.stderr.write(`plm: ${e.code}: ${e.message}\n`);
-  else if (isPlmError(e)) process.stderr.write(`plm: ${e.code}: ${e.message}\n`);
+  if (isPlmError(e)) process.stderr.write(`plm: ${e.code}: ${e.message}\n`);
   else if (e instanceof Error) process.stderr.write(`plm: ERR_INTERNAL: ${e.message}\n`);
   else process.stderr.write(`plm: ERR_INTERNAL: ${String(e)}\n`);
   process.exit(1);

@@ -23,6 +23,13 @@ export type PlmErrorCode =
   | 'ERR_OUT_OF_MEMORY' // allocation failed
   | 'ERR_NATIVE_NOT_FOUND' // the compiled addon could not be loaded
   | 'ERR_FFMPEG_MISSING' // a video file needs ffmpeg on PATH
+  | 'ERR_HUB_UNAUTHORIZED' // plm pull: 401 without a (valid) token
+  | 'ERR_HUB_GATED' // plm pull: gated repo, accept the license and set HF_TOKEN
+  | 'ERR_HUB_FORBIDDEN' // plm pull: 403
+  | 'ERR_HUB_NOT_FOUND' // plm pull: repo, revision or file not found
+  | 'ERR_HUB_HTTP' // plm pull: another HTTP status
+  | 'ERR_CHECKSUM_MISMATCH' // plm pull: a download's sha256 differs from the hub's
+  | 'ERR_NETWORK' // plm pull: the connection failed after retries
   | 'ERR_INTERNAL'; // a bug: please report it
 
 /** All known codes, for validation. */
@@ -42,6 +49,13 @@ export const PLM_ERROR_CODES: readonly PlmErrorCode[] = [
   'ERR_OUT_OF_MEMORY',
   'ERR_NATIVE_NOT_FOUND',
   'ERR_FFMPEG_MISSING',
+  'ERR_HUB_UNAUTHORIZED',
+  'ERR_HUB_GATED',
+  'ERR_HUB_FORBIDDEN',
+  'ERR_HUB_NOT_FOUND',
+  'ERR_HUB_HTTP',
+  'ERR_CHECKSUM_MISMATCH',
+  'ERR_NETWORK',
   'ERR_INTERNAL',
 ];
 

@@ -14,6 +14,7 @@ import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { PlmError } from './errors';
 
 /** Codes of {@link HubError}. */
 export type HubErrorCode =
@@ -26,15 +27,16 @@ export type HubErrorCode =
   | 'ERR_NETWORK' // connection failed (after retries)
   | 'ERR_INVALID_ARGUMENT';
 
-/** A typed error of {@link pull}. */
-export class HubError extends Error {
+/** A typed error of {@link pull}: a {@link PlmError} with the HTTP status when there was one. */
+export class HubError extends PlmError {
+  declare readonly code: HubErrorCode;
   constructor(
-    readonly code: HubErrorCode,
+    code: HubErrorCode,
     message: string,
     readonly status?: number,
     options?: { cause?: unknown },
   ) {
-    super(message, options);
+    super(code, message, options);
     this.name = 'HubError';
   }
 }
