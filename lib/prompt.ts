@@ -366,57 +366,35 @@ export async function buildPrompt<I, V>(
   const placed: PlacedMedia[] = [];
   const pixelParts: Float32Array[] = [];
   let o = 0;
-  let ii = 0;
-  let vi = 0;
-  // For already-expanded runs: which item the current run belongs to and how much of it is left.
-  let imageLeft = 0;
-  let videoLeft = 0;
+  // One cursor per media kind: which item comes next and, for already-expanded runs, how much of the
+  // current run is left.
+  const cursors = [
+    { kind: 'image' as const, tokenId: info.imageTokenId, expand: expandImages, next: 0, left: 0,
+      items: processedImages.map((p) => ({ tiles: p.numTiles, pixelValues: p.pixelValues })) },
+    { kind: 'video' as const, tokenId: info.videoTokenId, expand: expandVideos, next: 0, left: 0,
+      items: processedVideos.map((p) => ({ tiles: p.numFrames, pixelValues: p.pixelValues })) },
+  ];
   for (let k = 0; k < ids.length; k++) {
     const id = ids[k];
-    if (id === info.imageTokenId) {
-      if (expandImages) {
-        const p = processedImages[ii];
-        const n = p.numTiles * tpt;
-        out.fill(id, o, o + n);
-        placed.push({ kind: 'image', index: ii, tiles: p.numTiles, tokenStart: o, tokenCount: n });
-        pixelParts.push(p.pixelValues);
-        ii++;
-        o += n;
-        continue;
-      }
-      if (imageLeft === 0) {
-        const p = processedImages[ii];
-        imageLeft = p.numTiles * tpt;
-        placed.push({ kind: 'image', index: ii, tiles: p.numTiles, tokenStart: o, tokenCount: imageLeft });
-        pixelParts.push(p.pixelValues);
-        ii++;
-      }
-      imageLeft--;
+    const c = cursors.find((cur) => cur.tokenId === id);
+    if (!c) {
       out[o++] = id;
       continue;
     }
-    if (id === info.videoTokenId) {
-      if (expandVideos) {
-        const p = processedVideos[vi];
-        const n = p.numFrames * tpt;
+    if (c.expand || c.left === 0) {
+      const item = c.items[c.next];
+      const n = item.tiles * tpt;
+      placed.push({ kind: c.kind, index: c.next, tiles: item.tiles, tokenStart: o, tokenCount: n });
+      pixelParts.push(item.pixelValues);
+      c.next++;
+      if (c.expand) {
         out.fill(id, o, o + n);
-        placed.push({ kind: 'video', index: vi, tiles: p.numFrames, tokenStart: o, tokenCount: n });
-        pixelParts.push(p.pixelValues);
-        vi++;
         o += n;
         continue;
       }
-      if (videoLeft === 0) {
-        const p = processedVideos[vi];
-        videoLeft = p.numFrames * tpt;
-        placed.push({ kind: 'video', index: vi, tiles: p.numFrames, tokenStart: o, tokenCount: videoLeft });
-        pixelParts.push(p.pixelValues);
-        vi++;
-      }
-      videoLeft--;
-      out[o++] = id;
-      continue;
+      c.left = n;
     }
+    c.left--;
     out[o++] = id;
   }
 
