@@ -13,7 +13,8 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { isPlmError, PlmError } from './errors';
-import { loadModel, LoadProgress, PerceptionLM } from './model';
+import { GenerateProgress, loadModel, LoadProgress, PerceptionLM } from './model';
+import { createProgress } from './progress_bar';
 import { native, packageRoot } from './native';
 import { keepAlive, runChat, runPull, runServe } from './cli_shipping';
 
@@ -95,23 +96,16 @@ async function openModel(opts: CommonOpts): Promise<PerceptionLM> {
   if (!opts.quiet && isRandomModel(dir)) {
     process.stderr.write(`plm: note: ${dir} has random weights (a test model): its answers are noise. Use --model <dir> with a real PerceptionLM checkpoint.\n`);
   }
-  let last = -1;
-  const showProgress = !opts.quiet && process.stderr.isTTY;
-  const model = await loadModel(dir, {
-    backend: opts.backend,
-    threads: opts.threads,
-    onProgress: showProgress
-      ? (p: LoadProgress) => {
-          const pct = Math.floor(p.fraction * 100);
-          if (pct !== last) {
-            last = pct;
-            process.stderr.write(`\rloading ${p.stage} ${pct}%   `);
-          }
-        }
-      : undefined,
-  });
-  if (showProgress) process.stderr.write('\r\x1b[K');
-  return model;
+  const progress = createProgress(!opts.quiet);
+  try {
+    return await loadModel(dir, {
+      backend: opts.backend,
+      threads: opts.threads,
+      onProgress: (p: LoadProgress) => progress.update(`loading ${p.stage}`, p.fraction),
+    });
+  } finally {
+    progress.stop();
+  }
 }
 
 function stopOnSigint(): AbortController {
@@ -158,6 +152,7 @@ async function runDescribe(
   const model = await openModel(opts);
   try {
     const ac = stopOnSigint();
+    const progress = createProgress(!opts.quiet && !opts.json);
     const common = {
       prompt,
       ...(video ? { videos: [file] } : { images: [file] }),
@@ -169,14 +164,22 @@ async function runDescribe(
       maxNumTiles: opts.maxTiles,
       numFrames: opts.frames,
       signal: ac.signal,
+      onProgress: (p: GenerateProgress) => {
+        if (p.stage === 'decode') progress.stop();
+        else progress.update(p.stage === 'preprocess' ? `reading the ${video ? 'video' : 'image'}` : 'encoding', p.fraction);
+      },
     };
-    if (opts.json) {
-      const r = await model.complete(common);
-      process.stdout.write(JSON.stringify({ file, kind: video ? 'video' : 'image', prompt, ...r }) + '\n');
-      return;
+    try {
+      if (opts.json) {
+        const r = await model.complete(common);
+        process.stdout.write(JSON.stringify({ file, kind: video ? 'video' : 'image', prompt, ...r }) + '\n');
+        return;
+      }
+      for await (const chunk of model.generate(common)) process.stdout.write(chunk.text);
+      process.stdout.write('\n');
+    } finally {
+      progress.stop();
     }
-    for await (const chunk of model.generate(common)) process.stdout.write(chunk.text);
-    process.stdout.write('\n');
   } finally {
     model.dispose();
   }
