@@ -1,4 +1,6 @@
 // Device query, memory and conversion helpers (see runtime.cuh).
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <vector>
@@ -20,12 +22,20 @@ void throw_cuda(cudaError_t e, const char* what, const char* file, int line) {
   throw CudaError(4, buf);
 }
 
-int device_count(std::string* info) {
+int device_count(std::string* info, bool* driver_problem) {
+  if (driver_problem) *driver_problem = false;
   int n = 0;
   cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess) {
     cudaGetLastError();
     if (info) *info = std::string("no CUDA device (") + cudaGetErrorString(e) + ")";
+    if (driver_problem && e != cudaErrorNoDevice) {
+      void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+      if (h) {
+        *driver_problem = true;
+        dlclose(h);
+      }
+    }
     return 0;
   }
   if (n == 0) {

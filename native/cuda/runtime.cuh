@@ -14,8 +14,11 @@ struct CudaError : std::runtime_error {
   int status;  // plm_cuda_status: 2 = out of memory, 4 = other CUDA failure
 };
 
-// Number of devices (0 when none usable), with a description or the reason in *info.
-int device_count(std::string* info);
+// Number of devices (0 when none usable), with a description or the reason in *info. *driver_problem (when
+// not null) is set when 0 devices are reported although an NVIDIA driver (libcuda.so.1) is installed and
+// the runtime failed for another reason than "no device" (e.g. a driver older than the CUDA runtime):
+// a GPU machine that cannot run the kernels, not a CPU-only machine.
+int device_count(std::string* info, bool* driver_problem = nullptr);
 void set_device(int device);
 std::string device_name(int device);
 

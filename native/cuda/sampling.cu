@@ -149,6 +149,10 @@ __global__ void __launch_bounds__(1024) k_sample_final(const float* __restrict__
   const float target = u * total;
   const float before = chunk_sum[tid];
   const float after = tid + 1 < int(blockDim.x) ? chunk_sum[tid + 1] : total;
+  // Default first: when u * total rounds up to total, only the last thread claims the draw, and its chunk
+  // may hold no kept token (V = 128256 leaves the last chunk empty): it must not leave a stale id in out.
+  if (tid == 0) out[0] = best.i;
+  __syncthreads();
   if (target >= before && (target < after || tid == int(blockDim.x) - 1)) {
     float acc = before;
     int32_t pick = -1, last = -1;
@@ -164,8 +168,6 @@ __global__ void __launch_bounds__(1024) k_sample_final(const float* __restrict__
     if (pick < 0) pick = last;
     if (pick >= 0) out[0] = pick;
   }
-  __syncthreads();
-  if (tid == 0 && total <= 0.f) out[0] = best.i;
 }
 
 }  // namespace

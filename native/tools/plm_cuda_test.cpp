@@ -730,7 +730,25 @@ int main(int argc, char** argv) {
   }
   g_rng.seed(seed);
   std::string info;
-  const int ndev = cu::device_count(&info);
+  bool driver_problem = false;
+  const int ndev = cu::device_count(&info, &driver_problem);
+  if (ndev <= 0 && driver_problem) {
+    // A driver is installed but the runtime cannot use it (typically older than the CUDA runtime we link):
+    // nothing ran, and that is a failure on a GPU machine, not a skip.
+    std::printf("FAIL   %-58s %s\n", "cuda runtime", info.c_str());
+    if (!json_path.empty()) {
+      FILE* f = std::fopen(json_path.c_str(), "w");
+      if (f) {
+        std::fprintf(f,
+                     "{\"device\": \"%s\", \"passed\": 0, \"failed\": 1, \"results\": [\n  {\"name\": \"cuda "
+                     "runtime\", \"pass\": false, \"info\": false, \"err\": 1, \"bound\": 0, \"detail\": \"%s\"}\n]}\n",
+                     json_escape(info).c_str(), json_escape(info).c_str());
+        std::fclose(f);
+      }
+    }
+    std::printf("0 passed, 1 failed\n");
+    return 1;
+  }
   if (ndev <= 0) {
     std::printf("SKIPPED: %s\n", info.c_str());
     if (!json_path.empty()) {
