@@ -2,6 +2,7 @@
 // CPU benchmarks on a full-size PLM-1B-shaped random checkpoint (benchmarks/make_random_checkpoint.py).
 //   node benchmarks/run.js [--model .bench/plm-1b-random] [--runs 3] [--only decode,prefill,vision,ttft]
 //                          [--precision f32|bf16] [--prefill 512,4096] [--decode-tokens 32]
+//                          [--quantize none|int8|q4] [--json OUT]
 // Each figure is the median of --runs runs. Precision is passed to the engine through PLM_PRECISION
 // (set before the addon loads). Peers: benchmarks/peers.js (node-llama-cpp), benchmarks/torch_peer.py.
 'use strict';
@@ -21,6 +22,7 @@ const precision = opt('precision', 'bf16');
 const prefillLens = opt('prefill', '512').split(',').map(Number);
 const decodeTokens = Number(opt('decode-tokens', 32));
 const threads = Number(opt('threads', 2));
+const quantize = opt('quantize', 'none');
 process.env.PLM_PRECISION = precision;
 
 if (!fs.existsSync(path.join(modelDir, 'config.json'))) {
@@ -46,8 +48,8 @@ function pixels(tiles) {
 
 (async () => {
   const t0 = Date.now();
-  const model = await native.loadModel(modelDir, { backend: 'cpu', threads, maxContext: 11520 }, () => {});
-  const results = { machine: require('os').cpus()[0].model, threads, precision, loadMs: Date.now() - t0 };
+  const model = await native.loadModel(modelDir, { backend: 'cpu', threads, maxContext: 11520, quantize }, () => {});
+  const results = { machine: require('os').cpus()[0].model, threads, precision, quantize, loadMs: Date.now() - t0 };
   const cancel = () => native.createCancelToken();
   if (only.includes('decode')) {
     const tps = [];

@@ -466,7 +466,7 @@ Napi::Value NativeModel::Generate(const Napi::CallbackInfo& info) {
   return p;
 }
 
-// loadModel(dir, {backend, threads, maxContext}, onProgress)
+// loadModel(dir, {backend, threads, maxContext, precision, quantize}, onProgress)
 Napi::Value LoadModel(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsString()) throw_invalid(env, "loadModel: dir must be a string");
@@ -477,6 +477,8 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
     if (b.IsString()) options.backend = b.As<Napi::String>().Utf8Value();
     Napi::Value pr = o.Get("precision");
     if (pr.IsString()) options.precision = pr.As<Napi::String>().Utf8Value();
+    Napi::Value qz = o.Get("quantize");
+    if (qz.IsString()) options.quantize = qz.As<Napi::String>().Utf8Value();
     options.threads = static_cast<int>(number_opt(o, "threads", 0));
     options.max_context = static_cast<int>(number_opt(o, "maxContext", 0));
   }

@@ -65,6 +65,7 @@ interface CommonOpts {
   model?: string;
   backend?: 'auto' | 'cpu' | 'cuda';
   threads?: number;
+  quantize?: 'none' | 'int8' | 'q4';
   maxTokens: number;
   temperature?: number;
   topP?: number;
@@ -78,7 +79,8 @@ function addModelOptions(cmd: Command): Command {
   return cmd
     .option('-m, --model <dir>', 'model directory (default: the bundled random-weight tiny model)')
     .addOption(new Option('--backend <name>', 'compute backend').choices(['auto', 'cpu', 'cuda']).default('auto'))
-    .option('--threads <n>', 'CPU threads (0 = physical cores)', intArg('--threads', 0));
+    .option('--threads <n>', 'CPU threads (0 = physical cores)', intArg('--threads', 0))
+    .addOption(new Option('--quantize <kind>', 'weight-only quantization of the decoder at load (CPU)').choices(['none', 'int8', 'q4']).default('none'));
 }
 
 function addSamplingOptions(cmd: Command): Command {
@@ -101,6 +103,7 @@ async function openModel(opts: CommonOpts): Promise<PerceptionLM> {
     return await loadModel(dir, {
       backend: opts.backend,
       threads: opts.threads,
+      quantize: opts.quantize,
       onProgress: (p: LoadProgress) => progress.update(`loading ${p.stage}`, p.fraction),
     });
   } finally {

@@ -145,11 +145,15 @@ export interface NativeModel {
 /** 'f32': exact float32 activations; 'bf16': bf16 activations on CPUs with AVX512-BF16/AMX; 'auto': the fastest. */
 export type NativePrecision = 'auto' | 'f32' | 'bf16';
 
+/** Weight-only quantization of the decoder matrices, converted at load (CPU backend). */
+export type NativeQuantize = 'none' | 'int8' | 'q4';
+
 export interface NativeLoadOptions {
   backend: NativeBackend;
   threads: number;
   maxContext: number;
   precision?: NativePrecision;
+  quantize?: NativeQuantize;
 }
 
 export interface NativePreprocessedImage {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <fstream>
 #include <set>
 #include <string>
@@ -35,34 +36,58 @@ ThreadPool::ThreadPool(int threads) {
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    stopping_ = true;
+    stopping_.store(true);
+    generation_.fetch_add(1);
   }
   wake_.notify_all();
   for (auto& t : workers_) t.join();
 }
 
+namespace {
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+}  // namespace
+
 void ThreadPool::worker_loop(int) {
   uint64_t seen = 0;
   for (;;) {
-    const std::function<void(int64_t)>* job;
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
-      if (stopping_) return;
-      seen = generation_;
-      job = job_;
-    }
-    for (;;) {
-      int64_t task;
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (job_ != job || next_task_ >= job_tasks_) break;
-        task = next_task_++;
+    // Spin for a while on the generation counter, then sleep.
+    bool fresh = false;
+    auto spin_start = std::chrono::steady_clock::now();
+    for (int i = 0;; ++i) {
+      if (generation_.load(std::memory_order_acquire) != seen) {
+        fresh = true;
+        break;
       }
-      (*job)(task);
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (++finished_tasks_ == job_tasks_) done_.notify_all();
+      cpu_relax();
+      if ((i & 255) == 255 &&
+          std::chrono::steady_clock::now() - spin_start > std::chrono::microseconds(kSpinMicros))
+        break;
     }
+    if (!fresh) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      sleepers_.fetch_add(1);
+      wake_.wait(lock, [&] { return generation_.load() != seen; });
+      sleepers_.fetch_sub(1);
+    }
+    if (stopping_.load()) return;
+    seen = generation_.load(std::memory_order_acquire);
+    active_.fetch_add(1);
+    Job* job = job_.load();
+    if (job) {
+      for (;;) {
+        const int64_t t = job->next.fetch_add(1, std::memory_order_relaxed);
+        if (t >= job->tasks) break;
+        (*job->fn)(t);
+        job->finished.fetch_add(1, std::memory_order_release);
+      }
+    }
+    active_.fetch_sub(1, std::memory_order_release);
   }
 }
 
@@ -73,29 +98,31 @@ void ThreadPool::run_tasks(int64_t tasks, const std::function<void(int64_t)>& fn
     return;
   }
   std::lock_guard<std::mutex> run_lock(run_mutex_);
-  {
+  Job job;
+  job.fn = &fn;
+  job.tasks = tasks;
+  job_.store(&job);
+  generation_.fetch_add(1);
+  if (sleepers_.load() > 0) {
     std::lock_guard<std::mutex> lock(mutex_);
-    job_ = &fn;
-    job_tasks_ = tasks;
-    next_task_ = 0;
-    finished_tasks_ = 0;
-    ++generation_;
+    wake_.notify_all();
   }
-  wake_.notify_all();
   for (;;) {
-    int64_t task;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (next_task_ >= job_tasks_) break;
-      task = next_task_++;
-    }
-    fn(task);
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (++finished_tasks_ == job_tasks_) done_.notify_all();
+    const int64_t t = job.next.fetch_add(1, std::memory_order_relaxed);
+    if (t >= tasks) break;
+    fn(t);
+    job.finished.fetch_add(1, std::memory_order_release);
   }
-  std::unique_lock<std::mutex> lock(mutex_);
-  done_.wait(lock, [&] { return finished_tasks_ == job_tasks_; });
-  job_ = nullptr;
+  // Wait for tasks still running on workers, then for every worker to drop its pointer to `job`.
+  for (int i = 0; job.finished.load(std::memory_order_acquire) < tasks; ++i) {
+    cpu_relax();
+    if (i > 4096) std::this_thread::yield();
+  }
+  job_.store(nullptr);
+  for (int i = 0; active_.load() > 0; ++i) {
+    cpu_relax();
+    if (i > 4096) std::this_thread::yield();
+  }
 }
 
 void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {

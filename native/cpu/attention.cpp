@@ -11,9 +11,20 @@
 namespace plm::cpu::kernels {
 bool attention_avx512(const float* q, const float* k, const float* v, float* out, const AttentionShape& s,
                       ThreadPool* pool);
+bool attention_amx_bf16(const float* q, const float* k, const float* v, float* out, const AttentionShape& s,
+                        ThreadPool* pool);
 }  // namespace plm::cpu::kernels
 
 namespace plm::cpu {
+
+void attention(const float* q, const float* k, const float* v, float* out, const AttentionShape& s, ThreadPool* pool,
+               Precision precision) {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const bool amx = cpu_features().amx_bf16 && cpu_features().avx512_bf16;
+  if (precision == Precision::kBF16 && amx && kernels::attention_amx_bf16(q, k, v, out, s, pool)) return;
+#endif
+  attention(q, k, v, out, s, pool);
+}
 
 void attention(const float* q, const float* k, const float* v, float* out, const AttentionShape& s, ThreadPool* pool) {
 #if defined(__x86_64__) || defined(_M_X64)

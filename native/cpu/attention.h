@@ -3,6 +3,7 @@
 #include <cstdint>
 
 #include "core/thread_pool.h"
+#include "cpu/matmul.h"
 
 namespace plm::cpu {
 
@@ -22,5 +23,11 @@ struct AttentionShape {
 // q: [Tq, heads, hd] (row stride q_stride), k, v: [Tk, kv_heads, hd] (row stride kv_stride),
 // out: [Tq, heads, hd] (row stride q_stride).
 void attention(const float* q, const float* k, const float* v, float* out, const AttentionShape& s, ThreadPool* pool);
+
+// Same with an explicit precision. kBF16: Q, K, V and the probabilities rounded to bf16, Q·K^T and P·V on
+// AMX tiles with f32 accumulation, softmax in f32 (attention_amx.cpp); used for >= 16 query rows with
+// head_dim % 32 == 0 where the CPU has AMX-BF16, else the f32 kernels.
+void attention(const float* q, const float* k, const float* v, float* out, const AttentionShape& s, ThreadPool* pool,
+               Precision precision);
 
 }  // namespace plm::cpu

@@ -82,6 +82,34 @@ void gemv_range(const float* x, int64_t K, int64_t N, const uint8_t* W, const fl
   }
 }
 
+// M == 1, bf16 weights, K % 32 == 0: a 64-byte load holds 32 bf16; the even elements become f32 with one
+// 32-bit shift and the odd ones with one AND (a bf16 is the top half of an f32), against x split into its
+// even and odd elements once per call (xe, xo). Two vector ALU ops + two FMAs per 32 weights instead of
+// widen + shift + FMA per 16, which keeps 2 cores at the memory bandwidth. Prefetch once per cache line.
+void gemv1_bf16_eo(const float* xe, const float* xo, int64_t K, int64_t N, const uint8_t* W, const float* bias,
+                   float* y, int64_t n0, int64_t n1) {
+  constexpr int NR = 4;
+  const size_t rb = static_cast<size_t>(K) * 2;
+  const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  for (int64_t n = n0; n < n1; n += NR) {
+    const int R = static_cast<int>(std::min<int64_t>(NR, n1 - n));
+    const uint8_t* wr[NR];
+    for (int r = 0; r < NR; ++r) wr[r] = W + static_cast<size_t>(n + std::min(r, R - 1)) * rb;
+    __m512 ae[NR], ao[NR];
+    for (int r = 0; r < NR; ++r) ae[r] = ao[r] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 32) {
+      const __m512 e = _mm512_loadu_ps(xe + k / 2), o = _mm512_loadu_ps(xo + k / 2);
+      for (int r = 0; r < NR; ++r) {
+        _mm_prefetch(reinterpret_cast<const char*>(wr[r]) + (k + 512) * 2, _MM_HINT_T0);
+        const __m512i v = _mm512_loadu_si512(wr[r] + k * 2);
+        ae[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), e, ae[r]);
+        ao[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi)), o, ao[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) y[n + r] = _mm512_reduce_add_ps(_mm512_add_ps(ae[r], ao[r])) + (bias ? bias[n + r] : 0.f);
+  }
+}
+
 template <DType D>
 void gemv(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, int64_t n0, int64_t n1) {
   const int64_t K = w.cols, N = w.rows;
@@ -198,6 +226,23 @@ void run(const float* x, int64_t M, const WeightMatrix& w, const float* bias, fl
       tasks = 4 * threads;
       rows = (((N + tasks - 1) / tasks) + 3) & ~int64_t(3);
       tasks = (N + rows - 1) / rows;
+    }
+    if constexpr (D == DType::kBF16) {
+      if (M == 1 && K % 32 == 0) {
+        thread_local std::vector<float> xeo;
+        xeo.resize(static_cast<size_t>(K));
+        float* xe = xeo.data();  // the caller's buffer, read by the workers
+        float* xo = xe + K / 2;
+        for (int64_t k = 0; k < K / 2; ++k) {
+          xe[k] = x[2 * k];
+          xo[k] = x[2 * k + 1];
+        }
+        const uint8_t* W = static_cast<const uint8_t*>(w.data);
+        auto fn1 = [&](int64_t t) { gemv1_bf16_eo(xe, xo, K, N, W, bias, y, t * rows, std::min(N, (t + 1) * rows)); };
+        if (pool && tasks > 1) pool->run_tasks(tasks, fn1);
+        else for (int64_t t = 0; t < tasks; ++t) fn1(t);
+        return;
+      }
     }
     auto fn = [&](int64_t t) { gemv<D>(x, M, w, bias, y, t * rows, std::min(N, (t + 1) * rows)); };
     if (pool && tasks > 1) pool->run_tasks(tasks, fn);

@@ -10,10 +10,12 @@
 #include "core/half.h"
 #include "cpu/cpu_features.h"
 #include "cpu/gemm_kernels.h"
+#include "cpu/quant.h"
 
 namespace plm::cpu {
 
 void weight_row_to_f32(const WeightMatrix& w, int64_t row, float* out) {
+  if (w.quant != Quant::kNone) return dequantize_row(w, row, out);
   const size_t esz = dtype_size(w.dtype);
   to_f32(w.dtype, static_cast<const uint8_t*>(w.data) + static_cast<size_t>(row) * w.cols * esz, out, w.cols);
 }
@@ -61,6 +63,7 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
 
 void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool,
             Precision precision) {
+  if (w.quant != Quant::kNone) return matmul_quantized(x, M, w, bias, y, pool, precision);
 #if defined(__x86_64__) || defined(_M_X64)
   static const CpuFeatures& f = cpu_features();
   static const bool avx512 = f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq;

@@ -8,12 +8,20 @@
 
 namespace plm::cpu {
 
-// A weight matrix [rows = out_features, cols = in_features], row-major, any float dtype.
+// Weight-only quantization of a matrix (cpu/quant.h): kQ8: int8 [rows][cols] with one f32 scale per row
+// (symmetric, w = q * scale); kQ4: 4-bit groups of 32 along a row, 16 bytes per group (byte i holds element
+// i in its low nibble and element i + 16 in its high nibble, w = (q - 8) * scale), one f32 scale per group.
+enum class Quant { kNone, kQ8, kQ4 };
+
+// A weight matrix [rows = out_features, cols = in_features], row-major, any float dtype, or quantized
+// (quant != kNone: data and scales as described above, dtype unused).
 struct WeightMatrix {
   DType dtype = DType::kF32;
   const void* data = nullptr;
   int64_t rows = 0;
   int64_t cols = 0;
+  Quant quant = Quant::kNone;
+  const float* scales = nullptr;
 };
 
 // y[M, N] = x[M, K] · W^T + bias. bias may be null. y must not alias x.

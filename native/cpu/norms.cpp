@@ -34,4 +34,12 @@ void layer_norm(const float* x, const float* w, const float* b, float* y, int64_
   }
 }
 
+void layer_norm(const float* x, const float* w, const float* b, float* y, int64_t rows, int64_t dim, float eps,
+                ThreadPool* pool) {
+  if (!pool || rows < 64) return layer_norm(x, w, b, y, rows, dim, eps);
+  pool->parallel_for(rows, 16, [&](int64_t r0, int64_t r1) {
+    layer_norm(x + r0 * dim, w, b, y + r0 * dim, r1 - r0, dim, eps);
+  });
+}
+
 }  // namespace plm::cpu

@@ -4,6 +4,11 @@
 #include <cmath>
 #include <cstring>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
 #include "core/error.h"
 #include "cpu/activations.h"
 #include "cpu/attention.h"
@@ -38,6 +43,33 @@ Decoder::Decoder(const LoadedModel& model, ThreadPool* pool, int64_t max_context
   embed_ = matrix(model.get(p + "embed_tokens.weight"));
   lm_head_ = matrix(model.lm_head());
   inv_freq_ = llama_rope_inv_freq(cfg_);
+}
+
+size_t Decoder::quantize(cpu::Quant q) {
+  size_t bytes = 0;
+  quantized_.reserve(layers_.size() * 7 + 1);
+  auto conv = [&](cpu::WeightMatrix& w) {
+    if (q == cpu::Quant::kQ4 && w.cols % cpu::kQ4Group != 0) return;  // stays in the checkpoint dtype
+    quantized_.push_back(cpu::quantize_matrix(w, q, pool_));
+    const cpu::WeightMatrix src = w;
+    w = quantized_.back().view();
+    bytes += quantized_.back().bytes();
+#if defined(__unix__) || defined(__APPLE__)
+    // The source pages of the read-only mmap are no longer read (except embedding rows, which fault back
+    // in on demand): drop them from this process so resident memory is the quantized bytes, not both.
+    const long page = sysconf(_SC_PAGESIZE);
+    if (page > 0) {
+      const uintptr_t b = reinterpret_cast<uintptr_t>(src.data);
+      const uintptr_t e = b + static_cast<uintptr_t>(src.rows * src.cols) * dtype_size(src.dtype);
+      const uintptr_t b2 = (b + page - 1) / page * page, e2 = e / page * page;
+      if (e2 > b2) madvise(reinterpret_cast<void*>(b2), e2 - b2, MADV_DONTNEED);
+    }
+#endif
+  };
+  for (Layer& L : layers_)
+    for (cpu::WeightMatrix* w : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) conv(*w);
+  conv(lm_head_);
+  return bytes;
 }
 
 void Decoder::embed(const int32_t* ids, int64_t n, float* out) const {
@@ -88,7 +120,7 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
     s.scale = 1.0f / std::sqrt(static_cast<float>(hd));
     s.causal = true;
     s.q_offset = pos0;
-    cpu::attention(q.data(), cache_.keys(l), cache_.values(l), attn.data(), s, pool_);
+    cpu::attention(q.data(), cache_.keys(l), cache_.values(l), attn.data(), s, pool_, precision_);
     cpu::matmul(attn.data(), n, L.o, nullptr, proj.data(), pool_, precision_);
     for (int64_t i = 0; i < n * H; ++i) x[i] += proj[i];
     cpu::rms_norm(x, L.post_norm.data(), h.data(), n, H, cfg_.rms_norm_eps);

@@ -5,6 +5,7 @@
 
 #include "core/thread_pool.h"
 #include "cpu/matmul.h"
+#include "cpu/quant.h"
 #include "model/kv_cache.h"
 #include "model/model.h"
 #include "model/runner.h"
@@ -16,6 +17,9 @@ class Decoder {
   // Activation precision of the large matmuls (cpu::Precision::kBF16: AMX tiles where available).
   void set_precision(cpu::Precision p) { precision_ = p; }
   Decoder(const LoadedModel& model, ThreadPool* pool, int64_t max_context);
+  // Converts the layer matrices and the LM head to weight-only int8/q4 (owned copies; the embedding table
+  // stays in the checkpoint dtype). Returns the quantized bytes.
+  size_t quantize(cpu::Quant q);
 
   // Runs n tokens appended to the cache. embeds [n, hidden] are the input rows (already merged);
   // logits_out [logits_rows, vocab] for the last logits_rows rows.
@@ -40,6 +44,7 @@ class Decoder {
   std::vector<float> final_norm_;  // [hidden]
   std::vector<float> inv_freq_;    // [head_dim / 2]
   cpu::WeightMatrix embed_, lm_head_;
+  std::vector<cpu::QuantizedMatrix> quantized_;  // storage behind quantized WeightMatrix views
   KvCache cache_;
 };
 

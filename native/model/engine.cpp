@@ -1,3 +1,4 @@
+#include "cpu/quant.h"
 #include "model/engine.h"
 
 #include <algorithm>
@@ -51,7 +52,13 @@ std::unique_ptr<Engine> Engine::load(const std::string& dir, const EngineOptions
   }
   if (!e->runner_) {
     e->pool_ = std::make_unique<ThreadPool>(options.threads);
-    e->runner_ = make_cpu_runner(*e->model_, e->pool_.get(), e->max_context_, resolve_precision(options.precision));
+    std::string q = options.quantize;
+    if (q.empty() || q == "none") {
+      const char* env = std::getenv("PLM_QUANTIZE");
+      if (env && *env) q = env;
+    }
+    e->runner_ = make_cpu_runner(*e->model_, e->pool_.get(), e->max_context_, resolve_precision(options.precision),
+                                 cpu::parse_quant(q));
   }
   return e;
 }

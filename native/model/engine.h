@@ -21,6 +21,10 @@ struct EngineOptions {
   // faster; see benchmarks/RESULTS.md for the measured error), "auto" (see resolve_precision in engine.cpp).
   // Decode (one token at a time) always runs with f32 activations. The env var PLM_PRECISION overrides "auto".
   std::string precision = "auto";
+  // Weight-only quantization of the decoder matrices, converted at load (CPU backend): "none", "int8" (one
+  // scale per output row) or "q4" (4-bit, groups of 32 with an f32 scale). Decode reads the quantized bytes;
+  // embeddings stay in the checkpoint dtype. The env var PLM_QUANTIZE applies when this is "none".
+  std::string quantize = "none";
 };
 
 // Pixels of every image and video frame in the prompt, concatenated in prompt order.
@@ -82,7 +86,8 @@ class Engine {
 
 // Factories, one per backend (runner_cpu.cpp, runner_cuda.cpp).
 std::unique_ptr<Runner> make_cpu_runner(const LoadedModel& model, ThreadPool* pool, int64_t max_context,
-                                        cpu::Precision precision = cpu::Precision::kF32);
+                                        cpu::Precision precision = cpu::Precision::kF32,
+                                        cpu::Quant quant = cpu::Quant::kNone);
 // Returns null and sets *why_not when the CUDA library, driver or device is unavailable.
 std::unique_ptr<Runner> make_cuda_runner(const LoadedModel& model, int device, int64_t max_context,
                                          const ProgressFn& progress, std::string* why_not);

@@ -23,7 +23,7 @@ void Projector::forward(const float* patches, int64_t tiles, float* out, const D
   std::vector<float> f1(M * D), f2(M * D);  // [tiles, P, D]
   cpu::matmul(patches, M, linear1_, bias1_.data(), f1.data(), pool_, precision_);
   if (dump) dump("projector.linear_1", f1.data(), {tiles, P, D});
-  cpu::gelu_erf(f1.data(), M * D);
+  cpu::gelu_erf(f1.data(), M * D, pool_);
   cpu::matmul(f1.data(), M, linear2_, bias2_.data(), f2.data(), pool_, precision_);
   const int r = pool_ratio_ > 0 ? pool_ratio_ : 1;
   const int og = grid_ / r;

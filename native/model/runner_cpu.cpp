@@ -13,9 +13,11 @@ namespace {
 
 class CpuRunner : public Runner {
  public:
-  CpuRunner(const LoadedModel& model, ThreadPool* pool, int64_t max_context, cpu::Precision precision)
+  CpuRunner(const LoadedModel& model, ThreadPool* pool, int64_t max_context, cpu::Precision precision,
+            cpu::Quant quant)
       : model_(model), pool_(pool), decoder_(model, pool, max_context) {
     decoder_.set_precision(precision);
+    if (quant != cpu::Quant::kNone) decoder_.quantize(quant);
     if (model.config.vision.present) {
       vision_ = std::make_unique<VisionEncoder>(model, pool);
       projector_ = std::make_unique<Projector>(model, pool);
@@ -97,8 +99,8 @@ class CpuRunner : public Runner {
 }  // namespace
 
 std::unique_ptr<Runner> make_cpu_runner(const LoadedModel& model, ThreadPool* pool, int64_t max_context,
-                                        cpu::Precision precision) {
-  return std::make_unique<CpuRunner>(model, pool, max_context, precision);
+                                        cpu::Precision precision, cpu::Quant quant) {
+  return std::make_unique<CpuRunner>(model, pool, max_context, precision, quant);
 }
 
 }  // namespace plm

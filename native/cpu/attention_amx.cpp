@@ -1,0 +1,277 @@
+// AMX-BF16 flash attention for many query rows (ViT tiles, prefill chunks) in precision "bf16".
+//
+// Per task: one query head x 16 query rows, streaming over the keys in blocks of 64. Q (pre-scaled), K and
+// V are rounded to bf16; S = Q·K^T and O += P·V run on AMX tiles with f32 accumulation; the online softmax
+// (running max, sum, rescale of O) runs in f32 on AVX-512. No [Tq, Tk] matrix exists at any time: per
+// task the state is a 16 x 64 score block, a 16 x hd f32 output block and the running max/sum.
+//
+// Layouts (bf16, packed once per call and per kv head):
+//   Kp[kvh][hd/2][Tkp][2]: the B operand of S = Q·K^T. Tile (key block kb, d chunk c) is 16 rows
+//     (d pairs c*16 ..) x 16 keys, each a (K[j][2p], K[j][2p+1]) pair; row stride Tkp*4 bytes.
+//   Vp[kvh][Tkp/2][hd][2]: the B operand of O = P·V. Tile (key chunk kc of 32, col block cb) is 16 rows
+//     (key pairs) x 16 columns, each a (V[2p][c], V[2p+1][c]) pair; row stride hd*4 bytes.
+// Keys past Tk are zero in both (and masked to -inf in S), so padding never produces NaN.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/half.h"
+#include "cpu/attention.h"
+
+namespace plm::cpu::kernels {
+namespace {
+
+struct alignas(64) TileConfig {
+  uint8_t palette_id;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+void configure_tiles() {
+  TileConfig cfg;
+  std::memset(&cfg, 0, sizeof(cfg));
+  cfg.palette_id = 1;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = 16;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+// exp(x) for x <= 0 to ~2e-7 relative (degree-5 polynomial on |r| <= ln2/2); exp(-inf) = 0. Its result
+// is rounded to bf16 (P) or summed in f32, so this is far below the bf16 rounding of P.
+inline __m512 exp_neg(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.0f);
+  const __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+  x = _mm512_max_ps(x, lo);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.3981999507e-3f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_maskz_mov_ps(~under, _mm512_scalef_ps(p, n));
+}
+
+constexpr int kKeyBlock = 64;
+
+}  // namespace
+
+// Returns false when the shape isn't covered (head_dim % 32 != 0 or > 256, fewer than 16 query rows).
+bool attention_amx_bf16(const float* q, const float* k, const float* v, float* out, const AttentionShape& s,
+                        ThreadPool* pool) {
+  const int hd = s.head_dim;
+  if (hd % 32 != 0 || hd > 256 || s.q_len < 16 || s.kv_len <= 0) return false;
+  const int group = s.heads / s.kv_heads, dchunks = hd / 32, cblocks = hd / 16;
+  const int64_t Tk = s.kv_len, Tq = s.q_len;
+  const int64_t Tkp = (Tk + kKeyBlock - 1) / kKeyBlock * kKeyBlock;
+  const int64_t kv_elems = int64_t(hd) * Tkp;  // bf16 elements per kv head in Kp and in Vp
+  std::vector<uint16_t> kp(static_cast<size_t>(s.kv_heads * kv_elems) + 32);
+  std::vector<uint16_t> vp(static_cast<size_t>(s.kv_heads * kv_elems) + 32);
+  uint16_t* Kp = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(kp.data()) + 63) & ~uintptr_t(63));
+  uint16_t* Vp = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(vp.data()) + 63) & ~uintptr_t(63));
+  // Pack in blocks of 16 key pairs (32 keys): each K row becomes hd/2 bf16 pairs scattered down a column
+  // of Kp; each pair of V rows is interleaved into one row of Vp.
+  const int64_t pblocks = Tkp / 32;
+  const __m512i kidx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                          _mm512_set1_epi32(static_cast<int>(Tkp)));
+  const __m512i ileave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                          21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  auto pack = [&](int64_t b0, int64_t b1) {
+    for (int64_t pb = b0; pb < b1; ++pb)
+      for (int h = 0; h < s.kv_heads; ++h) {
+        uint32_t* kh = reinterpret_cast<uint32_t*>(Kp + h * kv_elems);
+        uint32_t* vh = reinterpret_cast<uint32_t*>(Vp + h * kv_elems);
+        for (int64_t j = pb * 32; j < pb * 32 + 32; ++j) {
+          const float* kr = k + j * s.kv_stride + int64_t(h) * hd;
+          for (int d = 0; d < hd; d += 32) {
+            const __m512i b = j < Tk ? (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(kr + d + 16), _mm512_loadu_ps(kr + d))
+                                     : _mm512_setzero_si512();
+            _mm512_i32scatter_epi32(kh + int64_t(d / 2) * Tkp + j, kidx, b, 4);
+          }
+        }
+        for (int64_t j = pb * 32; j < pb * 32 + 32; j += 2) {
+          const float* v0 = v + j * s.kv_stride + int64_t(h) * hd;
+          const float* v1 = v0 + s.kv_stride;
+          for (int d = 0; d < hd; d += 16) {
+            const __m256i a = j < Tk ? (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(v0 + d)) : _mm256_setzero_si256();
+            const __m256i c = j + 1 < Tk ? (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(v1 + d)) : _mm256_setzero_si256();
+            const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(a), c, 1);
+            _mm512_storeu_si512(vh + (j / 2) * hd + d, _mm512_permutexvar_epi16(ileave, both));
+          }
+        }
+      }
+  };
+  if (pool) pool->parallel_for(pblocks, 2, pack);
+  else pack(0, pblocks);
+
+  const int64_t qblocks = (Tq + 15) / 16;
+  auto task = [&](int64_t t) {
+    const int h = static_cast<int>(t % s.heads), kvh = h / group;
+    const int64_t i0 = (t / s.heads) * 16, rows = std::min<int64_t>(16, Tq - i0);
+    alignas(64) uint16_t qs[16 * 256];     // [16][hd] bf16, scaled
+    alignas(64) float o[16 * 256];         // [16][hd] f32 running output
+    alignas(64) float sc[4][16][16];       // score tiles: [key sub-block][row][key]
+    alignas(64) uint16_t p[16][kKeyBlock];  // bf16 probabilities, the A operand of P·V
+    alignas(64) float pv[4][16][16];       // P·V tiles of one column pass
+    alignas(64) float corr[16];
+    float mx[16], sum[16];
+    int64_t limit[16];
+    int64_t kmax = 0, kmin = Tk;
+    const __m512 scale = _mm512_set1_ps(s.scale);
+    for (int r = 0; r < 16; ++r) {
+      const int64_t i = i0 + r;
+      uint16_t* qd = qs + r * hd;
+      if (r < rows) {
+        const float* qr = q + i * s.q_stride + int64_t(h) * hd;
+        for (int d = 0; d < hd; d += 32) {
+          const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_mul_ps(_mm512_loadu_ps(qr + d + 16), scale),
+                                                 _mm512_mul_ps(_mm512_loadu_ps(qr + d), scale));
+          _mm512_store_si512(qd + d, (__m512i)b);
+        }
+        limit[r] = s.causal ? std::min(Tk, s.q_offset + i + 1) : Tk;
+      } else {
+        std::memset(qd, 0, hd * sizeof(uint16_t));
+        limit[r] = 0;  // padding row: never read
+      }
+      std::memset(o + r * hd, 0, hd * sizeof(float));
+      mx[r] = -INFINITY;
+      sum[r] = 0.f;
+      kmax = std::max(kmax, limit[r]);
+      if (r < rows) kmin = std::min(kmin, limit[r]);
+    }
+    const uint16_t* kh = Kp + int64_t(kvh) * kv_elems;
+    const uint16_t* vh = Vp + int64_t(kvh) * kv_elems;
+    const int64_t kstride = Tkp * 4, vstride = int64_t(hd) * 4, qstride = int64_t(hd) * 2;
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    configure_tiles();
+    for (int64_t j0 = 0; j0 < kmax; j0 += kKeyBlock) {
+      // S = Q·K^T for 16 rows x 64 keys: accumulators 0..3, Q chunk in 4, K tiles in 5/6.
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int c = 0; c < dchunks; ++c) {
+        _tile_loadd(4, qs + c * 32, qstride);
+        const uint16_t* kb = kh + (int64_t(c) * 16 * Tkp + j0) * 2;
+        _tile_loadd(5, kb, kstride);
+        _tile_dpbf16ps(0, 4, 5);
+        _tile_loadd(6, kb + 32, kstride);
+        _tile_dpbf16ps(1, 4, 6);
+        _tile_loadd(5, kb + 64, kstride);
+        _tile_dpbf16ps(2, 4, 5);
+        _tile_loadd(6, kb + 96, kstride);
+        _tile_dpbf16ps(3, 4, 6);
+      }
+      _tile_stored(0, sc[0], 64);
+      _tile_stored(1, sc[1], 64);
+      _tile_stored(2, sc[2], 64);
+      _tile_stored(3, sc[3], 64);
+      // Online softmax per row; the corrections exp(old max - new max) are done 16 rows at once.
+      const bool need_mask = j0 + kKeyBlock > kmin;
+      alignas(64) float mold[16], bsum[16];
+      for (int r = 0; r < 16; ++r) {
+        const int64_t valid = limit[r] - j0;
+        mold[r] = mx[r];
+        bsum[r] = 0.f;
+        if (valid <= 0) {  // this row sees none of these keys (causal, or a padding row)
+          std::memset(p[r], 0, sizeof(p[r]));
+          // corr = exp(0) = 1. Only padding rows can reach here with no max yet (a real row always has
+          // key 0 in block 0); give them a finite one so the correction is not exp(NaN).
+          if (mx[r] == -INFINITY) mx[r] = 0.f;
+          mold[r] = mx[r];
+          continue;
+        }
+        __m512 x[4];
+        for (int b = 0; b < 4; ++b) {
+          x[b] = _mm512_load_ps(sc[b][r]);
+          if (need_mask) {
+            const int64_t vb = std::min<int64_t>(16, std::max<int64_t>(0, valid - b * 16));
+            const __mmask16 vm = _mm512_cmp_epi32_mask(lane, _mm512_set1_epi32(static_cast<int>(vb)), _MM_CMPINT_LT);
+            x[b] = _mm512_mask_blend_ps(vm, _mm512_set1_ps(-INFINITY), x[b]);
+          }
+        }
+        const float bmax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(x[0], x[1]), _mm512_max_ps(x[2], x[3])));
+        const float nmax = std::max(mx[r], bmax);
+        mx[r] = nmax;
+        const __m512 m = _mm512_set1_ps(nmax);
+        __m512 e[4];
+        for (int b = 0; b < 4; ++b) e[b] = exp_neg(_mm512_sub_ps(x[b], m));
+        bsum[r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(e[0], e[1]), _mm512_add_ps(e[2], e[3])));
+        _mm512_store_si512(p[r], (__m512i)_mm512_cvtne2ps_pbh(e[1], e[0]));
+        _mm512_store_si512(p[r] + 32, (__m512i)_mm512_cvtne2ps_pbh(e[3], e[2]));
+      }
+      {
+        const __m512 cv = exp_neg(_mm512_sub_ps(_mm512_load_ps(mold), _mm512_loadu_ps(mx)));
+        _mm512_store_ps(corr, cv);
+        _mm512_storeu_ps(sum, _mm512_fmadd_ps(_mm512_loadu_ps(sum), cv, _mm512_load_ps(bsum)));
+      }
+      // O = O * corr + P·V, up to 4 column blocks per pass: accumulators 0..3, P in 4/5, V in 6.
+      for (int cb0 = 0; cb0 < cblocks; cb0 += 4) {
+        const int nb = std::min(4, cblocks - cb0);
+        _tile_loadd(4, p[0], kKeyBlock * 2);
+        _tile_loadd(5, p[0] + 32, kKeyBlock * 2);
+        const uint16_t* v0 = vh + ((j0 / 2) * hd + int64_t(cb0) * 16) * 2;
+        const uint16_t* v1 = v0 + int64_t(16) * hd * 2;  // keys j0+32 ..
+        _tile_zero(0);
+        _tile_loadd(6, v0, vstride);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_loadd(6, v1, vstride);
+        _tile_dpbf16ps(0, 5, 6);
+        _tile_stored(0, pv[0], 64);
+        if (nb > 1) {
+          _tile_zero(1);
+          _tile_loadd(6, v0 + 32, vstride);
+          _tile_dpbf16ps(1, 4, 6);
+          _tile_loadd(6, v1 + 32, vstride);
+          _tile_dpbf16ps(1, 5, 6);
+          _tile_stored(1, pv[1], 64);
+        }
+        if (nb > 2) {
+          _tile_zero(2);
+          _tile_loadd(6, v0 + 64, vstride);
+          _tile_dpbf16ps(2, 4, 6);
+          _tile_loadd(6, v1 + 64, vstride);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_stored(2, pv[2], 64);
+        }
+        if (nb > 3) {
+          _tile_zero(3);
+          _tile_loadd(6, v0 + 96, vstride);
+          _tile_dpbf16ps(3, 4, 6);
+          _tile_loadd(6, v1 + 96, vstride);
+          _tile_dpbf16ps(3, 5, 6);
+          _tile_stored(3, pv[3], 64);
+        }
+        for (int r = 0; r < 16; ++r) {
+          const __m512 cv = _mm512_set1_ps(corr[r]);
+          for (int b = 0; b < nb; ++b) {
+            float* od = o + r * hd + (cb0 + b) * 16;
+            _mm512_store_ps(od, _mm512_fmadd_ps(_mm512_load_ps(od), cv, _mm512_load_ps(pv[b][r])));
+          }
+        }
+      }
+    }
+    _tile_release();
+    for (int64_t r = 0; r < rows; ++r) {
+      float* dst = out + (i0 + r) * s.q_stride + int64_t(h) * hd;
+      const __m512 inv = _mm512_set1_ps(1.0f / sum[r]);
+      for (int c = 0; c < cblocks; ++c) _mm512_storeu_ps(dst + c * 16, _mm512_mul_ps(_mm512_load_ps(o + r * hd + c * 16), inv));
+    }
+  };
+  const int64_t tasks = qblocks * s.heads;
+  if (pool) pool->run_tasks(tasks, task);
+  else for (int64_t t = 0; t < tasks; ++t) task(t);
+  return true;
+}
+
+}  // namespace plm::cpu::kernels
