@@ -19,29 +19,12 @@
 #include <vector>
 
 #include "core/half.h"
+#include "cpu/amx_tiles.h"
 #include "cpu/attention.h"
 
 namespace plm::cpu::kernels {
 namespace {
 
-struct alignas(64) TileConfig {
-  uint8_t palette_id;
-  uint8_t start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
-
-void configure_tiles() {
-  TileConfig cfg;
-  std::memset(&cfg, 0, sizeof(cfg));
-  cfg.palette_id = 1;
-  for (int t = 0; t < 8; ++t) {
-    cfg.colsb[t] = 64;
-    cfg.rows[t] = 16;
-  }
-  _tile_loadconfig(&cfg);
-}
 
 // exp(x) for x <= 0 to ~2e-7 relative (degree-5 polynomial on |r| <= ln2/2); exp(-inf) = 0. Its result
 // is rounded to bf16 (P) or summed in f32, so this is far below the bf16 rounding of P.

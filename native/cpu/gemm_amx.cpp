@@ -17,29 +17,12 @@
 #include <vector>
 
 #include "core/half.h"
+#include "cpu/amx_tiles.h"
 #include "cpu/gemm_kernels.h"
 
 namespace plm::cpu::kernels {
 namespace {
 
-struct alignas(64) TileConfig {
-  uint8_t palette_id;
-  uint8_t start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
-
-void configure_tiles() {
-  TileConfig cfg;
-  std::memset(&cfg, 0, sizeof(cfg));
-  cfg.palette_id = 1;
-  for (int t = 0; t < 8; ++t) {
-    cfg.colsb[t] = 64;
-    cfg.rows[t] = 16;
-  }
-  _tile_loadconfig(&cfg);
-}
 
 // 16x16 f32 transpose: out[j][i] = in[i][j] (row strides 16).
 inline void transpose16(const float* in, __m512 out[16]) {
