@@ -11,6 +11,7 @@ import {
   NativeBackend,
   NativeCancel,
   NativeModel,
+  NativeGenerateOptions,
   NativeModelConfig,
   NativePrecision,
   NativeQuantize,
@@ -260,24 +261,6 @@ class StopMatcher {
     this.released = end;
     return out;
   }
-}
-
-interface PreparedJob {
-  built: BuiltPrompt;
-  maxTokens: number;
-  native: {
-    maxTokens: number;
-    temperature: number;
-    topK: number;
-    topP: number;
-    minP: number;
-    repetitionPenalty: number;
-    seed: number;
-    stopIds: number[];
-    returnLogits: boolean;
-  };
-  stops: string[];
-  started: number;
 }
 
 type StreamEvent =
@@ -586,7 +569,7 @@ export class PerceptionLM {
     return derived;
   }
 
-  private resolveSampling(options: GenerateOptions): PreparedJob['native'] {
+  private resolveSampling(options: GenerateOptions): Required<NativeGenerateOptions> {
     const g = this.config.generation ?? { bos_token_id: -1, eos_token_ids: [] };
     const maxTokens = options.maxTokens ?? DEFAULT_MAX_TOKENS;
     const temperature = options.temperature ?? (g.do_sample ? (g.temperature ?? 1) : 0);
