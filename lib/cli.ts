@@ -8,6 +8,7 @@
  *   plm chat [--model DIR]
  *   plm pull <owner/name> [--revision main] [--dir DIR]
  *   plm serve [--port 8080] [--host 127.0.0.1] [--model DIR] [--max-queue N] [--allow-remote-images]
+ *   plm bench [--model DIR] [--precision auto|bf16|f32] [--quantize none|int8|q4] [--json]
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -17,6 +18,7 @@ import { GenerateProgress, loadModel, LoadProgress, PerceptionLM } from './model
 import { createProgress } from './progress_bar';
 import { native, packageRoot } from './native';
 import { keepAlive, runChat, runPull, runServe } from './cli_shipping';
+import { BenchFigure, runBench } from './bench';
 
 /** Extensions read as videos (decoded with ffmpeg); everything else is read as an image. .gif is an image (first frame). */
 export const VIDEO_EXTENSIONS: readonly string[] = ['.mp4', '.webm', '.mov', '.mkv', '.avi', '.m4v', '.mpg', '.mpeg', '.wmv', '.flv', '.3gp'];
@@ -244,6 +246,53 @@ async function runInfo(opts: { model?: string; json?: boolean; backend?: 'auto' 
   }
 }
 
+interface BenchCliOpts {
+  model?: string;
+  precision: 'auto' | 'f32' | 'bf16';
+  quantize: 'none' | 'int8' | 'q4';
+  threads?: number;
+  runs: number;
+  only: string;
+  prefill: string;
+  decodeTokens: number;
+  ttftTiles: string;
+  json?: boolean;
+}
+
+function listArg(name: string, min: number) {
+  return (v: string): string => {
+    for (const x of v.split(',')) {
+      const n = Number(x);
+      if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be a comma-separated list of integers >= ${min}`);
+    }
+    return v;
+  };
+}
+
+const BENCH_FIGURES: readonly BenchFigure[] = ['decode', 'prefill', 'vision', 'ttft'];
+
+async function runBenchCmd(opts: BenchCliOpts): Promise<void> {
+  const dir = path.resolve(opts.model ?? defaultModelDir());
+  if (!fs.existsSync(path.join(dir, 'config.json'))) throw new PlmError('ERR_FILE_NOT_FOUND', `no checkpoint (config.json) in ${dir}`);
+  const only = opts.only.split(',').map((s) => s.trim()).filter(Boolean);
+  for (const f of only) {
+    if (!BENCH_FIGURES.includes(f as BenchFigure)) throw new PlmError('ERR_INVALID_ARGUMENT', `--only: unknown figure "${f}" (choose from ${BENCH_FIGURES.join(', ')})`);
+  }
+  const results = await runBench({
+    model: dir,
+    precision: opts.precision,
+    quantize: opts.quantize,
+    threads: opts.threads ?? 2,
+    runs: opts.runs,
+    only: only as BenchFigure[],
+    prefill: opts.prefill.split(',').map(Number),
+    decodeTokens: opts.decodeTokens,
+    ttftTiles: opts.ttftTiles.split(',').map(Number),
+    log: opts.json ? undefined : (line) => process.stdout.write(line + '\n'),
+  });
+  if (opts.json) process.stdout.write(JSON.stringify(results) + '\n');
+}
+
 function fail(e: unknown): never {
   if (isPlmError(e)) process.stderr.write(`plm: ${e.code}: ${e.message}\n`);
   else if (e instanceof Error) process.stderr.write(`plm: ERR_INTERNAL: ${e.message}\n`);
@@ -270,7 +319,8 @@ Examples:
   plm info --json
   plm chat
   plm pull facebook/Perception-LM-1B
-  plm serve --port 8080`,
+  plm serve --port 8080
+  plm bench --model ./models/plm-1b --quantize int8`,
     );
 
   const gen = program.command('generate').description('generate text from a text prompt, streamed to stdout');
@@ -384,6 +434,32 @@ Examples:
       async (opts: CommonOpts & { port: number; host: string; maxQueue: number; maxTokensLimit: number; maxBody: number; maxImagePixels: number; allowRemoteImages?: boolean }) =>
         runServe(opts, () => openModel(opts)),
     );
+  const bench = program
+    .command('bench')
+    .description('CPU benchmark with synthetic inputs: decode and prefill tok/s, vision ms per tile, time to first token, peak RSS')
+    .option('-m, --model <dir>', 'model directory (default: the bundled random-weight tiny model)')
+    .addOption(new Option('--precision <p>', "activation precision ('auto': bf16 where the CPU has AVX512-BF16/AMX, else f32)").choices(['auto', 'f32', 'bf16']).default('auto'))
+    .addOption(new Option('--quantize <kind>', 'weight-only quantization of the decoder at load').choices(['none', 'int8', 'q4']).default('none'))
+    .option('--threads <n>', 'CPU threads', intArg('--threads', 1), 2)
+    .option('--runs <n>', 'runs per figure (the median is reported)', intArg('--runs', 1), 3)
+    .option('--only <list>', 'figures to measure: decode,prefill,vision,ttft', 'decode,prefill,vision,ttft')
+    .option('--prefill <list>', 'prompt lengths for prefill, comma-separated', listArg('--prefill', 2), '512')
+    .option('--decode-tokens <n>', 'tokens generated for decode (after a 16-token prompt)', intArg('--decode-tokens', 2), 32)
+    .option('--ttft-tiles <list>', 'tiles of the image prompt for time to first token', listArg('--ttft-tiles', 1), '5')
+    .option('--json', 'print one JSON object (medians and per-run values) instead of lines');
+  bench
+    .addHelpText(
+      'after',
+      `
+Examples:
+  plm bench --model ~/models/Perception-LM-1B
+  plm bench --model ~/models/Perception-LM-1B --quantize int8 --only decode,prefill --json
+  plm bench --model ~/models/Perception-LM-1B --precision f32 --prefill 512,4096 --ttft-tiles 1,5
+  plm bench --runs 1 --prefill 64 --decode-tokens 8 --ttft-tiles 1 --json   (bundled tiny model, seconds)
+
+Side by side with llama.cpp and transformers: node benchmarks/compare.js (in the source repository).`,
+    )
+    .action(async (opts: BenchCliOpts) => runBenchCmd(opts));
 }
 
 function readVersion(): string {

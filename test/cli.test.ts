@@ -39,7 +39,7 @@ test('info prints model, backend, cpu and cuda lines', () => {
   expect(typeof j.cudaStatus).toBe('string');
 });
 
-test.each([[], ['generate'], ['describe'], ['info'], ['chat'], ['pull'], ['serve']])('--help of %p with examples', (...cmd) => {
+test.each([[], ['generate'], ['describe'], ['info'], ['chat'], ['pull'], ['serve'], ['bench']])('--help of %p with examples', (...cmd) => {
   const r = plm([...cmd, '--help']);
   expect(r.code).toBe(0);
   expect(r.stdout).toMatch(/Usage: plm/);
@@ -87,4 +87,24 @@ test('serve starts, answers /health and stops on SIGTERM', async () => {
     child.kill('SIGTERM');
   });
   expect(code).toBe(0);
+});
+
+test('bench --model models/plm-tiny-random --json prints valid JSON with the decode and prefill figures', () => {
+  const r = plm(['bench', '--model', 'models/plm-tiny-random', '--json', '--runs', '1', '--prefill', '32', '--decode-tokens', '4', '--ttft-tiles', '1']);
+  expect(r.code).toBe(0);
+  const j = JSON.parse(r.stdout.trim()) as Record<string, unknown>;
+  expect(typeof j.decodeTokPerS).toBe('number');
+  expect(j.decodeTokPerS as number).toBeGreaterThan(0);
+  expect(typeof j.prefill32TokPerS).toBe('number');
+  expect(j.prefill32TokPerS as number).toBeGreaterThan(0);
+  expect(typeof j.visionMsPerTile).toBe('number');
+  expect(typeof j.ttft1TilesMs).toBe('number');
+  expect(j.maxRssMB as number).toBeGreaterThan(0);
+  expect(j.runs).toBe(1);
+});
+
+test('bench rejects an unknown --only figure', () => {
+  const r = plm(['bench', '--model', 'models/plm-tiny-random', '--only', 'decode,nope', '--json']);
+  expect(r.code).toBe(1);
+  expect(r.stderr).toMatch(/ERR_INVALID_ARGUMENT/);
 });
