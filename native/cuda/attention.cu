@@ -10,6 +10,7 @@
 
 #include "cuda/attention.cuh"
 #include "cuda/common.cuh"
+#include "cuda/ptx.cuh"
 
 namespace plm::cuda {
 
@@ -17,34 +18,6 @@ namespace {
 
 constexpr float kLog2e = 1.4426950408889634f;
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(p)));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(p)));
-}
-__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
@@ -117,7 +90,7 @@ __global__ void __launch_bounds__(128) k_flash(FlashDev p) {
     __syncthreads();
     if (j == 0) {
 #pragma unroll
-      for (int kk = 0; kk < KSTEPS; ++kk) ldsm_x4(qf[kk], sQ + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+      for (int kk = 0; kk < KSTEPS; ++kk) ldmatrix_x4(qf[kk], sQ + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
     }
     const bf16* kb = sK + (j & 1) * FBK * LD;
     const bf16* vb = sV + (j & 1) * FBK * LD;
@@ -129,9 +102,9 @@ __global__ void __launch_bounds__(128) k_flash(FlashDev p) {
 #pragma unroll
       for (int np = 0; np < 4; ++np) {
         uint32_t r[4];
-        ldsm_x4(r, kb + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
-        mma16816(s[2 * np], qf[kk], r[0], r[1]);
-        mma16816(s[2 * np + 1], qf[kk], r[2], r[3]);
+        ldmatrix_x4(r, kb + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
+        mma_bf16(s[2 * np], qf[kk], r[0], r[1]);
+        mma_bf16(s[2 * np + 1], qf[kk], r[2], r[3]);
       }
     }
     // scale, mask, online softmax (rows g and g+8 of this warp's 16)
@@ -183,9 +156,9 @@ __global__ void __launch_bounds__(128) k_flash(FlashDev p) {
 #pragma unroll
       for (int dp = 0; dp < HD / 16; ++dp) {
         uint32_t r[4];
-        ldsm_x4_t(r, vb + (kj * 16 + (lane & 15)) * LD + dp * 16 + (lane >> 4) * 8);
-        mma16816(acc[2 * dp], a, r[0], r[1]);
-        mma16816(acc[2 * dp + 1], a, r[2], r[3]);
+        ldmatrix_x4_trans(r, vb + (kj * 16 + (lane & 15)) * LD + dp * 16 + (lane >> 4) * 8);
+        mma_bf16(acc[2 * dp], a, r[0], r[1]);
+        mma_bf16(acc[2 * dp + 1], a, r[2], r[3]);
       }
     }
     __syncthreads();  // this buffer is refilled two steps later
