@@ -10,7 +10,17 @@ const root = path.resolve(__dirname, '..');
 const cli = path.join(root, 'dist', 'lib', 'cli.js');
 
 beforeAll(() => {
-  if (!fs.existsSync(cli)) execFileSync(process.execPath, [require.resolve('typescript/bin/tsc'), '-p', path.join(root, 'tsconfig.json')], { cwd: root, stdio: 'inherit' });
+  if (!fs.existsSync(cli)) execFileSync('npm', ['run', 'build:ts'], { cwd: root, stdio: 'inherit' });
+});
+
+test("the bin runs as the README's main command runs it (an executable file with a node shebang)", () => {
+  // npx plm resolves the package's own bin and executes dist/lib/cli.js directly, so it must be executable.
+  expect(fs.readFileSync(cli, 'utf8').startsWith('#!/usr/bin/env node')).toBe(true);
+  expect(fs.statSync(cli).mode & 0o111).not.toBe(0);
+  const r = spawnSync(cli, ['describe', 'samples/shapes.png', '--max-tokens', '4'], { cwd: root, encoding: 'utf8', timeout: 60000 });
+  expect(r.status).toBe(0);
+  expect(r.stdout.trim().length).toBeGreaterThan(0);
+  expect(r.stderr).toMatch(/random weights/);
 });
 
 function plm(args: string[], env: NodeJS.ProcessEnv = {}) {
