@@ -12,13 +12,12 @@ const fs = require('fs');
 const os = require('os');
 const { spawnSync, execSync } = require('child_process');
 
-const args = process.argv.slice(2);
-const opt = (name, def) => { const i = args.indexOf(`--${name}`); return i >= 0 ? args[i + 1] : def; };
+const { opt, flag } = require('./cli_args');
 const root = path.resolve(__dirname, '..');
 const runs = opt('runs', '3');
 const outDir = path.resolve(root, opt('out', '.bench/compare'));
 const skip = (opt('skip', '') || '').split(',');
-const withF32 = args.includes('--f32');
+const withF32 = flag('f32');
 const prefill = opt('prefill', '512');
 const ttftTiles = opt('ttft-tiles', '5');
 const P = prefill.split(',').map(Number);

@@ -4,8 +4,7 @@
 //   node benchmarks/gguf_sanity.js [--gguf .bench/plm-1b-random-decoder-f16.gguf] [--model .bench/plm-1b-random] [--tokens 8]
 'use strict';
 const path = require('path');
-const args = process.argv.slice(2);
-const opt = (name, def) => { const i = args.indexOf(`--${name}`); return i >= 0 ? args[i + 1] : def; };
+const { opt } = require('./cli_args');
 const root = path.resolve(__dirname, '..');
 const gguf = path.resolve(root, opt('gguf', '.bench/plm-1b-random-decoder-f16.gguf'));
 const modelDir = path.resolve(root, opt('model', '.bench/plm-1b-random'));

@@ -11,11 +11,7 @@
 const path = require('path');
 const fs = require('fs');
 
-const args = process.argv.slice(2);
-const opt = (name, def) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : def;
-};
+const { opt } = require('./cli_args');
 const root = path.resolve(__dirname, '..');
 const gguf = path.resolve(root, opt('gguf', '.bench/plm-1b-random-decoder-f16.gguf'));
 const runs = Number(opt('runs', 3));

@@ -5,11 +5,7 @@
 //   node benchmarks/quant_check.js [--model DIR] [--n 64] [--gen 32] [--precision f32|bf16] [--quant int8,q4]
 'use strict';
 const path = require('path');
-const args = process.argv.slice(2);
-const opt = (name, def) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : def;
-};
+const { opt } = require('./cli_args');
 const root = path.resolve(__dirname, '..');
 const native = require('node-gyp-build')(root);
 const dir = path.resolve(root, opt('model', '.bench/plm-1b-random'));
