@@ -13,6 +13,7 @@
 #include "async_job.h"
 #include "image_processor_binding.h"
 #include "model/engine.h"
+#include "model/quantized_file.h"
 
 namespace {
 
@@ -20,6 +21,7 @@ using plm::Engine;
 using plm_napi::coded_error;
 using plm_napi::float_array;
 using plm_napi::JobWorker;
+using plm_napi::ProgressRelay;
 using plm_napi::throw_invalid;
 
 class CancelTokenWrap : public Napi::ObjectWrap<CancelTokenWrap> {
@@ -110,37 +112,61 @@ class NativeModel;
 class LoadWorker : public JobWorker {
  public:
   LoadWorker(Napi::Env env, std::string dir, plm::EngineOptions options, Napi::Function on_progress)
-      : JobWorker(env), dir_(std::move(dir)), options_(std::move(options)) {
-    if (!on_progress.IsEmpty())
-      progress_ = Napi::ThreadSafeFunction::New(env, on_progress, "plm-load-progress", 0, 1);
-  }
+      : JobWorker(env), dir_(std::move(dir)), options_(std::move(options)),
+        progress_(env, on_progress, "plm-load-progress") {}
 
  protected:
   void Work() override {
-    plm::ProgressFn progress;
-    if (progress_) {
-      progress = [this](double fraction, const std::string& stage) {
-        auto* payload = new std::pair<double, std::string>(fraction, stage);
-        if (progress_.NonBlockingCall(payload, [](Napi::Env env, Napi::Function fn, std::pair<double, std::string>* p) {
-              fn.Call({Napi::Number::New(env, p->first), Napi::String::New(env, p->second)});
-              delete p;
-            }) != napi_ok)
-          delete payload;
-      };
-    }
     state_ = std::make_shared<ModelState>();
-    state_->engine = Engine::load(dir_, options_, progress);
+    state_->engine = Engine::load(dir_, options_, progress_.fn());
   }
   Napi::Value Result(Napi::Env env) override;
-  void Cleanup() override {
-    if (progress_) progress_.Release();
-  }
+  void Cleanup() override { progress_.Release(); }
 
  private:
   std::string dir_;
   plm::EngineOptions options_;
-  Napi::ThreadSafeFunction progress_;
+  ProgressRelay progress_;
   std::shared_ptr<ModelState> state_;
+};
+
+// quantizeModel: reads the checkpoint and writes a plm-quant file (model/quantized_file.h).
+class QuantizeWorker : public JobWorker {
+ public:
+  QuantizeWorker(Napi::Env env, std::string dir, plm::cpu::Quant quant, std::string out, int threads,
+                 Napi::Function on_progress, std::shared_ptr<plm::CancelToken> cancel)
+      : JobWorker(env), dir_(std::move(dir)), quant_(quant), out_(std::move(out)), threads_(threads),
+        progress_(env, on_progress, "plm-quantize-progress"), cancel_(std::move(cancel)) {}
+
+ protected:
+  void Work() override {
+    plm::ProgressFn progress = progress_.fn();
+    auto model = plm::load_model(dir_, nullptr);
+    if (cancel_->is_cancelled()) throw plm::Error(plm::ErrorCode::kCancelled, "cancelled");
+    plm::ThreadPool pool(threads_);
+    const std::string path = out_.empty() ? plm::default_quantized_path(dir_, quant_) : out_;
+    result_ = plm::write_quantized_file(*model, quant_, path, &pool, progress, cancel_.get());
+  }
+  Napi::Value Result(Napi::Env env) override {
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("path", result_.path);
+    out.Set("kind", plm::cpu::quant_name(result_.quant));
+    out.Set("quantized", static_cast<double>(result_.quantized));
+    out.Set("kept", static_cast<double>(result_.kept));
+    out.Set("fileBytes", static_cast<double>(result_.file_bytes));
+    out.Set("sourceBytes", static_cast<double>(result_.source_bytes));
+    return out;
+  }
+  void Cleanup() override { progress_.Release(); }
+
+ private:
+  std::string dir_;
+  plm::cpu::Quant quant_;
+  std::string out_;
+  int threads_;
+  ProgressRelay progress_;
+  std::shared_ptr<plm::CancelToken> cancel_;
+  plm::QuantizeFileResult result_;
 };
 
 class NativeModel : public Napi::ObjectWrap<NativeModel> {
@@ -241,6 +267,9 @@ Napi::Value NativeModel::Info(const Napi::CallbackInfo& info) {
   out.Set("backend", s->engine->backend_name());
   out.Set("backendNote", s->engine->backend_note());
   out.Set("weightBytes", static_cast<double>(s->engine->model().weights->total_bytes()));
+  const plm::QuantizationInfo& q = s->engine->quantization();
+  out.Set("quantize", plm::cpu::quant_name(q.quant));
+  out.Set("quantizedFile", q.file.empty() ? env.Null() : Napi::String::New(env, q.file));
   return out;
 }
 
@@ -479,11 +508,36 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
     if (pr.IsString()) options.precision = pr.As<Napi::String>().Utf8Value();
     Napi::Value qz = o.Get("quantize");
     if (qz.IsString()) options.quantize = qz.As<Napi::String>().Utf8Value();
+    Napi::Value qf = o.Get("quantizedFile");
+    if (qf.IsString()) options.quantized_file = qf.As<Napi::String>().Utf8Value();
+    else if (qf.IsBoolean() && !qf.As<Napi::Boolean>().Value()) options.find_quantized_file = false;
     options.threads = static_cast<int>(number_opt(o, "threads", 0));
     options.max_context = static_cast<int>(number_opt(o, "maxContext", 0));
   }
   Napi::Function progress = info[2].IsFunction() ? info[2].As<Napi::Function>() : Napi::Function();
   auto* w = new LoadWorker(env, info[0].As<Napi::String>().Utf8Value(), options, progress);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+// quantizeModel(dir, {kind, out, threads}, onProgress|null, cancel|null) -> Promise<{path, kind, quantized, kept,
+// fileBytes, sourceBytes}>
+Napi::Value QuantizeModel(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) throw_invalid(env, "quantizeModel: dir must be a string");
+  if (!info[1].IsObject()) throw_invalid(env, "quantizeModel: options must be an object");
+  Napi::Object o = info[1].As<Napi::Object>();
+  Napi::Value kind = o.Get("kind");
+  if (!kind.IsString()) throw_invalid(env, "quantizeModel: kind must be \"int8\" or \"q4\"");
+  const std::string k = kind.As<Napi::String>().Utf8Value();
+  if (k != "int8" && k != "q4") throw_invalid(env, "quantizeModel: kind must be \"int8\" or \"q4\", got \"" + k + "\"");
+  Napi::Value outv = o.Get("out");
+  std::string out = outv.IsString() ? outv.As<Napi::String>().Utf8Value() : std::string();
+  const int threads = static_cast<int>(number_opt(o, "threads", 0));
+  Napi::Function progress = info[2].IsFunction() ? info[2].As<Napi::Function>() : Napi::Function();
+  auto* w = new QuantizeWorker(env, info[0].As<Napi::String>().Utf8Value(), plm::cpu::parse_quant(k), std::move(out),
+                               threads, progress, cancel_from(info[3]));
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;
@@ -505,6 +559,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   CancelTokenWrap::Init(env);
   NativeModel::Init(env);
   exports.Set("loadModel", Napi::Function::New(env, LoadModel));
+  exports.Set("quantizeModel", Napi::Function::New(env, QuantizeModel));
   exports.Set("createCancelToken", Napi::Function::New(env, CreateCancelToken));
   exports.Set("cpuFeatures", Napi::Function::New(env, CpuFeatures));
   exports.Set("cudaStatus", Napi::Function::New(env, CudaStatus));

@@ -5,7 +5,9 @@
 
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <string>
+#include <utility>
 
 #include "core/error.h"
 
@@ -52,6 +54,34 @@ inline Napi::Float32Array float_array(Napi::Env env, const float* data, size_t n
   if (n) std::memcpy(a.Data(), data, n * sizeof(float));
   return a;
 }
+
+// Forwards (fraction, stage) progress from a worker thread to a JS callback (fn(fraction, stage)); calls
+// that cannot be queued are dropped. Create on the JS thread, call fn() on the worker, Release() when done.
+class ProgressRelay {
+ public:
+  ProgressRelay() = default;
+  ProgressRelay(Napi::Env env, Napi::Function callback, const char* name) {
+    if (!callback.IsEmpty()) tsfn_ = Napi::ThreadSafeFunction::New(env, callback, name, 0, 1);
+  }
+  // An empty std::function when there is no callback.
+  std::function<void(double, const std::string&)> fn() {
+    if (!tsfn_) return {};
+    return [this](double fraction, const std::string& stage) {
+      auto* payload = new std::pair<double, std::string>(fraction, stage);
+      if (tsfn_.NonBlockingCall(payload, [](Napi::Env env, Napi::Function f, std::pair<double, std::string>* p) {
+            f.Call({Napi::Number::New(env, p->first), Napi::String::New(env, p->second)});
+            delete p;
+          }) != napi_ok)
+        delete payload;
+    };
+  }
+  void Release() {
+    if (tsfn_) tsfn_.Release();
+  }
+
+ private:
+  Napi::ThreadSafeFunction tsfn_;
+};
 
 // Base worker: runs Work() off the JS thread, resolves with Result() or rejects with a coded Error.
 class JobWorker : public Napi::AsyncWorker {

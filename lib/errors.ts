@@ -21,6 +21,8 @@ export type PlmErrorCode =
   | 'ERR_DISPOSED' // call on a disposed model
   | 'ERR_BACKEND' // CUDA or other backend failure
   | 'ERR_OUT_OF_MEMORY' // allocation failed
+  | 'ERR_UNSUPPORTED_VERSION' // a quantized file (plm-quant) of a format version this build cannot read: re-run plm quantize
+  | 'ERR_STALE_FILE' // a quantized file made from another checkpoint than the one loaded: re-run plm quantize
   | 'ERR_NATIVE_NOT_FOUND' // the compiled addon could not be loaded
   | 'ERR_FFMPEG_MISSING' // a video file needs ffmpeg on PATH
   | 'ERR_HUB_UNAUTHORIZED' // plm pull: 401 without a (valid) token
@@ -47,6 +49,8 @@ export const PLM_ERROR_CODES: readonly PlmErrorCode[] = [
   'ERR_DISPOSED',
   'ERR_BACKEND',
   'ERR_OUT_OF_MEMORY',
+  'ERR_UNSUPPORTED_VERSION',
+  'ERR_STALE_FILE',
   'ERR_NATIVE_NOT_FOUND',
   'ERR_FFMPEG_MISSING',
   'ERR_HUB_UNAUTHORIZED',

@@ -17,6 +17,8 @@ const char* error_code_name(ErrorCode code) {
     case ErrorCode::kDisposed: return "ERR_DISPOSED";
     case ErrorCode::kBackend: return "ERR_BACKEND";
     case ErrorCode::kOutOfMemory: return "ERR_OUT_OF_MEMORY";
+    case ErrorCode::kUnsupportedVersion: return "ERR_UNSUPPORTED_VERSION";
+    case ErrorCode::kStaleFile: return "ERR_STALE_FILE";
     case ErrorCode::kInternal: return "ERR_INTERNAL";
   }
   return "ERR_INTERNAL";

@@ -19,6 +19,8 @@ enum class ErrorCode {
   kDisposed,            // call on a disposed model
   kBackend,             // CUDA or other backend failure
   kOutOfMemory,         // allocation failed
+  kUnsupportedVersion,  // a file format version this build cannot read (plm-quant major version)
+  kStaleFile,           // a derived file (plm-quant) made from another checkpoint than the one loaded
   kInternal,
 };
 

@@ -34,7 +34,7 @@ std::string join_path(const std::string& dir, const std::string& name) {
 
 }  // namespace
 
-SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
+SafetensorsFile::SafetensorsFile(const std::string& path, const std::string& fix) : path_(path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw Error(ErrorCode::kFileNotFound, "cannot open weights file " + path + ": " + std::strerror(errno));
   struct stat st;
@@ -46,8 +46,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   if (size_ < 8) {
     ::close(fd);
     throw Error(ErrorCode::kFileRead, path + " is truncated (" + std::to_string(size_) +
-                                          " bytes): a safetensors file starts with an 8-byte header length. "
-                                          "Re-download the checkpoint.");
+                                          " bytes): a safetensors file starts with an 8-byte header length. " + fix);
   }
   map_ = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
   ::close(fd);
@@ -62,10 +61,11 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     if (header_len == 0 || header_len > size_ - 8 || header_len > (100u << 20))
       throw Error(ErrorCode::kCorruptFile, path + ": corrupt safetensors header (declared header length " +
                                                std::to_string(header_len) + " does not fit a file of " +
-                                               std::to_string(size_) + " bytes). Re-download the checkpoint.");
+                                               std::to_string(size_) + " bytes). " + fix);
     std::string header(reinterpret_cast<const char*>(bytes + 8), header_len);
     Json root = Json::parse(header, path + " (safetensors header)");
     if (!root.is_object()) throw Error(ErrorCode::kCorruptFile, path + ": safetensors header is not a JSON object");
+    header_size_ = 8 + header_len;
     const uint8_t* data = bytes + 8 + header_len;
     const uint64_t data_size = size_ - 8 - header_len;
     std::vector<std::pair<uint64_t, uint64_t>> ranges;
@@ -98,7 +98,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
         throw Error(ErrorCode::kFileRead, path + ": tensor '" + kv.first + "' lies beyond the end of the file (bytes " +
                                               std::to_string(b) + ".." + std::to_string(e) + " of " +
                                               std::to_string(data_size) +
-                                              "): the file is truncated. Re-download the checkpoint.");
+                                              "): the file is truncated. " + fix);
       if (e - b != view.nbytes())
         throw Error(ErrorCode::kCorruptFile, path + ": tensor '" + kv.first + "' holds " + std::to_string(e - b) +
                                                  " bytes but " + dtype_name(view.dtype) + " " + view.shape_string() +
@@ -155,7 +155,8 @@ std::unique_ptr<SafetensorsSet> SafetensorsSet::open_dir(const std::string& dir)
     if (DIR* d = ::opendir(dir.c_str())) {
       while (dirent* e = ::readdir(d)) {
         std::string n = e->d_name;
-        if (n.size() > 12 && n.compare(n.size() - 12, 12, ".safetensors") == 0) files.push_back(n);
+        const bool ours = n.size() > 17 && n.compare(n.size() - 17, 17, ".plmq.safetensors") == 0;
+        if (n.size() > 12 && n.compare(n.size() - 12, 12, ".safetensors") == 0 && !ours) files.push_back(n);
       }
       ::closedir(d);
     }

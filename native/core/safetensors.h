@@ -14,7 +14,8 @@ namespace plm {
 class SafetensorsFile {
  public:
   // Throws plm::Error: kFileNotFound, kFileRead (truncated), kCorruptFile (bad header), kUnsupportedDtype.
-  explicit SafetensorsFile(const std::string& path);
+  // `fix` ends the messages of a damaged file (what to do about it).
+  explicit SafetensorsFile(const std::string& path, const std::string& fix = "Re-download the checkpoint.");
   ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
@@ -23,24 +24,29 @@ class SafetensorsFile {
   const std::map<std::string, TensorView>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   size_t file_size() const { return size_; }
+  size_t header_size() const { return header_size_; }  // 8 + the JSON header length: where the data starts
 
  private:
   std::string path_;
   void* map_ = nullptr;
   size_t size_ = 0;
+  size_t header_size_ = 0;
   std::map<std::string, TensorView> tensors_;
   std::map<std::string, std::string> metadata_;
 };
 
 class SafetensorsSet {
  public:
-  // dir/model.safetensors.index.json if present, else dir/model.safetensors, else every *.safetensors in dir.
+  // dir/model.safetensors.index.json if present, else dir/model.safetensors, else every *.safetensors in dir
+  // except plm's own quantized files (*.plmq.safetensors, model/quantized_file.h).
   static std::unique_ptr<SafetensorsSet> open_dir(const std::string& dir);
   static std::unique_ptr<SafetensorsSet> open_file(const std::string& path);
 
   const TensorView* find(const std::string& name) const;
   const std::map<std::string, const TensorView*>& all() const { return index_; }
   size_t total_bytes() const;
+  // The files in the order they were opened (index order, or sorted names).
+  const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
 
  private:
   std::vector<std::unique_ptr<SafetensorsFile>> files_;

@@ -72,6 +72,16 @@ size_t Decoder::quantize(cpu::Quant q) {
   return bytes;
 }
 
+void Decoder::use_quantized(const QuantizedFile& file) {
+  for (int l = 0; l < cfg_.num_layers; ++l) {
+    Layer& L = layers_[l];
+    cpu::WeightMatrix* ws[7] = {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down};  // kQuantLayerMatrices order
+    for (int i = 0; i < 7; ++i)
+      if (const cpu::WeightMatrix* w = file.find(quant_layer_matrix_name(l, i))) *ws[i] = *w;
+  }
+  if (const cpu::WeightMatrix* w = file.find(kQuantLmHead)) lm_head_ = *w;
+}
+
 void Decoder::embed(const int32_t* ids, int64_t n, float* out) const {
   for (int64_t i = 0; i < n; ++i) {
     if (ids[i] < 0 || ids[i] >= cfg_.vocab_size)

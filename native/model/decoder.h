@@ -8,6 +8,7 @@
 #include "cpu/quant.h"
 #include "model/kv_cache.h"
 #include "model/model.h"
+#include "model/quantized_file.h"
 #include "model/runner.h"
 
 namespace plm {
@@ -20,6 +21,9 @@ class Decoder {
   // Converts the layer matrices and the LM head to weight-only int8/q4 (owned copies; the embedding table
   // stays in the checkpoint dtype). Returns the quantized bytes.
   size_t quantize(cpu::Quant q);
+  // Takes the layer matrices and the LM head that `file` holds (views into its mmap, which must outlive the
+  // decoder); the others stay in the checkpoint dtype. Bit-identical to quantize(file.quant()).
+  void use_quantized(const QuantizedFile& file);
 
   // Runs n tokens appended to the cache. embeds [n, hidden] are the input rows (already merged);
   // logits_out [logits_rows, vocab] for the last logits_rows rows.

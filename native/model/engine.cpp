@@ -6,6 +6,7 @@
 #include <cstdlib>
 
 #include "core/error.h"
+#include "core/json.h"
 #include "model/sampler.h"
 
 namespace plm {
@@ -57,8 +58,26 @@ std::unique_ptr<Engine> Engine::load(const std::string& dir, const EngineOptions
       const char* env = std::getenv("PLM_QUANTIZE");
       if (env && *env) q = env;
     }
+    cpu::Quant quant = cpu::parse_quant(q);
+    std::string file = options.quantized_file;
+    if (file.empty() && options.find_quantized_file && quant != cpu::Quant::kNone) {
+      const std::string def = default_quantized_path(dir, quant);
+      if (file_exists(def)) file = def;
+    }
+    if (!file.empty()) {
+      if (progress) progress(0.0, "quantized weights");
+      e->quantized_file_ = QuantizedFile::open(file, *e->model_);
+      if (quant != cpu::Quant::kNone && quant != e->quantized_file_->quant())
+        throw Error(ErrorCode::kInvalidArgument, "quantize is \"" + std::string(cpu::quant_name(quant)) + "\" but " + file +
+                                                     " holds " + cpu::quant_name(e->quantized_file_->quant()) +
+                                                     " weights: pass the matching quantize, or another file");
+      quant = e->quantized_file_->quant();
+      e->quantization_.file = file;
+      if (progress) progress(1.0, "quantized weights");
+    }
+    e->quantization_.quant = quant;
     e->runner_ = make_cpu_runner(*e->model_, e->pool_.get(), e->max_context_, resolve_precision(options.precision),
-                                 cpu::parse_quant(q));
+                                 quant, e->quantized_file_.get());
   }
   return e;
 }

@@ -7,6 +7,7 @@
 #include "core/thread_pool.h"
 #include "cpu/matmul.h"
 #include "model/model.h"
+#include "model/quantized_file.h"
 #include "model/runner.h"
 
 namespace plm {
@@ -25,6 +26,22 @@ struct EngineOptions {
   // scale per output row) or "q4" (4-bit, groups of 32 with an f32 scale). Decode reads the quantized bytes;
   // embeddings stay in the checkpoint dtype. The env var PLM_QUANTIZE applies when this is "none".
   std::string quantize = "none";
+  // Where the quantized matrices come from (CPU backend). A plm-quant file (model/quantized_file.h, written by
+  // `plm quantize`) is mmap'd with no conversion and computes bit for bit what quantize-at-load computes.
+  //   quantized_file "" and find_quantized_file (the default): when quantize is "int8"/"q4" and
+  //     <dir>/model.<kind>.plmq.safetensors exists, that file; otherwise quantize at load.
+  //   quantized_file set: that file; quantize may be "none" (the file's kind is used) or must equal its kind.
+  //   find_quantized_file false (and quantized_file ""): always quantize at load.
+  // A file that is damaged, of another format version or made from another checkpoint is an error (never
+  // silently skipped): kCorruptFile / kFileRead / kUnsupportedVersion / kStaleFile.
+  std::string quantized_file;
+  bool find_quantized_file = true;
+};
+
+// How the decoder's matrices are held after load.
+struct QuantizationInfo {
+  cpu::Quant quant = cpu::Quant::kNone;
+  std::string file;  // the plm-quant file they were mapped from; empty when quantized at load (or none)
 };
 
 // Pixels of every image and video frame in the prompt, concatenated in prompt order.
@@ -60,6 +77,7 @@ class Engine {
   Runner& runner() { return *runner_; }
   std::string backend_name() const { return runner_->backend_name(); }
   const std::string& backend_note() const { return backend_note_; }
+  const QuantizationInfo& quantization() const { return quantization_; }
 
   // Fresh sequence: clears the cache, runs ids (with media merged), writes logits [logits_rows, vocab].
   void forward(const int32_t* ids, int64_t n, const MediaInput* media, int64_t logits_rows, float* logits,
@@ -79,15 +97,18 @@ class Engine {
   Engine() = default;
   std::unique_ptr<LoadedModel> model_;
   std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<QuantizedFile> quantized_file_;  // outlives runner_, which reads its mapped matrices
   std::unique_ptr<Runner> runner_;
   std::string backend_note_;
+  QuantizationInfo quantization_;
   int64_t max_context_ = 0;
 };
 
 // Factories, one per backend (runner_cpu.cpp, runner_cuda.cpp).
 std::unique_ptr<Runner> make_cpu_runner(const LoadedModel& model, ThreadPool* pool, int64_t max_context,
                                         cpu::Precision precision = cpu::Precision::kF32,
-                                        cpu::Quant quant = cpu::Quant::kNone);
+                                        cpu::Quant quant = cpu::Quant::kNone,
+                                        const QuantizedFile* quantized = nullptr);
 // Returns null and sets *why_not when the CUDA library, driver or device is unavailable.
 std::unique_ptr<Runner> make_cuda_runner(const LoadedModel& model, int device, int64_t max_context,
                                          const ProgressFn& progress, std::string* why_not);

@@ -14,10 +14,11 @@ namespace {
 class CpuRunner : public Runner {
  public:
   CpuRunner(const LoadedModel& model, ThreadPool* pool, int64_t max_context, cpu::Precision precision,
-            cpu::Quant quant)
+            cpu::Quant quant, const QuantizedFile* quantized)
       : model_(model), pool_(pool), decoder_(model, pool, max_context) {
     decoder_.set_precision(precision);
-    if (quant != cpu::Quant::kNone) decoder_.quantize(quant);
+    if (quantized) decoder_.use_quantized(*quantized);
+    else if (quant != cpu::Quant::kNone) decoder_.quantize(quant);
     if (model.config.vision.present) {
       vision_ = std::make_unique<VisionEncoder>(model, pool);
       projector_ = std::make_unique<Projector>(model, pool);
@@ -99,8 +100,8 @@ class CpuRunner : public Runner {
 }  // namespace
 
 std::unique_ptr<Runner> make_cpu_runner(const LoadedModel& model, ThreadPool* pool, int64_t max_context,
-                                        cpu::Precision precision, cpu::Quant quant) {
-  return std::make_unique<CpuRunner>(model, pool, max_context, precision, quant);
+                                        cpu::Precision precision, cpu::Quant quant, const QuantizedFile* quantized) {
+  return std::make_unique<CpuRunner>(model, pool, max_context, precision, quant, quantized);
 }
 
 }  // namespace plm
