@@ -9,6 +9,7 @@
  *   plm pull <owner/name> [--revision main] [--dir DIR]
  *   plm serve [--port 8080] [--host 127.0.0.1] [--model DIR] [--max-queue N] [--allow-remote-images]
  *   plm bench [--model DIR] [--precision auto|bf16|f32] [--quantize none|int8|q4] [--json]
+ *   plm quantize --model DIR --kind int8|q4 [--out FILE] [--json]
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -19,6 +20,7 @@ import { createProgress } from './progress_bar';
 import { native, packageRoot } from './native';
 import { keepAlive, runChat, runPull, runServe } from './cli_shipping';
 import { BenchFigure, runBench } from './bench';
+import { defaultQuantizedPath, quantizeModel, QuantizeKind, QuantizeResult } from './quantize';
 
 /** Extensions read as videos (decoded with ffmpeg); everything else is read as an image. .gif is an image (first frame). */
 export const VIDEO_EXTENSIONS: readonly string[] = ['.mp4', '.webm', '.mov', '.mkv', '.avi', '.m4v', '.mpg', '.mpeg', '.wmv', '.flv', '.3gp'];
@@ -68,6 +70,7 @@ interface CommonOpts {
   backend?: 'auto' | 'cpu' | 'cuda';
   threads?: number;
   quantize?: 'none' | 'int8' | 'q4';
+  quantizedFile?: string | false;
   maxTokens: number;
   temperature?: number;
   topP?: number;
@@ -82,7 +85,9 @@ function addModelOptions(cmd: Command): Command {
     .option('-m, --model <dir>', 'model directory (default: the bundled random-weight tiny model)')
     .addOption(new Option('--backend <name>', 'compute backend').choices(['auto', 'cpu', 'cuda']).default('auto'))
     .option('--threads <n>', 'CPU threads (0 = physical cores)', intArg('--threads', 0))
-    .addOption(new Option('--quantize <kind>', 'weight-only quantization of the decoder at load (CPU)').choices(['none', 'int8', 'q4']).default('none'));
+    .addOption(new Option('--quantize <kind>', 'weight-only quantization of the decoder (CPU): mapped from DIR/model.<kind>.plmq.safetensors when `plm quantize` wrote it, else converted at load').choices(['none', 'int8', 'q4']).default('none'))
+    .option('--quantized-file <file>', 'a plm-quant file written by `plm quantize --out` (its kind is used)')
+    .option('--no-quantized-file', 'convert at load even when DIR holds a quantized file');
 }
 
 function addSamplingOptions(cmd: Command): Command {
@@ -106,6 +111,7 @@ async function openModel(opts: CommonOpts): Promise<PerceptionLM> {
       backend: opts.backend,
       threads: opts.threads,
       quantize: opts.quantize,
+      ...(opts.quantizedFile !== undefined ? { quantizedFile: opts.quantizedFile } : {}),
       onProgress: (p: LoadProgress) => progress.update(`loading ${p.stage}`, p.fraction),
     });
   } finally {
@@ -196,11 +202,18 @@ function formatBytes(n: number): string {
   return `${(n / 1024).toFixed(1)} KiB`;
 }
 
-async function runInfo(opts: { model?: string; json?: boolean; backend?: 'auto' | 'cpu' | 'cuda'; threads?: number }): Promise<void> {
+type InfoOpts = Pick<CommonOpts, 'model' | 'json' | 'backend' | 'threads' | 'quantize' | 'quantizedFile'>;
+
+async function runInfo(opts: InfoOpts): Promise<void> {
   const dir = path.resolve(opts.model ?? defaultModelDir());
   const cpu = native.cpuFeatures();
   const cuda = native.cudaStatus();
-  const model = await loadModel(dir, { backend: opts.backend, threads: opts.threads });
+  const model = await loadModel(dir, {
+    backend: opts.backend,
+    threads: opts.threads,
+    quantize: opts.quantize,
+    ...(opts.quantizedFile !== undefined ? { quantizedFile: opts.quantizedFile } : {}),
+  });
   try {
     const c = model.config;
     const random = isRandomModel(dir);
@@ -214,6 +227,7 @@ async function runInfo(opts: { model?: string; json?: boolean; backend?: 'auto' 
           weightBytes: model.weightBytes,
           backend: model.backend,
           backendNote: model.backendNote,
+          quantization: model.quantization,
           maxContext: model.maxContext,
           chatTemplate: model.chatTemplate.origin,
           cpuFeatures: cpu,
@@ -236,6 +250,9 @@ async function runInfo(opts: { model?: string; json?: boolean; backend?: 'auto' 
       `dtype        ${c.dtype ?? 'unknown'}`,
       `weights      ${formatBytes(model.weightBytes)}`,
       `backend      ${model.backend}${model.backendNote ? ` (${model.backendNote})` : ''}`,
+      `quantize     ${model.quantization.kind}${
+        model.quantization.kind === 'none' ? '' : model.quantization.file ? ` (mapped from ${model.quantization.file})` : ' (converted at load)'
+      }`,
       `template     ${model.chatTemplate.origin}`,
       `cpu          ${cpu.join(' ') || 'baseline'}`,
       `cuda         ${cuda}`,
@@ -293,6 +310,43 @@ async function runBenchCmd(opts: BenchCliOpts): Promise<void> {
   if (opts.json) process.stdout.write(JSON.stringify(results) + '\n');
 }
 
+interface QuantizeCliOpts {
+  model: string;
+  kind: QuantizeKind;
+  out?: string;
+  threads?: number;
+  json?: boolean;
+  quiet?: boolean;
+}
+
+async function runQuantize(opts: QuantizeCliOpts): Promise<void> {
+  const dir = path.resolve(opts.model);
+  const ac = stopOnSigint();
+  const progress = createProgress(!opts.quiet && !opts.json);
+  let r: QuantizeResult;
+  try {
+    r = await quantizeModel(dir, {
+      kind: opts.kind,
+      out: opts.out,
+      threads: opts.threads ?? 0,
+      signal: ac.signal,
+      onProgress: (p) => progress.update(`quantizing to ${opts.kind}`, p.fraction),
+    });
+  } finally {
+    progress.stop();
+  }
+  if (opts.json) {
+    process.stdout.write(JSON.stringify({ model: dir, ...r }) + '\n');
+    return;
+  }
+  const kept = r.kept > 0 ? `, ${r.kept} left unquantized (input dimension not a multiple of 32)` : '';
+  const load = r.path === defaultQuantizedPath(dir, r.kind) ? `--quantize ${r.kind}` : `--quantized-file ${r.path}`;
+  process.stdout.write(
+    `wrote ${r.path}: ${formatBytes(r.fileBytes)} (${r.quantized} matrices as ${r.kind} from ${formatBytes(r.sourceBytes)}${kept}) in ${r.seconds.toFixed(1)} s\n` +
+      `use it with: plm describe IMAGE --model ${dir} ${load}\n`,
+  );
+}
+
 function fail(e: unknown): never {
   if (isPlmError(e)) process.stderr.write(`plm: ${e.code}: ${e.message}\n`);
   else if (e instanceof Error) process.stderr.write(`plm: ERR_INTERNAL: ${e.message}\n`);
@@ -320,7 +374,8 @@ Examples:
   plm chat
   plm pull facebook/Perception-LM-1B
   plm serve --port 8080
-  plm bench --model ./models/plm-1b --quantize int8`,
+  plm bench --model ./models/plm-1b --quantize int8
+  plm quantize --model ./models/plm-1b --kind int8`,
     );
 
   const gen = program.command('generate').description('generate text from a text prompt, streamed to stdout');
@@ -365,7 +420,7 @@ Examples:
   plm info --model ~/models/Perception-LM-1B --backend cpu
   plm info --json`,
     )
-    .action(async (opts: { model?: string; json?: boolean; backend?: 'auto' | 'cpu' | 'cuda'; threads?: number }) => runInfo(opts));
+    .action(async (opts: InfoOpts) => runInfo(opts));
 
   registerShippingCommands(program);
   return program;
@@ -460,6 +515,30 @@ Examples:
 Side by side with llama.cpp and transformers: node benchmarks/compare.js (in the source repository).`,
     )
     .action(async (opts: BenchCliOpts) => runBenchCmd(opts));
+
+  program
+    .command('quantize')
+    .description('convert the decoder to weight-only int8 or 4-bit once and write a plm-quant file that later loads map with no conversion')
+    .requiredOption('-m, --model <dir>', 'checkpoint directory')
+    .addOption(new Option('--kind <kind>', 'int8: one scale per output row; q4: 4-bit, groups of 32').choices(['int8', 'q4']).makeOptionMandatory())
+    .option('-o, --out <file>', 'output file (default DIR/model.<kind>.plmq.safetensors, which --quantize <kind> picks up by itself)')
+    .option('--threads <n>', 'CPU threads (0 = physical cores)', intArg('--threads', 0))
+    .option('--json', 'print one JSON object with the path, sizes and counts')
+    .option('-q, --quiet', 'no progress on stderr')
+    .addHelpText(
+      'after',
+      `
+The file holds the quantized matrices and scales exactly as the engine uses them (format: docs/quantized-format.md
+in the source repository) and records the checkpoint it was made from; loading it with another checkpoint fails
+with ERR_STALE_FILE. The vision tower, norms and embeddings keep coming from the checkpoint.
+
+Examples:
+  plm quantize --model ~/models/Perception-LM-1B --kind int8
+  plm describe cat.jpg --model ~/models/Perception-LM-1B --quantize int8     (maps the file written above)
+  plm quantize --model ./plm-1b --kind q4 --out /fast-disk/plm-1b.q4.plmq.safetensors
+  plm chat --model ./plm-1b --quantized-file /fast-disk/plm-1b.q4.plmq.safetensors`,
+    )
+    .action(async (opts: QuantizeCliOpts) => runQuantize(opts));
 }
 
 function readVersion(): string {

@@ -31,6 +31,8 @@ export type {
   PerceptionLMConfig,
   VideoInput,
 } from './model';
+export { quantizeModel, defaultQuantizedPath, QUANTIZED_FILE_SUFFIX } from './quantize';
+export type { QuantizeKind, QuantizeOptions, QuantizeProgress, QuantizeResult } from './quantize';
 export { PlmError, isPlmError } from './errors';
 export type { PlmErrorCode } from './errors';
 export { decodeImage, preprocessImage } from './image';

@@ -12,6 +12,7 @@ import {
   NativeCancel,
   NativeModel,
   NativeGenerateOptions,
+  NativeLoadOptions,
   NativeModelConfig,
   NativePrecision,
   NativeQuantize,
@@ -56,6 +57,19 @@ export interface LoadModelOptions {
    * faster at a measured accuracy cost (README, "Quantization"). Default 'none'.
    */
   quantize?: NativeQuantize;
+  /**
+   * Where the quantized matrices come from (CPU backend):
+   * - absent (default): with `quantize` 'int8' or 'q4', the plm-quant file `<dir>/model.<kind>.plmq.safetensors`
+   *   that {@link quantizeModel} / `plm quantize` wrote, when it exists (mapped with no conversion, bit-identical
+   *   to converting at load); otherwise the matrices are converted at load.
+   * - a path: that plm-quant file; `quantize` may be omitted (the file's kind is used) or must match it.
+   * - `false`: always convert at load, ignoring any file.
+   *
+   * A file that is damaged (`ERR_CORRUPT_FILE`, `ERR_FILE_READ`), of another format version
+   * (`ERR_UNSUPPORTED_VERSION`) or made from another checkpoint (`ERR_STALE_FILE`) fails the load instead of being
+   * skipped: re-run `plm quantize`, or delete the file. See docs/quantized-format.md.
+   */
+  quantizedFile?: string | false;
   /**
    * KV-cache capacity in tokens (prompt + generated); 0 = the model's max_position_embeddings
    * (11520 for PLM). Smaller values save memory. Default 0.
@@ -283,6 +297,11 @@ export class PerceptionLM {
   readonly backendNote: string;
   /** Bytes of weights held. */
   readonly weightBytes: number;
+  /**
+   * The weight-only quantization in use: `kind` ('none', 'int8' or 'q4') and `file`, the plm-quant file the
+   * matrices are mapped from (null when they were converted at load, or not quantized).
+   */
+  readonly quantization: { kind: NativeQuantize; file: string | null };
   /** The checkpoint directory. */
   readonly dir: string;
   /** The tokenizer, or null when the checkpoint has no tokenizer.json (then only `inputIds` inputs work). */
@@ -311,6 +330,7 @@ export class PerceptionLM {
     this.backend = info.backend;
     this.backendNote = info.backendNote;
     this.weightBytes = info.weightBytes;
+    this.quantization = { kind: info.quantize ?? 'none', file: info.quantizedFile ?? null };
     this.dir = dir;
     this.tokenizer = tokenizer;
     this.chatTemplate = chatTemplate;
@@ -751,16 +771,21 @@ export class PerceptionLM {
  *
  * @param dir checkpoint directory.
  * @param options `backend` ('auto'), `threads` (0 = physical cores), `maxContext` (0 = the model's
- *   max_position_embeddings), `signal`, `onProgress({ fraction, stage })`.
+ *   max_position_embeddings), `precision` ('auto'), `quantize` ('none'), `quantizedFile` (default: the
+ *   `quantizeModel` file of that kind in `dir` when present), `signal`, `onProgress({ fraction, stage })`.
  * @returns the loaded {@link PerceptionLM}; call `dispose()` when done.
  * @throws PlmError ERR_FILE_NOT_FOUND, ERR_CORRUPT_FILE, ERR_UNSUPPORTED_MODEL, ERR_SHAPE_MISMATCH,
- *   ERR_UNSUPPORTED_DTYPE, ERR_BACKEND, ERR_OUT_OF_MEMORY, ERR_CANCELLED, ERR_NATIVE_NOT_FOUND.
+ *   ERR_UNSUPPORTED_DTYPE, ERR_BACKEND, ERR_OUT_OF_MEMORY, ERR_CANCELLED, ERR_NATIVE_NOT_FOUND; with a
+ *   quantized file also ERR_FILE_READ (truncated), ERR_UNSUPPORTED_VERSION and ERR_STALE_FILE.
  * @example
  * ```ts
  * import { loadModel } from 'perception-lm';
  * const model = await loadModel('/models/Perception-LM-1B', { onProgress: (p) => console.log(p.stage, p.fraction) });
  * const { text } = await model.complete({ prompt: 'Describe the image.', images: ['cat.jpg'] });
  * model.dispose();
+ * // int8 decoder weights, mapped from the file `quantizeModel(dir, { kind: 'int8' })` wrote (or converted at load):
+ * const fast = await loadModel('/models/Perception-LM-1B', { backend: 'cpu', quantize: 'int8' });
+ * console.log(fast.quantization); // { kind: 'int8', file: '/models/Perception-LM-1B/model.int8.plmq.safetensors' }
  * ```
  */
 export async function loadModel(dir: string, options: LoadModelOptions = {}): Promise<PerceptionLM> {
@@ -776,6 +801,11 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   const maxContext = options.maxContext ?? 0;
   if (!Number.isInteger(threads) || threads < 0) throw new PlmError('ERR_INVALID_ARGUMENT', `threads must be an integer >= 0, got ${threads}`);
   if (!Number.isInteger(maxContext) || maxContext < 0) throw new PlmError('ERR_INVALID_ARGUMENT', `maxContext must be an integer >= 0, got ${maxContext}`);
+  const qf = options.quantizedFile;
+  if (qf !== undefined && qf !== false && (typeof qf !== 'string' || qf.length === 0)) {
+    throw new PlmError('ERR_INVALID_ARGUMENT', `quantizedFile must be a path or false, got ${String(qf)}`);
+  }
+  const quantizedFile = typeof qf === 'string' ? path.resolve(qf) : qf;
 
   // Tokenizer and template first: cheap, and their errors are clearer before a long weight load.
   const tokenizer = fs.existsSync(path.join(abs, 'tokenizer.json')) ? PlmTokenizer.fromDirectory(abs) : null;
@@ -783,7 +813,9 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
 
   let handle: NativeModel;
   try {
-    handle = await native.loadModel(abs, { backend, threads, maxContext, precision: options.precision ?? 'auto', quantize: options.quantize ?? 'none' }, (fraction, stage) => {
+    const nativeOptions: NativeLoadOptions = { backend, threads, maxContext, precision: options.precision ?? 'auto', quantize: options.quantize ?? 'none' };
+    if (quantizedFile !== undefined) nativeOptions.quantizedFile = quantizedFile;
+    handle = await native.loadModel(abs, nativeOptions, (fraction, stage) => {
       options.onProgress?.({ fraction, stage });
     });
   } catch (e) {

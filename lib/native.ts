@@ -81,6 +81,10 @@ export interface NativeModelInfo {
   backend: string;
   backendNote: string;
   weightBytes: number;
+  /** How the decoder's matrices are held: 'none', or the weight-only quantization in use (CPU backend). */
+  quantize: NativeQuantize;
+  /** The plm-quant file the quantized matrices are mapped from; null when quantized at load (or none). */
+  quantizedFile: string | null;
 }
 
 export interface NativeTensorDump {
@@ -154,6 +158,29 @@ export interface NativeLoadOptions {
   maxContext: number;
   precision?: NativePrecision;
   quantize?: NativeQuantize;
+  /** A plm-quant file to map; false: always quantize at load; absent: <dir>/model.<kind>.plmq.safetensors when present. */
+  quantizedFile?: string | false;
+}
+
+/** Options of the addon's quantizeModel. */
+export interface NativeQuantizeOptions {
+  kind: 'int8' | 'q4';
+  /** Absolute output path; '' or absent: <dir>/model.<kind>.plmq.safetensors. */
+  out?: string;
+  threads: number;
+}
+
+/** What the addon's quantizeModel wrote. */
+export interface NativeQuantizeResult {
+  path: string;
+  kind: 'int8' | 'q4';
+  /** Matrices written quantized. */
+  quantized: number;
+  /** Matrices the kind cannot hold (q4: input dimension not a multiple of 32), left in the checkpoint. */
+  kept: number;
+  fileBytes: number;
+  /** Checkpoint bytes of the matrices that were quantized. */
+  sourceBytes: number;
 }
 
 export interface NativePreprocessedImage {
@@ -169,6 +196,12 @@ export interface NativeAddon {
     opts: NativeLoadOptions,
     onProgress: (fraction: number, stage: string) => void,
   ): Promise<NativeModel>;
+  quantizeModel(
+    dir: string,
+    opts: NativeQuantizeOptions,
+    onProgress: ((fraction: number, stage: string) => void) | null,
+    cancel: NativeCancel | null,
+  ): Promise<NativeQuantizeResult>;
   createCancelToken(): NativeCancel;
   cpuFeatures(): string[];
   cudaStatus(): string;
