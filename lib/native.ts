@@ -81,10 +81,10 @@ export interface NativeModelInfo {
   backend: string;
   backendNote: string;
   weightBytes: number;
-  /** How the decoder's matrices are held: 'none', or the weight-only quantization in use (CPU backend). */
-  quantize: NativeQuantize;
-  /** The plm-quant file the quantized matrices are mapped from; null when quantized at load (or none). */
-  quantizedFile: string | null;
+  /** How the decoder's matrices are held: 'none', or the weight-only quantization in use (CPU backend). Absent from older addons. */
+  quantize?: NativeQuantize;
+  /** The plm-quant file the quantized matrices are mapped from; null when quantized at load (or none). Absent from older addons. */
+  quantizedFile?: string | null;
 }
 
 export interface NativeTensorDump {
