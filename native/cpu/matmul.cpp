@@ -1,5 +1,6 @@
 // Portable reference matmul: blocks of W rows are widened to f32 once and reused for every row of x.
-// The x86 fast paths (AVX-512, AMX) live in their own files and take over through dispatch when present.
+// The x86 fast paths (AVX-512, AMX, AVX2) live in their own files and take over through dispatch when
+// present; on aarch64 the NEON kernel (gemm_neon.cpp) takes every float weight matrix.
 #include "cpu/matmul.h"
 
 #include <algorithm>
@@ -53,6 +54,8 @@ const char* matmul_kernel_name() {
   if (f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq)
     return bf16_matmul_available() ? "avx512+amx-bf16" : "avx512";
   if (f.avx2 && f.fma && f.f16c) return "avx2";
+#elif defined(__aarch64__)
+  return "neon";
 #endif
   return "portable";
 }
@@ -72,6 +75,9 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
   if (precision == Precision::kBF16 && amx && M >= 32 && kernels::matmul_amx_bf16(x, M, w, bias, y, pool)) return;
   if (avx512 && kernels::matmul_avx512_f32(x, M, w, bias, y, pool)) return;
   if (avx2 && kernels::matmul_avx2_f32(x, M, w, bias, y, pool)) return;
+#elif defined(__aarch64__)
+  (void)precision;  // no bf16-activation kernel on ARM yet: kBF16 runs in f32
+  if (kernels::matmul_neon_f32(x, M, w, bias, y, pool)) return;
 #else
   (void)precision;
 #endif
