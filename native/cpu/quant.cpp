@@ -13,6 +13,9 @@ namespace plm::cpu {
 namespace kernels {
 bool gemv_quant_avx512(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
 bool gemv_q8_vnni(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
+#if defined(__aarch64__)
+bool gemv_quant_neon(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
+#endif
 }  // namespace kernels
 
 Quant parse_quant(const std::string& name) {
@@ -121,6 +124,8 @@ void matmul_quantized(const float* x, int64_t M, const WeightMatrix& w, const fl
   }();
   if (M <= 8 && vnni && !q8_exact_x && kernels::gemv_q8_vnni(x, M, w, bias, y, pool)) return;
   if (M <= 8 && avx512 && kernels::gemv_quant_avx512(x, M, w, bias, y, pool)) return;
+#elif defined(__aarch64__)
+  if (M <= 8 && kernels::gemv_quant_neon(x, M, w, bias, y, pool)) return;
 #endif
   if (M <= 8) {  // portable GEMV
     auto fn = [&](int64_t n0, int64_t n1) {

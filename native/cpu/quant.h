@@ -1,6 +1,7 @@
 // Weight-only quantization (int8 per row, 4-bit groups of 32) converted at load, and the matmul for it.
-// Decode (M <= 8) reads the quantized bytes directly (AVX-512 GEMV in gemm_quant_avx512.cpp, a portable
-// loop elsewhere); larger M dequantizes blocks of rows to bf16 and runs the regular kernels on them.
+// Decode (M <= 8) reads the quantized bytes directly (AVX-512 GEMV in gemm_quant_avx512.cpp, NEON in
+// gemm_quant_neon.cpp, a portable loop elsewhere); larger M dequantizes blocks of rows to bf16 and runs the
+// regular kernels on them.
 #pragma once
 #include <cstdint>
 #include <string>
