@@ -31,7 +31,8 @@ export function isVideoPath(file: string): boolean {
 }
 
 function defaultModelDir(): string {
-  return path.join(packageRoot(), 'models', 'plm-tiny-random');
+  const trained = path.join(packageRoot(), 'models', 'plm-tiny');
+  return fs.existsSync(path.join(trained, 'config.json')) ? trained : path.join(packageRoot(), 'models', 'plm-tiny-random');
 }
 
 /** True when the model directory carries a marker saying its weights are random. */

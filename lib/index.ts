@@ -85,3 +85,21 @@ export function cudaStatus(): string {
 export function bundledModelDir(): string {
   return path.join(packageRoot(), 'models', 'plm-tiny-random');
 }
+
+/**
+ * The model `plm` uses when no `--model` is given: `models/plm-tiny`, a 20 MB PerceptionLM trained on a
+ * synthetic world of coloured shapes (training/README.md), so that a fresh install shows real answers.
+ * It knows nothing outside that world; use a `facebook/Perception-LM-*` checkpoint for real images.
+ *
+ * @example
+ * ```ts
+ * const model = await loadModel(defaultModelDir());
+ * const r = await model.complete({ messages: [{ role: 'user', content: [
+ *   { type: 'image', image: 'node_modules/perception-lm/samples/scene1.png' },
+ *   { type: 'text', text: 'Describe the image.' }] }] });
+ * ```
+ */
+export function defaultModelDir(): string {
+  const trained = path.join(packageRoot(), 'models', 'plm-tiny');
+  return fs.existsSync(path.join(trained, 'config.json')) ? trained : bundledModelDir();
+}

@@ -25,8 +25,9 @@ COLOURS = {
     "red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (240, 220, 20),
     "purple": (140, 40, 180), "orange": (250, 140, 0), "white": (250, 250, 250), "black": (10, 10, 10),
 }
-CELL_NAMES = [["top left", "top", "top right"], ["left", "center", "right"],
-              ["bottom left", "bottom", "bottom right"]]
+# One object per quadrant: with thumb+tile and 4 tiles, each 112 px tile holds exactly one cell.
+GRID_N = 2
+CELL_NAMES = [["top left", "top right"], ["bottom left", "bottom right"]]
 NUM_WORDS = ["zero", "one", "two", "three", "four"]
 TRAIN_BASE = 1_000_000
 TEST_BASE = 9_000_000
@@ -87,14 +88,15 @@ def _draw(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, ro
 def make_scene(seed: int) -> dict:
     rng = random.Random(seed)
     n = rng.choice([1, 2, 2, 3, 3, 4, 4])
-    cells = rng.sample(range(9), n)
+    cells = rng.sample(range(GRID_N * GRID_N), n)
     objs = []
-    for cell in cells:
-        row, col = divmod(cell, 3)
+    cell = SIZE / GRID_N
+    for c in cells:
+        row, col = divmod(c, GRID_N)
         large = rng.random() < 0.5
-        r = rng.uniform(27, 33) if large else rng.uniform(19, 24)
-        cx = (col + 0.5) * SIZE / 3 + rng.uniform(-1, 1) * (SIZE / 6 - r - 3)
-        cy = (row + 0.5) * SIZE / 3 + rng.uniform(-1, 1) * (SIZE / 6 - r - 3)
+        r = rng.uniform(36, 42) if large else rng.uniform(25, 30)
+        cx = (col + 0.5) * cell + rng.uniform(-1, 1) * min(6, cell / 2 - r - 3)
+        cy = (row + 0.5) * cell + rng.uniform(-1, 1) * min(6, cell / 2 - r - 3)
         objs.append({"shape": rng.choice(SHAPES), "colour": rng.choice(list(COLOURS)), "row": row, "col": col,
                      "cx": round(cx, 1), "cy": round(cy, 1), "r": round(r, 1), "size": "large" if large else "small",
                      "rot": round(rng.uniform(-0.3, 0.3), 3)})
@@ -111,6 +113,17 @@ def render(scene: dict) -> Image.Image:
         _draw(d, o["shape"], o["cx"], o["cy"], o["r"], o["rot"], COLOURS[o["colour"]])
     if rng.random() < 0.3:
         img = img.filter(ImageFilter.GaussianBlur(0.6))
+    return img
+
+
+def label_map(scene: dict) -> Image.Image:
+    """The scene's objects drawn with the same geometry as render(), each pixel = 1 + shape*8 + colour
+    (0 = background): the dense target of the encoder pretraining stage."""
+    img = Image.new("L", (SIZE, SIZE), 0)
+    d = ImageDraw.Draw(img)
+    names = list(COLOURS)
+    for o in scene["objects"]:
+        _draw(d, o["shape"], o["cx"], o["cy"], o["r"], o["rot"], 1 + SHAPES.index(o["shape"]) * 8 + names.index(o["colour"]))
     return img
 
 

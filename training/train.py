@@ -52,6 +52,10 @@ LOG = HERE / "train.log"
 SEED = 7
 
 HIDDEN = 40
+VISION_LR_MULT = 0.05  # stages 2-3: the encoder's learning rate relative to the rest
+TILE = 112
+PATCH = int(os.environ.get("PLM_TINY_PATCH", "28"))  # a whole small object fits in one patch
+GRID = TILE // PATCH  # patches per tile side
 DEVICE = torch.device("cpu")
 TIME_GUARD = False
 
@@ -62,17 +66,19 @@ def build_processor(max_num_tiles: int, input_type: str = "thumb+tile"):
     proc = PerceptionLMProcessor.from_pretrained(str(C.REPO / "models" / "plm-tiny-random"))
     proc.image_processor.max_num_tiles = max_num_tiles
     proc.image_processor.vision_input_type = input_type
+    proc.patch_size = PATCH
     return proc
 
 STAGES = {
+    0: dict(steps=800, batch=32, lr=2e-3, warmup=20, tiles=4, train="vision", budget_s=0),
     1: dict(steps=150, batch=64, lr=2e-3, warmup=20, caption_prob=1.0, input_type="vanilla", tiles=1, train="projector", budget_s=15),
-    2: dict(steps=2500, batch=64, lr=1.5e-3, warmup=100, caption_prob=0.4, input_type="thumb+tile", tiles=2, train="all", budget_s=95),
-    3: dict(steps=3000, batch=64, lr=1e-3, warmup=100, caption_prob=0.25, input_type="thumb+tile", tiles=4, train="all", budget_s=135),
+    2: dict(steps=1200, batch=64, lr=1.5e-3, warmup=100, caption_prob=0.4, input_type="thumb+tile", tiles=2, train="all", budget_s=95),
+    3: dict(steps=1400, batch=64, lr=1e-3, warmup=100, caption_prob=0.25, input_type="thumb+tile", tiles=4, train="all", budget_s=135),
 }
 
 
 def model_cfg():
-    v = C.vision_config(C.PE_L, 128, 4, 4, img_size=112, patch=14)
+    v = C.vision_config(C.PE_L, 128, 4, 4, img_size=TILE, patch=PATCH, extra={"patch_size": PATCH})
     t = C.text_config(128256, HIDDEN, 4, 4, 2, 160, head_dim=16, rope_scaling=C.llama3_scaling(), tie=True,
                       bos=128000, eos=(128001, 128009))
     return C.plm_config(v, t, True, pooling=2, image_token_id=128002, video_token_id=128003, tie=True)
@@ -128,7 +134,9 @@ def used_vocab(tok):
         for c in D.COLOURS:
             for row in D.CELL_NAMES:
                 for cell in row:
-                    pieces += [f"a {c} {s} at the {cell}", f", a {c} {s} at the {cell}.", f" and a {c} {s} in the center."]
+                    a = D.article(c)
+                    pieces += [f"{a} {c} {s} at the {cell}", f", {a} {c} {s} at the {cell}.", f" and {a} {c} {s} in the center.",
+                               f"{a} {c} {s} in the center"]
     for p in pieces:
         ids.update(tok.encode(p, add_special_tokens=False))
     return sorted(ids)
@@ -189,6 +197,104 @@ class Batcher:
             att[i, : len(x)] = 1
         pv = self.proc.image_processor(images=imgs, return_tensors="pt")["pixel_values"]
         return ids, att, lab, pv
+
+
+def patch_targets(scene: dict, n_side: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Per-patch (shape, colour) classes for the thumb+tile views of one scene, thumbnail first, tiles
+    row-major: 0 = background, else 1 + index. A patch takes the object covering >= 25% of it."""
+    import numpy as np
+
+    lm = np.asarray(D.label_map(scene), dtype=np.int64)  # [224, 224], 1 + shape*8 + colour
+    tile = D.SIZE // n_side
+    views = [("thumb", lm, D.SIZE // GRID)]
+    for r in range(n_side):
+        for c in range(n_side):
+            views.append(("tile", lm[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile], tile // GRID))
+    shapes, colours = [], []
+    for _, v, b in views:
+        g = v.shape[0] // b
+        blocks = v.reshape(g, b, g, b).transpose(0, 2, 1, 3).reshape(g * g, b * b)  # [patches, pixels]
+        vals = [x for x in np.unique(v) if x]
+        cover = np.stack([(blocks == x).mean(1) for x in vals], 1) if vals else np.zeros((g * g, 1))
+        best = cover.argmax(1)
+        lab = np.where(cover.max(1) >= 0.25, np.asarray(vals or [0])[best], 0)
+        shapes.append([0 if x == 0 else 1 + (x - 1) // 8 for x in lab.tolist()])
+        colours.append([0 if x == 0 else 1 + (x - 1) % 8 for x in lab.tolist()])
+    return shapes, colours
+
+
+class EncoderData(torch.utils.data.Dataset):
+    """Stage 0 batches: processor pixel values of `batch` scenes + their per-patch targets."""
+
+    def __init__(self):
+        self.proc = None
+
+    def __len__(self):
+        return STAGES[0]["steps"]
+
+    def __getitem__(self, step):
+        st = STAGES[0]
+        if self.proc is None:
+            self.proc = build_processor(st["tiles"])
+        seeds = [D.TRAIN_BASE + step * st["batch"] + i for i in range(st["batch"])]
+        scenes = [D.make_scene(s) for s in seeds]
+        pv = self.proc.image_processor(images=[D.render(sc) for sc in scenes], return_tensors="pt")["pixel_values"]
+        n_side = int(round(math.sqrt(pv.shape[1] - 1)))
+        tg = [patch_targets(sc, n_side) for sc in scenes]
+        ys = torch.tensor([t[0] for t in tg]).flatten(0, 1)  # [B*T, GRID*GRID]
+        yc = torch.tensor([t[1] for t in tg]).flatten(0, 1)
+        return pv, ys, yc
+
+
+def run_encoder_stage(model, workers: int):
+    """Stage 0, before PLM's three stages: PLM starts from a pretrained PE encoder, so ours is pretrained
+    first, on dense per-patch shape and colour classification of the same synthetic views."""
+    st = STAGES[0]
+    vt = model.model.vision_tower
+    dim = model.config.vision_config.model_args["embed_dim"] if hasattr(model.config.vision_config, "model_args") else 128
+    heads = nn.Linear(dim, 6 + 9)
+    params = [p for p in vt.parameters()] + list(heads.parameters())
+    for p in model.parameters():
+        p.requires_grad = False
+    for p in params:
+        p.requires_grad = True
+    opt = torch.optim.AdamW(params, lr=st["lr"], betas=(0.9, 0.98), weight_decay=0.05)
+    dl = torch.utils.data.DataLoader(EncoderData(), batch_size=None, shuffle=False, num_workers=workers,
+                                     prefetch_factor=4 if workers else None)
+    w_shape = torch.tensor([0.2] + [1.0] * 5, device=DEVICE)
+    w_colour = torch.tensor([0.2] + [1.0] * 8, device=DEVICE)
+    log(f"stage 0 (encoder pretraining): {st}")
+    vt.train()
+    t0 = time.time()
+    ema = None
+    for step, (pv, ys, yc) in enumerate(dl):
+        frac = step / st["steps"]
+        lr = st["lr"] * min(1.0, (step + 1) / st["warmup"]) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        h = vt(pv.flatten(0, 1).to(DEVICE), return_dict=True).last_hidden_state[:, 1:]  # [B*T, GRID*GRID, dim]
+        o = heads(h)
+        # background patches outnumber object patches ~4:1; weight them down so shape is what gets learned
+        ls = F.cross_entropy(o[..., :6].flatten(0, 1), ys.flatten().to(DEVICE), weight=w_shape)
+        lc = F.cross_entropy(o[..., 6:].flatten(0, 1), yc.flatten().to(DEVICE), weight=w_colour)
+        loss = ls + lc
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            obj = ys.flatten() > 0
+            acc_s = (o[..., :6].flatten(0, 1).argmax(-1).cpu()[obj] == ys.flatten()[obj]).float().mean().item()
+            acc_c = (o[..., 6:].flatten(0, 1).argmax(-1).cpu()[obj] == yc.flatten()[obj]).float().mean().item()
+        cur = (loss.item(), acc_s, acc_c)
+        ema = cur if ema is None else tuple(0.9 * a + 0.1 * b for a, b in zip(ema, cur))
+        if step % 25 == 0 or step == st["steps"] - 1:
+            log(f"stage 0 step {step}/{st['steps']} loss {ema[0]:.4f} object-patch shape acc {ema[1]:.3f} "
+                f"colour acc {ema[2]:.3f} lr {lr:.2e} elapsed {time.time() - t0:.0f}s")
+    log(f"stage 0 done in {time.time() - t0:.0f}s")
+    for p in model.parameters():
+        p.requires_grad = True
+    vt.eval()
 
 
 class StageData(torch.utils.data.Dataset):
@@ -257,10 +363,16 @@ def run_stage(k: int, model, small, tok, workers: int):
     else:
         small.weight.requires_grad = False
     small.weight.requires_grad = st["train"] == "all"
-    decay = [p for p in params if p.dim() >= 2]
-    nodecay = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": nodecay, "weight_decay": 0.0}],
-                            lr=st["lr"], betas=(0.9, 0.98))
+    # The encoder learns at VISION_LR_MULT x the stage's rate: at the full rate the caption/QA loss washed
+    # the stage-0 shape features out (a linear probe on the patches fell from 97% to 29%).
+    vision = {id(p) for p in model.model.vision_tower.parameters()}
+    groups = []
+    for is_vision in (False, True):
+        mult = VISION_LR_MULT if is_vision else 1.0
+        mine = [p for p in params if (id(p) in vision) == is_vision]
+        groups += [{"params": [p for p in mine if p.dim() >= 2], "weight_decay": 0.05, "mult": mult},
+                   {"params": [p for p in mine if p.dim() < 2], "weight_decay": 0.0, "mult": mult}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=st["lr"], betas=(0.9, 0.98))
     n_train = sum(p.numel() for p in params)
     log(f"stage {k}: {st} tiles/image {bt.n_tiles} trainable params {n_train}")
     model.train()
@@ -272,7 +384,7 @@ def run_stage(k: int, model, small, tok, workers: int):
             frac = min(1.0, max(frac, (time.time() - t0) / st["budget_s"]))
         lr = st["lr"] * min(1.0, (step + 1) / st["warmup"]) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["mult"]
         loss, acc = restricted_loss(model, small, *[t.to(DEVICE, non_blocking=True) for t in batch])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -316,7 +428,7 @@ def export(model, small, used, out_dir: Path):
 def main():
     global DEVICE, CKPT, TIME_GUARD
     ap = argparse.ArgumentParser()
-    ap.add_argument("--stage", default="all", help="1, 2, 3 or all")
+    ap.add_argument("--stage", default="all", help="0, 1, 2, 3, K+ (stages K..3), all or export")
     ap.add_argument("--steps-scale", type=float, default=1.0, help="scale every stage's step count (smoke tests)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
@@ -339,16 +451,23 @@ def main():
         export(model, small, used, Path(a.export))
         print(f"saved {a.export} ({C.dir_size(Path(a.export)) / 1e6:.2f} MB)")
         return
-    stages = [1, 2, 3] if a.stage == "all" else [int(a.stage)]
+    if a.stage == "all":
+        stages = [0, 1, 2, 3]
+    elif a.stage.endswith("+"):  # e.g. "2+": stages 2 and 3, starting from <ckpt-dir>/stage1.pt
+        stages = list(range(int(a.stage[:-1]), 4))
+    else:
+        stages = [int(a.stage)]
     for k in STAGES:
         STAGES[k]["steps"] = max(1, int(STAGES[k]["steps"] * a.steps_scale))
     model, small = build(used)
-    if stages[0] > 1:
+    if stages[0] > 0:
         sd = torch.load(CKPT / f"stage{stages[0] - 1}.pt")
         small.weight.data.copy_(sd.pop("small_embedding"))
         model.load_state_dict(sd, strict=False)
-    if stages[0] == 1:
+    if stages[0] == 0:
         LOG.write_text("")
+    if stages[0] > 0:
+        log(f"--- resuming at stage {stages[0]} from {CKPT}/stage{stages[0] - 1}.pt ---")
     log(f"device {DEVICE} torch {torch.__version__} transformers {__import__('transformers').__version__}; "
         f"used vocabulary: {len(used)} ids; params {sum(p.numel() for p in model.parameters())} "
         f"(+ training embedding {small.weight.numel()})")
@@ -358,7 +477,10 @@ def main():
     t0 = time.time()
     for k in stages:
         torch.manual_seed(SEED + k)
-        run_stage(k, model, small, tok, a.workers)
+        if k == 0:
+            run_encoder_stage(model, a.workers)
+        else:
+            run_stage(k, model, small, tok, a.workers)
         sd = {n: t.detach().cpu() for n, t in model.state_dict().items() if "embed_tokens" not in n and "lm_head" not in n}
         sd["small_embedding"] = small.weight.detach().cpu()
         torch.save(sd, CKPT / f"stage{k}.pt")
