@@ -32,7 +32,22 @@ inline __m512 gelu16(__m512 x) {
   return _mm512_mul_ps(x, f);
 }
 
+inline __m512 silu_mul16(__m512 g, __m512 u) {
+  // silu(g) = g / (1 + exp(-g))
+  const __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+  return _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), e)), u);
+}
+
 }  // namespace
+
+void silu_mul_avx512(const float* gate, const float* up, float* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, silu_mul16(_mm512_loadu_ps(gate + i), _mm512_loadu_ps(up + i)));
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(out + i, m, silu_mul16(_mm512_maskz_loadu_ps(m, gate + i), _mm512_maskz_loadu_ps(m, up + i)));
+  }
+}
 
 void gelu_erf_avx512(float* x, int64_t n) {
   int64_t i = 0;

@@ -10,6 +10,7 @@
 #endif
 
 #include "core/error.h"
+#include "core/op_profile.h"
 #include "cpu/activations.h"
 #include "cpu/attention.h"
 #include "cpu/norms.h"
@@ -107,38 +108,56 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
   std::vector<float> gate(n * I), up(n * I);     // [n, I]
   std::vector<float> cos(n * hd / 2), sin(n * hd / 2);  // [n, hd/2]
   cpu::rope_llama_table(inv_freq_.data(), static_cast<int>(hd), pos0, n, cos.data(), sin.data());
+  // x += r, rows split over the pool when there are many (prefill)
+  auto add_residual = [&](float* xr, const float* r) {
+    OpTimer t("decoder.residual");
+    auto fn = [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0 * H; i < r1 * H; ++i) xr[i] += r[i];
+    };
+    if (pool_ && n >= 64) pool_->parallel_for(n, 16, fn);
+    else fn(0, n);
+  };
 
   for (int l = 0; l < cfg_.num_layers; ++l) {
     if (cancel && cancel->is_cancelled()) throw Error(ErrorCode::kCancelled, "cancelled");
     Layer& L = layers_[l];
     float* kc = cache_.keys(l) + pos0 * kvw;    // [n, nkv, hd] slice of the cache
     float* vc = cache_.values(l) + pos0 * kvw;
-    cpu::rms_norm(x, L.input_norm.data(), h.data(), n, H, cfg_.rms_norm_eps);
-    cpu::matmul(h.data(), n, L.q, nullptr, q.data(), pool_, precision_);
-    cpu::matmul(h.data(), n, L.k, nullptr, kc, pool_, precision_);
-    cpu::matmul(h.data(), n, L.v, nullptr, vc, pool_, precision_);
-    cpu::rope_rotate_half(q.data(), n, static_cast<int>(nh), static_cast<int>(hd), cos.data(), sin.data());
-    cpu::rope_rotate_half(kc, n, static_cast<int>(nkv), static_cast<int>(hd), cos.data(), sin.data());
-    cpu::AttentionShape s;
-    s.q_len = n;
-    s.kv_len = pos0 + n;
-    s.heads = static_cast<int>(nh);
-    s.kv_heads = static_cast<int>(nkv);
-    s.head_dim = static_cast<int>(hd);
-    s.q_stride = qw;
-    s.kv_stride = kvw;
-    s.scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    s.causal = true;
-    s.q_offset = pos0;
-    cpu::attention(q.data(), cache_.keys(l), cache_.values(l), attn.data(), s, pool_, precision_);
-    cpu::matmul(attn.data(), n, L.o, nullptr, proj.data(), pool_, precision_);
-    for (int64_t i = 0; i < n * H; ++i) x[i] += proj[i];
-    cpu::rms_norm(x, L.post_norm.data(), h.data(), n, H, cfg_.rms_norm_eps);
-    cpu::matmul(h.data(), n, L.gate, nullptr, gate.data(), pool_, precision_);
-    cpu::matmul(h.data(), n, L.up, nullptr, up.data(), pool_, precision_);
-    cpu::silu_mul(gate.data(), up.data(), gate.data(), n * I);
-    cpu::matmul(gate.data(), n, L.down, nullptr, proj.data(), pool_, precision_);
-    for (int64_t i = 0; i < n * H; ++i) x[i] += proj[i];
+    { OpTimer t("decoder.rms_norm"); cpu::rms_norm(x, L.input_norm.data(), h.data(), n, H, cfg_.rms_norm_eps); }
+    {
+      OpTimer t("decoder.matmul_qkv");
+      cpu::matmul(h.data(), n, L.q, nullptr, q.data(), pool_, precision_);
+      cpu::matmul(h.data(), n, L.k, nullptr, kc, pool_, precision_);
+      cpu::matmul(h.data(), n, L.v, nullptr, vc, pool_, precision_);
+    }
+    {
+      OpTimer t("decoder.rope+attention");
+      cpu::rope_rotate_half(q.data(), n, static_cast<int>(nh), static_cast<int>(hd), cos.data(), sin.data());
+      cpu::rope_rotate_half(kc, n, static_cast<int>(nkv), static_cast<int>(hd), cos.data(), sin.data());
+      cpu::AttentionShape s;
+      s.q_len = n;
+      s.kv_len = pos0 + n;
+      s.heads = static_cast<int>(nh);
+      s.kv_heads = static_cast<int>(nkv);
+      s.head_dim = static_cast<int>(hd);
+      s.q_stride = qw;
+      s.kv_stride = kvw;
+      s.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+      s.causal = true;
+      s.q_offset = pos0;
+      cpu::attention(q.data(), cache_.keys(l), cache_.values(l), attn.data(), s, pool_, precision_);
+    }
+    { OpTimer t("decoder.matmul_o"); cpu::matmul(attn.data(), n, L.o, nullptr, proj.data(), pool_, precision_); }
+    add_residual(x, proj.data());
+    { OpTimer t("decoder.rms_norm"); cpu::rms_norm(x, L.post_norm.data(), h.data(), n, H, cfg_.rms_norm_eps); }
+    {
+      OpTimer t("decoder.matmul_gate_up");
+      cpu::matmul(h.data(), n, L.gate, nullptr, gate.data(), pool_, precision_);
+      cpu::matmul(h.data(), n, L.up, nullptr, up.data(), pool_, precision_);
+    }
+    { OpTimer t("decoder.silu_mul"); cpu::silu_mul(gate.data(), up.data(), gate.data(), n * I, pool_); }
+    { OpTimer t("decoder.matmul_down"); cpu::matmul(gate.data(), n, L.down, nullptr, proj.data(), pool_, precision_); }
+    add_residual(x, proj.data());
     if (dump) dump("hidden.layers." + std::to_string(l), x, {n, H});
   }
   cache_.set_length(pos0 + n);

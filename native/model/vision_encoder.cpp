@@ -5,6 +5,7 @@
 #include <functional>
 
 #include "core/error.h"
+#include "core/op_profile.h"
 #include "cpu/activations.h"
 #include "cpu/attention.h"
 #include "cpu/norms.h"
@@ -72,7 +73,7 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
           }
       }
   std::vector<float> embedded(tiles * P * C);  // [tiles, P, C]
-  cpu::matmul(patches.data(), tiles * P, patch_, nullptr, embedded.data(), pool_, precision_);
+  { OpTimer t("vision.patch_embed"); cpu::matmul(patches.data(), tiles * P, patch_, nullptr, embedded.data(), pool_, precision_); }
   patches = std::vector<float>();
 
   float* x = out;  // [tiles, N, C] residual stream, written in place in the output
@@ -106,39 +107,42 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
   for (size_t b = 0; b < blocks_.size(); ++b) {
     if (cancel && cancel->is_cancelled()) throw Error(ErrorCode::kCancelled, "cancelled");
     Block& blk = blocks_[b];
-    cpu::layer_norm(x, blk.norm1_w.data(), blk.norm1_b.data(), h.data(), M, C, cfg_.layer_norm_eps, pool_);
-    cpu::matmul(h.data(), M, blk.qkv, blk.qkv_b.data(), qkv.data(), pool_, precision_);
-    parallel_rows(M, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        std::memcpy(q.data() + r * C, qkv.data() + r * 3 * C, C * sizeof(float));
-        std::memcpy(k.data() + r * C, qkv.data() + r * 3 * C + C, C * sizeof(float));
-        std::memcpy(v.data() + r * C, qkv.data() + r * 3 * C + 2 * C, C * sizeof(float));
+    { OpTimer t("vision.layer_norm"); cpu::layer_norm(x, blk.norm1_w.data(), blk.norm1_b.data(), h.data(), M, C, cfg_.layer_norm_eps, pool_); }
+    { OpTimer t("vision.matmul_qkv"); cpu::matmul(h.data(), M, blk.qkv, blk.qkv_b.data(), qkv.data(), pool_, precision_); }
+    {
+      OpTimer t_attn("vision.split+rope+attention");
+      parallel_rows(M, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          std::memcpy(q.data() + r * C, qkv.data() + r * 3 * C, C * sizeof(float));
+          std::memcpy(k.data() + r * C, qkv.data() + r * 3 * C + C, C * sizeof(float));
+          std::memcpy(v.data() + r * C, qkv.data() + r * 3 * C + 2 * C, C * sizeof(float));
+        }
+      });
+      for (int64_t t = 0; t < tiles; ++t) {
+        cpu::rope_interleaved(q.data() + t * N * C, N, static_cast<int>(heads), static_cast<int>(hd),
+                              static_cast<int>(prefix), rope_cos_.data(), rope_sin_.data());
+        cpu::rope_interleaved(k.data() + t * N * C, N, static_cast<int>(heads), static_cast<int>(hd),
+                              static_cast<int>(prefix), rope_cos_.data(), rope_sin_.data());
+        cpu::AttentionShape s;
+        s.q_len = N;
+        s.kv_len = N;
+        s.heads = s.kv_heads = static_cast<int>(heads);
+        s.head_dim = static_cast<int>(hd);
+        s.q_stride = s.kv_stride = C;
+        s.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+        s.causal = false;
+        cpu::attention(q.data() + t * N * C, k.data() + t * N * C, v.data() + t * N * C, a.data() + t * N * C, s,
+                       pool_, precision_);
       }
-    });
-    for (int64_t t = 0; t < tiles; ++t) {
-      cpu::rope_interleaved(q.data() + t * N * C, N, static_cast<int>(heads), static_cast<int>(hd),
-                            static_cast<int>(prefix), rope_cos_.data(), rope_sin_.data());
-      cpu::rope_interleaved(k.data() + t * N * C, N, static_cast<int>(heads), static_cast<int>(hd),
-                            static_cast<int>(prefix), rope_cos_.data(), rope_sin_.data());
-      cpu::AttentionShape s;
-      s.q_len = N;
-      s.kv_len = N;
-      s.heads = s.kv_heads = static_cast<int>(heads);
-      s.head_dim = static_cast<int>(hd);
-      s.q_stride = s.kv_stride = C;
-      s.scale = 1.0f / std::sqrt(static_cast<float>(hd));
-      s.causal = false;
-      cpu::attention(q.data() + t * N * C, k.data() + t * N * C, v.data() + t * N * C, a.data() + t * N * C, s,
-                     pool_, precision_);
     }
-    cpu::matmul(a.data(), M, blk.proj, blk.proj_b.data(), h.data(), pool_, precision_);
+    { OpTimer t("vision.matmul_proj"); cpu::matmul(a.data(), M, blk.proj, blk.proj_b.data(), h.data(), pool_, precision_); }
     const bool ls = !blk.gamma1.empty();
-    add_residual(x, h.data(), ls ? blk.gamma1.data() : nullptr);
-    cpu::layer_norm(x, blk.norm2_w.data(), blk.norm2_b.data(), h.data(), M, C, cfg_.layer_norm_eps, pool_);
-    cpu::matmul(h.data(), M, blk.fc1, blk.fc1_b.data(), f.data(), pool_, precision_);
-    cpu::gelu_erf(f.data(), M * mlp, pool_);
-    cpu::matmul(f.data(), M, blk.fc2, blk.fc2_b.data(), h.data(), pool_, precision_);
-    add_residual(x, h.data(), ls ? blk.gamma2.data() : nullptr);
+    { OpTimer t("vision.residual"); add_residual(x, h.data(), ls ? blk.gamma1.data() : nullptr); }
+    { OpTimer t("vision.layer_norm"); cpu::layer_norm(x, blk.norm2_w.data(), blk.norm2_b.data(), h.data(), M, C, cfg_.layer_norm_eps, pool_); }
+    { OpTimer t("vision.matmul_fc1"); cpu::matmul(h.data(), M, blk.fc1, blk.fc1_b.data(), f.data(), pool_, precision_); }
+    { OpTimer t("vision.gelu"); cpu::gelu_erf(f.data(), M * mlp, pool_); }
+    { OpTimer t("vision.matmul_fc2"); cpu::matmul(f.data(), M, blk.fc2, blk.fc2_b.data(), h.data(), pool_, precision_); }
+    { OpTimer t("vision.residual"); add_residual(x, h.data(), ls ? blk.gamma2.data() : nullptr); }
     if (dump) dump("vision.blocks." + std::to_string(b), x, {tiles, N, C});
   }
   if (!post_w_.empty()) cpu::layer_norm(x, post_w_.data(), post_b_.data(), x, M, C, cfg_.layer_norm_eps, pool_);
