@@ -111,7 +111,12 @@ test('an interrupted transfer is resumed with Range', async () => {
   rangeRequests.length = 0;
   const stages: string[] = [];
   await pull('acme/plm-test', { endpoint, dir, onProgress: (p) => stages.push(p.stage) });
-  expect(rangeRequests).toEqual(['bytes=100000-']);
+  // The server cuts the connection after writing 100000 bytes; how many of them reach the client before the
+  // reset depends on socket buffering (under load, 65387 did), and the client resumes from what it saved.
+  expect(rangeRequests).toHaveLength(1);
+  const from = Number(/^bytes=(\d+)-$/.exec(rangeRequests[0])?.[1]);
+  expect(from).toBeGreaterThan(0);
+  expect(from).toBeLessThanOrEqual(100_000);
   expect(stages).toContain('resume');
   expect(fs.readFileSync(path.join(dir, 'model.safetensors')).equals(weights)).toBe(true);
 });
