@@ -140,4 +140,14 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void
   });
 }
 
+void run_tasks(ThreadPool* pool, int64_t tasks, const std::function<void(int64_t)>& fn) {
+  if (pool && tasks > 1) pool->run_tasks(tasks, fn);
+  else for (int64_t t = 0; t < tasks; ++t) fn(t);
+}
+
+void parallel_for(ThreadPool* pool, int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+  if (pool) pool->parallel_for(n, grain, fn);
+  else fn(0, n);
+}
+
 }  // namespace plm

@@ -58,4 +58,9 @@ class ThreadPool {
   std::mutex run_mutex_;  // one parallel region at a time
 };
 
+// The kernels' entry points: pool may be null (single-threaded callers). Without a pool, or with a single
+// task, the work runs inline on the calling thread.
+void run_tasks(ThreadPool* pool, int64_t tasks, const std::function<void(int64_t)>& fn);
+void parallel_for(ThreadPool* pool, int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+
 }  // namespace plm

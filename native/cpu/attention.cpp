@@ -70,13 +70,9 @@ void attention(const float* q, const float* k, const float* v, float* out, const
     for (int c = 0; c < hd; ++c) oi[c] = acc[c] * inv;
   };
   const int64_t tasks = s.q_len * s.heads;
-  if (pool) {
-    pool->parallel_for(tasks, 4, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t) task(t);
-    });
-  } else {
-    for (int64_t t = 0; t < tasks; ++t) task(t);
-  }
+  parallel_for(pool, tasks, 4, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) task(t);
+  });
 }
 
 }  // namespace plm::cpu

@@ -94,8 +94,7 @@ bool attention_amx_bf16(const float* q, const float* k, const float* v, float* o
         }
       }
   };
-  if (pool) pool->parallel_for(pblocks, 2, pack);
-  else pack(0, pblocks);
+  parallel_for(pool, pblocks, 2, pack);
 
   const int64_t qblocks = (Tq + 15) / 16;
   auto task = [&](int64_t t) {
@@ -252,8 +251,7 @@ bool attention_amx_bf16(const float* q, const float* k, const float* v, float* o
     }
   };
   const int64_t tasks = qblocks * s.heads;
-  if (pool) pool->run_tasks(tasks, task);
-  else for (int64_t t = 0; t < tasks; ++t) task(t);
+  run_tasks(pool, tasks, task);
   return true;
 }
 

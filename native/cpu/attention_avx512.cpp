@@ -37,8 +37,7 @@ bool attention_avx512(const float* q, const float* k, const float* v, float* out
           for (int d = 0; d < hd; ++d) dst[int64_t(d) * Tkp] = kr[d];
         }
   };
-  if (pool) pool->parallel_for(Tkp / 16, 4, transpose);
-  else transpose(0, Tkp / 16);
+  parallel_for(pool, Tkp / 16, 4, transpose);
 
   const int64_t qblocks = (Tq + 15) / 16;
   auto task = [&](int64_t t) {
@@ -108,8 +107,7 @@ bool attention_avx512(const float* q, const float* k, const float* v, float* out
     }
   };
   const int64_t tasks = qblocks * s.heads;
-  if (pool) pool->run_tasks(tasks, task);
-  else for (int64_t t = 0; t < tasks; ++t) task(t);
+  run_tasks(pool, tasks, task);
   return true;
 }
 

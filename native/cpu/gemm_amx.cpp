@@ -63,8 +63,7 @@ void convert_x(const float* x, int64_t M, int64_t Mp, int64_t K, uint16_t* xb, T
       }
     }
   };
-  if (pool) pool->parallel_for(Mp, 16, fn);
-  else fn(0, Mp);
+  parallel_for(pool, Mp, 16, fn);
 }
 
 // W rows [n, n + 32), the ks columns starting at W -> wp: for each 32-wide k chunk, two B tiles (n 0-15, n 16-31), each
@@ -177,17 +176,14 @@ bool matmul_amx_bf16(const float* x, int64_t M, const WeightMatrix& w, const flo
   // and each packed W slice serves 16 row blocks.
   const int64_t mchunks = (Mp + 511) / 512;
   const int64_t mc = ((Mp / 32 + mchunks - 1) / mchunks) * 32;
-  int64_t nchunks = std::max<int64_t>(1, (4 * threads + mchunks - 1) / mchunks);
-  int64_t ncols = std::max<int64_t>(32, ((N + nchunks - 1) / nchunks + 31) / 32 * 32);
-  nchunks = (N + ncols - 1) / ncols;
+  const auto [ncols, nchunks] = gemm_col_split(mchunks, N, threads, 32);
   const uint8_t* W = static_cast<const uint8_t*>(w.data);
   auto fn = [&](int64_t t) {
     const int64_t mi = t / nchunks, ni = t % nchunks;
     compute(W, K, N, xb, M, bias, y, mi * mc, std::min(Mp, (mi + 1) * mc), ni * ncols, std::min(N, (ni + 1) * ncols));
   };
   const int64_t tasks = mchunks * nchunks;
-  if (pool && tasks > 1) pool->run_tasks(tasks, fn);
-  else for (int64_t t = 0; t < tasks; ++t) fn(t);
+  run_tasks(pool, tasks, fn);
   return true;
 }
 

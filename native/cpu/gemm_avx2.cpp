@@ -78,13 +78,7 @@ void run(const float* x, int64_t M, const WeightMatrix& w, const float* bias, fl
   const uint8_t* W = static_cast<const uint8_t*>(w.data);
   const int threads = pool ? pool->size() : 1;
   const int64_t row_bytes = K * (D == DType::kF32 ? 4 : 2);
-  int64_t rows = std::max<int64_t>(4, ((65536 / std::max<int64_t>(row_bytes, 1)) + 3) & ~int64_t(3));
-  int64_t tasks = (N + rows - 1) / rows;
-  if (tasks > 4 * threads) {
-    tasks = 4 * threads;
-    rows = (((N + tasks - 1) / tasks) + 3) & ~int64_t(3);
-    tasks = (N + rows - 1) / rows;
-  }
+  const auto [rows, tasks] = gemv_row_split(N, row_bytes, threads, 4);
   auto fn = [&](int64_t t) {
     const int64_t a = t * rows, b = std::min(N, (t + 1) * rows);
     switch (M) {
@@ -100,8 +94,7 @@ void run(const float* x, int64_t M, const WeightMatrix& w, const float* bias, fl
         break;
     }
   };
-  if (pool && tasks > 1) pool->run_tasks(tasks, fn);
-  else for (int64_t t = 0; t < tasks; ++t) fn(t);
+  run_tasks(pool, tasks, fn);
 }
 
 }  // namespace

@@ -220,13 +220,7 @@ void run(const float* x, int64_t M, const WeightMatrix& w, const float* bias, fl
   if (M <= 8) {
     // Row ranges of ~64 KB of weights or more, a few per thread so a busy core doesn't stall the other.
     const int64_t row_bytes = K * static_cast<int64_t>(esize<D>());
-    int64_t rows = std::max<int64_t>(4, ((65536 / std::max<int64_t>(row_bytes, 1)) + 3) & ~int64_t(3));
-    int64_t tasks = (N + rows - 1) / rows;
-    if (tasks > 4 * threads) {
-      tasks = 4 * threads;
-      rows = (((N + tasks - 1) / tasks) + 3) & ~int64_t(3);
-      tasks = (N + rows - 1) / rows;
-    }
+    const auto [rows, tasks] = gemv_row_split(N, row_bytes, threads, 4);
     if constexpr (D == DType::kBF16) {
       if (M == 1 && K % 32 == 0) {
         thread_local std::vector<float> xeo;
@@ -239,28 +233,22 @@ void run(const float* x, int64_t M, const WeightMatrix& w, const float* bias, fl
         }
         const uint8_t* W = static_cast<const uint8_t*>(w.data);
         auto fn1 = [&](int64_t t) { gemv1_bf16_eo(xe, xo, K, N, W, bias, y, t * rows, std::min(N, (t + 1) * rows)); };
-        if (pool && tasks > 1) pool->run_tasks(tasks, fn1);
-        else for (int64_t t = 0; t < tasks; ++t) fn1(t);
+        run_tasks(pool, tasks, fn1);
         return;
       }
     }
     auto fn = [&](int64_t t) { gemv<D>(x, M, w, bias, y, t * rows, std::min(N, (t + 1) * rows)); };
-    if (pool && tasks > 1) pool->run_tasks(tasks, fn);
-    else for (int64_t t = 0; t < tasks; ++t) fn(t);
+    run_tasks(pool, tasks, fn);
     return;
   }
   const int64_t mblocks = (M + kMC - 1) / kMC;
-  int64_t nchunks = std::max<int64_t>(1, (4 * threads + mblocks - 1) / mblocks);
-  int64_t ncols = ((N + nchunks - 1) / nchunks + kNP - 1) / kNP * kNP;
-  ncols = std::max<int64_t>(ncols, kNP);
-  nchunks = (N + ncols - 1) / ncols;
+  const auto [ncols, nchunks] = gemm_col_split(mblocks, N, threads, kNP);
   auto fn = [&](int64_t t) {
     const int64_t mb = t / nchunks, nc = t % nchunks;
     gemm_block<D>(x, w, bias, y, mb * kMC, std::min(M, (mb + 1) * kMC), nc * ncols, std::min(N, (nc + 1) * ncols));
   };
   const int64_t tasks = mblocks * nchunks;
-  if (pool && tasks > 1) pool->run_tasks(tasks, fn);
-  else for (int64_t t = 0; t < tasks; ++t) fn(t);
+  run_tasks(pool, tasks, fn);
 }
 
 }  // namespace

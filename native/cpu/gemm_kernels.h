@@ -4,11 +4,46 @@
 // every ARMv8-A CPU) and exists only in aarch64 builds. Each returns false when it does not handle the case
 // (dtype, shape), and the caller falls back to the next kernel.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 #include "cpu/matmul.h"
 
 namespace plm::cpu::kernels {
+
+// Work splits shared by the kernels. Internal linkage: each kernel file is compiled with its own ISA flags,
+// so an inline function here must never be merged across files.
+namespace {
+
+// Row ranges for a GEMV over N weight rows of row_bytes each: ~64 KiB of weights per task or more, a multiple
+// of `align` (a power of two) rows, and at most 4 tasks per thread so a busy core doesn't stall the others.
+struct RowSplit {
+  int64_t rows, tasks;
+};
+inline RowSplit gemv_row_split(int64_t N, int64_t row_bytes, int threads, int64_t align) {
+  const int64_t mask = ~(align - 1);
+  int64_t rows = std::max<int64_t>(align, ((65536 / std::max<int64_t>(row_bytes, 1)) + align - 1) & mask);
+  int64_t tasks = (N + rows - 1) / rows;
+  if (tasks > 4 * threads) {
+    tasks = 4 * threads;
+    rows = (((N + tasks - 1) / tasks) + align - 1) & mask;
+    tasks = (N + rows - 1) / rows;
+  }
+  return {rows, tasks};
+}
+
+// Column chunks of a GEMM whose rows come in `mblocks` blocks: about 4 (row block, column chunk) tasks per
+// thread, each chunk a whole number of `panel`-wide panels.
+struct ColSplit {
+  int64_t ncols, nchunks;
+};
+inline ColSplit gemm_col_split(int64_t mblocks, int64_t N, int threads, int64_t panel) {
+  const int64_t want = std::max<int64_t>(1, (4 * threads + mblocks - 1) / mblocks);
+  const int64_t ncols = std::max<int64_t>(panel, ((N + want - 1) / want + panel - 1) / panel * panel);
+  return {ncols, (N + ncols - 1) / ncols};
+}
+
+}  // namespace
 
 // f32 activations, bf16/f16/f32 weights read in place, f32 accumulation (AVX-512F).
 bool matmul_avx512_f32(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y,

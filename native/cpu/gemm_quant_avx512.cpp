@@ -148,8 +148,7 @@ bool gemv_q8_vnni(const float* x, int64_t M, const WeightMatrix& w, const float*
     for (; n + 4 <= n1; n += 4) q8_rows_vnni<4>(W + n * K, w.scales + n, K, xq, M, N, n, bias, y);
     for (; n < n1; ++n) q8_rows_vnni<1>(W + n * K, w.scales + n, K, xq, M, N, n, bias, y);
   };
-  if (pool && tasks > 1) pool->run_tasks(tasks, fn);
-  else for (int64_t t = 0; t < tasks; ++t) fn(t);
+  run_tasks(pool, tasks, fn);
   return true;
 }
 
@@ -174,8 +173,7 @@ bool gemv_quant_avx512(const float* x, int64_t M, const WeightMatrix& w, const f
       for (; n < n1; ++n) q4_rows<1>(W + n * K / 2, w.scales + n * groups, K, x, M, N, n, bias, y);
     }
   };
-  if (pool && tasks > 1) pool->run_tasks(tasks, fn);
-  else for (int64_t t = 0; t < tasks; ++t) fn(t);
+  run_tasks(pool, tasks, fn);
   return true;
 }
 

@@ -106,8 +106,7 @@ bool gemv_quant_neon(const float* x, int64_t M, const WeightMatrix& w, const flo
       for (; n < n1; ++n) q4_rows<1>(W + n * K / 2, w.scales + n * groups, K, x, M, N, n, bias, y);
     }
   };
-  if (pool && tasks > 1) pool->run_tasks(tasks, fn);
-  else for (int64_t t = 0; t < tasks; ++t) fn(t);
+  run_tasks(pool, tasks, fn);
   return true;
 }
 

@@ -146,14 +146,6 @@ void resample_row_v(RowFn rows, uint8_t* dst, size_t row_len, int oy, const Axis
   for (size_t x = 0; x < row_len; ++x) dst[x] = clamp_u8(acc[x] >> p.precision);
 }
 
-void run_tasks(ThreadPool* pool, int64_t tasks, const std::function<void(int64_t)>& fn) {
-  if (pool != nullptr && tasks > 1) {
-    pool->run_tasks(tasks, fn);
-  } else {
-    for (int64_t t = 0; t < tasks; ++t) fn(t);
-  }
-}
-
 }  // namespace
 
 void resize_bicubic_antialias_u8(const uint8_t* src, int src_w, int src_h, int channels, uint8_t* dst,

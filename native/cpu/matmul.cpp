@@ -108,11 +108,7 @@ void matmul_portable(const float* x, int64_t M, const WeightMatrix& w, const flo
       for (int64_t n = n0; n < n1; ++n) yr[n] = dot(xr, wrows + (n - n0) * K, K) + (bias ? bias[n] : 0.f);
     }
   };
-  if (pool && blocks > 1) {
-    pool->run_tasks(blocks, run);
-  } else {
-    for (int64_t b = 0; b < blocks; ++b) run(b);
-  }
+  run_tasks(pool, blocks, run);
 }
 
 }  // namespace

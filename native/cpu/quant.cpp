@@ -84,8 +84,7 @@ QuantizedMatrix quantize_matrix(const WeightMatrix& w, Quant q, ThreadPool* pool
       }
     }
   };
-  if (pool) pool->parallel_for(w.rows, 64, fn);
-  else fn(0, w.rows);
+  parallel_for(pool, w.rows, 64, fn);
   return out;
 }
 
@@ -140,8 +139,7 @@ void matmul_quantized(const float* x, int64_t M, const WeightMatrix& w, const fl
         }
       }
     };
-    if (pool) pool->parallel_for(N, 16, fn);
-    else fn(0, N);
+    parallel_for(pool, N, 16, fn);
     return;
   }
   // Many rows (prefill): dequantize blocks of W rows (f32 for kF32, bf16 for kBF16) and use the regular kernels.
@@ -167,8 +165,7 @@ void matmul_quantized(const float* x, int64_t M, const WeightMatrix& w, const fl
         for (int64_t k = 0; k < K; ++k) dst[k] = f32_to_bf16(row[k]);
       }
     };
-    if (pool) pool->parallel_for(rows, 8, conv);
-    else conv(0, rows);
+    parallel_for(pool, rows, 8, conv);
     WeightMatrix blk;
     blk.dtype = bf16 ? DType::kBF16 : DType::kF32;
     blk.data = wbp;

@@ -94,8 +94,7 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
   std::vector<float> f(M * mlp);        // [M, mlp]
   // Row-parallel helpers for the elementwise steps (they were serial and ~5% of a tile on 2 cores).
   auto parallel_rows = [&](int64_t rows, const std::function<void(int64_t, int64_t)>& fn) {
-    if (pool_) pool_->parallel_for(rows, 64, fn);
-    else fn(0, rows);
+    parallel_for(pool_, rows, 64, fn);
   };
   // x += gamma ⊙ h (gamma null: x += h), same arithmetic as before, rows split over the pool.
   auto add_residual = [&](float* xr, const float* hr, const float* gamma) {
