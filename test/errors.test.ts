@@ -6,6 +6,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { loadModel, PerceptionLM, PlmError } from '../lib';
+import { copyCheckpoint } from './helpers/checkpoint';
 
 const ROOT = path.join(__dirname, '..');
 const TINY = path.join(ROOT, 'models', 'plm-tiny-random');
@@ -17,16 +18,8 @@ beforeAll(() => {
 });
 afterAll(() => fs.rmSync(scratch, { recursive: true, force: true }));
 
-/** A copy of a checkpoint folder that a test may damage. */
-function copyCase(src: string, name: string): string {
-  const dst = path.join(scratch, name);
-  fs.mkdirSync(dst);
-  for (const f of fs.readdirSync(src)) {
-    if (f.startsWith('golden')) continue;
-    fs.copyFileSync(path.join(src, f), path.join(dst, f));
-  }
-  return dst;
-}
+/** A copy of a checkpoint folder that a test may change or damage. */
+const copyCase = (src: string, name: string): string => copyCheckpoint(src, scratch, name);
 
 async function expectCode(p: Promise<unknown>, code: string, messagePart?: RegExp): Promise<PlmError> {
   const err = await p.then(

@@ -12,6 +12,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { defaultQuantizedPath, loadModel, PerceptionLM, PlmError, quantizeModel, QuantizeKind } from '../lib';
+import { copyCheckpoint as copyInto } from './helpers/checkpoint';
 
 const ROOT = path.join(__dirname, '..');
 const TINY = path.join(ROOT, 'models', 'plm-tiny-random');
@@ -32,16 +33,8 @@ beforeAll(() => {
 });
 afterAll(() => fs.rmSync(scratch, { recursive: true, force: true }));
 
-/** A copy of a checkpoint folder (weights, config, tokenizer) that a test may change. */
-function copyCheckpoint(src: string, name: string): string {
-  const dst = path.join(scratch, name);
-  fs.mkdirSync(dst);
-  for (const f of fs.readdirSync(src)) {
-    if (f.startsWith('golden')) continue;
-    fs.copyFileSync(path.join(src, f), path.join(dst, f));
-  }
-  return dst;
-}
+/** A copy of a checkpoint folder that a test may change or damage. */
+const copyCheckpoint = (src: string, name: string): string => copyInto(src, scratch, name);
 
 /** The fixture's prompt (golden.json) or a BOS, continued deterministically to ROWS ids; no media placeholders. */
 function promptIds(dir: string, model: PerceptionLM): number[] {
