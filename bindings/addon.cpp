@@ -1,5 +1,6 @@
 // N-API glue only: argument checks, copies across the boundary, worker threads, token streaming.
 // All math lives in native/.
+#include <cstdint>
 #include <napi.h>
 
 #include <atomic>

@@ -5,6 +5,7 @@
 
 #include "async_job.h"
 
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <string>

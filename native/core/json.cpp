@@ -1,5 +1,6 @@
 #include "core/json.h"
 
+#include <cstdint>
 #include <sys/stat.h>
 
 #include <cstdio>

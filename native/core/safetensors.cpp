@@ -1,5 +1,6 @@
 #include "core/safetensors.h"
 
+#include <cstdint>
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/mman.h>

@@ -1,5 +1,6 @@
 #include "core/sha256.h"
 
+#include <cstdint>
 #include <algorithm>
 #include <cstring>
 

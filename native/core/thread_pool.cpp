@@ -1,5 +1,6 @@
 #include "core/thread_pool.h"
 
+#include <cstdint>
 #include <algorithm>
 #include <atomic>
 #include <chrono>

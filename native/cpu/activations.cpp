@@ -1,5 +1,6 @@
 #include "cpu/activations.h"
 
+#include <cstdint>
 #include <algorithm>
 #include <cmath>
 #include <functional>

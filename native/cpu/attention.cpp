@@ -2,6 +2,7 @@
 // sum and output, so no [Tq, Tk] score matrix is ever stored (ViT tiles of 1025 tokens, 10k prefills).
 #include "cpu/attention.h"
 
+#include <cstdint>
 #include <algorithm>
 #include <cmath>
 #include <vector>

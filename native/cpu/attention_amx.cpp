@@ -11,6 +11,7 @@
 //   Vp[kvh][Tkp/2][hd][2]: the B operand of O = P·V. Tile (key chunk kc of 32, col block cb) is 16 rows
 //     (key pairs) x 16 columns, each a (V[2p][c], V[2p+1][c]) pair; row stride hd*4 bytes.
 // Keys past Tk are zero in both (and masked to -inf in S), so padding never produces NaN.
+#include <cstdint>
 #include <immintrin.h>
 
 #include <algorithm>

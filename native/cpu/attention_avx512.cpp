@@ -3,6 +3,7 @@
 // Kt[kvh][d][Tk] (a copy of K, not a score matrix), so a 16-query x 16-key score block is 16 x hd broadcast
 // FMAs with no horizontal sums; the online softmax runs on 16-lane vectors (Cephes-accurate exp, ~1 ulp),
 // and P·V accumulates into the 16 x hd output block in L1. No [Tq, Tk] matrix exists at any time.
+#include <cstdint>
 #include <immintrin.h>
 
 #include <algorithm>

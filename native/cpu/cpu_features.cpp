@@ -1,6 +1,7 @@
 #include "cpu/cpu_features.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
+#include <cstdint>
 #include <cpuid.h>
 #include <sys/syscall.h>
 #include <unistd.h>

@@ -9,6 +9,7 @@
 //
 // Blocking: 32x32 outputs per step (2 A tiles x 2 B tiles, 4 accumulators), K in slices of 1024. Tasks
 // are (M chunk of ~512 rows, N range); the chunk's bf16 rows of a slice and the packed W slice stay in L2.
+#include <cstdint>
 #include <immintrin.h>
 
 #include <algorithm>

@@ -4,6 +4,7 @@
 //    the weights once; each pass keeps 2-4 weight rows x M activation rows in registers. Memory-bound.
 //  - M > 8 (prefill, vision in f32 mode): a panel GEMM. A 32-column panel of W (KC deep) is widened and
 //    transposed once into a thread-local f32 buffer, then reused by every 6-row micro-tile of the M block.
+#include <cstdint>
 #include <immintrin.h>
 
 #include <algorithm>

@@ -8,6 +8,7 @@
 //    into a thread-local f32 buffer, then reused by every 4-row micro-tile of the M block (16 accumulators,
 //    one FMA per weight vector and x lane).
 #if defined(__aarch64__)
+#include <cstdint>
 #include <arm_neon.h>
 
 #include <algorithm>

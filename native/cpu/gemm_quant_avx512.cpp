@@ -3,6 +3,7 @@
 // q4: 32 weights per group from 16 bytes; the nibbles index a 16-entry f32 table (q - 8) with vpermps, the
 // group's partial dot is scaled by its f32 scale into per-lane accumulators. Four W rows are processed
 // together so each x vector load serves four FMAs, with two k steps in flight per row.
+#include <cstdint>
 #include <immintrin.h>
 
 #include <algorithm>

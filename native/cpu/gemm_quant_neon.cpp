@@ -5,6 +5,7 @@
 // partial dot is multiplied by its scale into the row's accumulator. Four W rows are processed together so
 // each x vector load serves four rows.
 #if defined(__aarch64__)
+#include <cstdint>
 #include <arm_neon.h>
 
 #include <algorithm>

@@ -16,6 +16,7 @@
 // This file is an independent implementation of those semantics.
 #include "cpu/image_resize.h"
 
+#include <cstdint>
 #include <algorithm>
 #include <cmath>
 #include <cstring>

@@ -3,6 +3,7 @@
 // present; on aarch64 the NEON kernel (gemm_neon.cpp) takes every float weight matrix.
 #include "cpu/matmul.h"
 
+#include <cstdint>
 #include <algorithm>
 #include <cstring>
 #include <vector>

@@ -1,5 +1,6 @@
 #include "cpu/norms.h"
 
+#include <cstdint>
 #include <cmath>
 
 namespace plm::cpu {

@@ -1,5 +1,6 @@
 #include "cpu/quant.h"
 
+#include <cstdint>
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>

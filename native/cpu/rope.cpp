@@ -1,5 +1,6 @@
 #include "cpu/rope.h"
 
+#include <cstdint>
 #include <cmath>
 
 namespace plm::cpu {

@@ -6,6 +6,7 @@
 // Expected: ~35-50% of the mma.sync peak (FA2-class without warp specialization).
 // decode: one warp per (head, split); lane j scores key j of each group of 32, then lanes own head dims
 // for P V. A tiny combine kernel merges the splits. The KV read is a few MB: latency-, not bandwidth-bound.
+#include <cstdint>
 #include <cfloat>
 
 #include "cuda/attention.cuh"

@@ -1,4 +1,5 @@
 // Elementwise / data-movement kernels (memory-bound, grid-stride loops).
+#include <cstdint>
 #include <algorithm>
 
 #include "cuda/common.cuh"

@@ -2,6 +2,7 @@
 // variance of x - mean, as torch does), written once. Memory-bound, tiny next to the GEMMs.
 #include "cuda/common.cuh"
 #include "cuda/norms.cuh"
+#include <cstdint>
 
 namespace plm::cuda {
 

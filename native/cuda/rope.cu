@@ -1,6 +1,7 @@
 // RoPE kernels: elementwise, f32 math, one block per token row.
 #include "cuda/common.cuh"
 #include "cuda/rope.cuh"
+#include <cstdint>
 
 namespace plm::cuda {
 

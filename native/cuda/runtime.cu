@@ -1,4 +1,5 @@
 // Device query, memory and conversion helpers (see runtime.cuh).
+#include <cstdint>
 #include <dlfcn.h>
 
 #include <algorithm>

@@ -3,6 +3,7 @@
 // logits (32 passes over V; about 0.1 ms at V = 128k, only paid when sampling), then an inverse-CDF draw
 // with a Philox4x32-10 number keyed by (seed, step). Kept set = {l >= max(kth value, top-p cut, min-p cut)}:
 // transformers' order (temperature, top-k, top-p on the top-k set, min-p); ties at a cut are all kept.
+#include <cstdint>
 #include <cfloat>
 
 #include "cuda/common.cuh"

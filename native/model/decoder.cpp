@@ -1,5 +1,6 @@
 #include "model/decoder.h"
 
+#include <cstdint>
 #include <algorithm>
 #include <cmath>
 #include <cstring>

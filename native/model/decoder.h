@@ -1,5 +1,6 @@
 // The Llama 3 decoder on the CPU, as transformers computes it, in f32 with weights read in place.
 #pragma once
+#include <cstdint>
 #include <memory>
 #include <vector>
 

@@ -1,6 +1,7 @@
 #include "cpu/quant.h"
 #include "model/engine.h"
 
+#include <cstdint>
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>

@@ -1,5 +1,6 @@
 // The engine: a loaded model, a runner on the chosen backend, and the generation loop.
 #pragma once
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>

@@ -1,5 +1,6 @@
 #include "model/image_processor.h"
 
+#include <cstdint>
 #include <string>
 
 #include "core/error.h"

@@ -1,5 +1,6 @@
 #include "model/kv_cache.h"
 
+#include <cstdint>
 #include <algorithm>
 
 #include "core/error.h"

@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/json.h"
+#include <cstdint>
 
 namespace plm {
 namespace {

@@ -2,6 +2,7 @@
 
 #include "cpu/activations.h"
 #include "model/weights_f32.h"
+#include <cstdint>
 
 namespace plm {
 

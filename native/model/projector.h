@@ -1,5 +1,6 @@
 // The multimodal projector: linear_1 -> exact GELU -> linear_2 -> 2x2 average pooling on the patch grid.
 #pragma once
+#include <cstdint>
 #include <vector>
 
 #include "core/thread_pool.h"

@@ -1,5 +1,6 @@
 #include "model/quantized_file.h"
 
+#include <cstdint>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>

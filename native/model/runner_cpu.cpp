@@ -1,4 +1,5 @@
 // The CPU backend: vision encoder, projector and decoder in f32 on the thread pool.
+#include <cstdint>
 #include <cstring>
 #include <memory>
 

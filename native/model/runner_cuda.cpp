@@ -3,6 +3,7 @@
 // its Release/ subfolder, the executable's folder, then the dynamic linker's path.
 #include "model/runner_cuda.h"
 
+#include <cstdint>
 #include <dlfcn.h>
 #include <unistd.h>
 

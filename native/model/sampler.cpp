@@ -1,5 +1,6 @@
 #include "model/sampler.h"
 
+#include <cstdint>
 #include <algorithm>
 #include <cmath>
 #include <unordered_set>

@@ -4,6 +4,7 @@
 // return the first extremal element, and `>=` makes later candidates win ties.
 #include "model/tiling.h"
 
+#include <cstdint>
 #include <cmath>
 #include <string>
 #include <utility>

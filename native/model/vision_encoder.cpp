@@ -1,5 +1,6 @@
 #include "model/vision_encoder.h"
 
+#include <cstdint>
 #include <cmath>
 #include <cstring>
 #include <functional>

@@ -1,5 +1,6 @@
 // The Perception Encoder ViT (timm Eva as PLM configures it) on the CPU, f32.
 #pragma once
+#include <cstdint>
 #include <vector>
 
 #include "core/thread_pool.h"

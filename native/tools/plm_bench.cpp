@@ -4,6 +4,7 @@
 // decode ms/token (median over runs, after a warm-up), prefill tokens/s, vision tiles/s (encode_images on
 // random pixels), and time to first token for an image prompt of ttft-tiles tiles (vision + prefill of
 // tiles*256 placeholders + a few text tokens + the first sample). Every number is a median of --runs runs.
+#include <cstdint>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>

@@ -2,6 +2,7 @@
 //   plm_gemm_bench [--threads 2] [--runs 5] [--m 1025]
 // For each (M, K, N) it prints the median time, GFLOP/s and the max relative error of the bf16 path
 // against the f32 path (same random bf16 weights), so a kernel change can be checked and timed alone.
+#include <cstdint>
 #include <algorithm>
 #include <chrono>
 #include <cmath>

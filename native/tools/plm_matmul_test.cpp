@@ -10,6 +10,7 @@
 // i.e. about 84 f32 ulps of the magnitude of the terms summed, generous for f32 accumulation of K <= 1000
 // terms in any order, and far below the error of a wrong element, row or tail (O(1) relative). Exits 1 on
 // any failure; prints the largest absolute and scaled error of each case.
+#include <cstdint>
 #include <algorithm>
 #include <cinttypes>
 #include <cmath>
