@@ -11,6 +11,7 @@
 // Bounds: outputs rounded to bf16 (or computed from bf16 operands with bf16 intermediates): 1e-2 (2e-2 for
 // attention, whose P is rounded to bf16 before P·V); f32 outputs from f32 math: 1e-5 (1e-4 where the
 // summation order differs over K up to 8192 or angles come from cosf/sinf).
+#include <cstdint>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -23,6 +24,7 @@
 
 #include "core/error.h"
 #include "core/half.h"
+#include "core/json.h"
 #include "core/safetensors.h"
 #include "core/thread_pool.h"
 #include "cpu/activations.h"
@@ -165,7 +167,7 @@ void test_gemm(ThreadPool* pool, int64_t M, int64_t N, int64_t K, cu::EpMode mod
   const char* mn = mode == cu::EpMode::kStoreBf16 ? "bf16" : mode == cu::EpMode::kStoreF32 ? "f32" : "add_f32";
   const double bound = mode == cu::EpMode::kStoreBf16 ? 1e-2 : 1e-4;
   report(std::string("gemm ") + shape_str({M, N, K}) + " " + mn + (bias ? "+bias" : "") + (gelu ? "+gelu" : "") +
-             (scale ? "+scale" : "") + (K % 8 ? " (fallback)" : ""),
+             (scale ? "+scale" : "") + (K % 8 ? " (fallback)" : "") + " [" + cu::gemm_path_name(cu::gemm_path()) + "]",
          norm_err(got.data(), ref.data(), ref.size()), bound);
 }
 
@@ -549,10 +551,14 @@ void test_fixture(const std::string& dir) {
   std::vector<float> glog = as_f32(lg_t);
   std::vector<float> pixels;
   MediaInput media;
-  if (const TensorView* pv = gt(*gold, "pixel_values")) {
+  // Images: pixel_values [tiles, 3, S, S]; video: pixel_values_videos [1, frames, 3, S, S], one tile per frame.
+  const TensorView* pv = gt(*gold, "pixel_values");
+  if (!pv) pv = gt(*gold, "pixel_values_videos");
+  if (pv) {
     pixels = as_f32(pv);
     media.pixels = pixels.data();
-    media.tiles = pv->shape[0];
+    const size_t nd = pv->shape.size();
+    media.tiles = pv->numel() / (3 * pv->shape[nd - 1] * pv->shape[nd - 2]);
   }
   EngineOptions opt;
   opt.backend = "cuda";
@@ -592,10 +598,18 @@ void test_fixture(const std::string& dir) {
       scale = std::max(scale, double(std::fabs(b)));
       if (!std::isfinite(a)) maxabs = INFINITY;
     }
-  const double bound = 5e-2;  // relative to max(1, max|logit|): bf16 weights/activations vs the f32 golden
+  // Relative to max(1, max|logit|): bf16 weights/activations vs the f32 golden. The bound is 5e-2, or 1.5x
+  // what torch's own bf16 forward gives on this fixture where that is larger (bf16_reference.json, written
+  // by reference/bf16_reference_error.py): random-weight fixtures differ in how much they amplify rounding.
+  double torch_bf16 = -1;
+  if (file_exists(dir + "/bf16_reference.json")) {
+    const Json j = Json::parse(read_text_file(dir + "/bf16_reference.json"), dir + "/bf16_reference.json");
+    if (const Json* e = j.find("torch_bf16")) torch_bf16 = e->number();
+  }
+  const double bound = std::max(5e-2, 1.5 * torch_bf16);
   const double rel = maxabs / std::max(1.0, scale);
-  char d[128];
-  std::snprintf(d, sizeof d, "max abs %.4g, logit scale %.3g", maxabs, scale);
+  char d[160];
+  std::snprintf(d, sizeof d, "max abs %.4g, logit scale %.3g, torch bf16 %.3g", maxabs, scale, torch_bf16);
   report("e2e " + tag + " prefill logits", rel, bound, d);
   // greedy
   const TensorView* gi = gt(*gold, "greedy.ids");
@@ -661,7 +675,7 @@ void perf_gemm(int64_t M, int64_t N, int64_t K) {
   ep.out = dout.p;
   ep.ldo = N;
   const double ms = cu::time_gpu_ms([&] { cu::gemm_bf16(dA.as<uint16_t>(), K, dW.as<uint16_t>(), K, M, N, K, ep, nullptr); }, 10);
-  perf_report("gemm bf16 " + shape_str({M, N, K}), ms, 2.0 * M * N * K / (ms * 1e9), "TFLOP/s");
+  perf_report("gemm bf16 " + shape_str({M, N, K}) + " [" + cu::gemm_path_name(cu::gemm_path()) + "]", ms, 2.0 * M * N * K / (ms * 1e9), "TFLOP/s");
 }
 
 void perf_gemv(int64_t N, int64_t K) {
@@ -770,7 +784,16 @@ int main(int argc, char** argv) {
     }
   };
   using M = cu::EpMode;
-  guard("gemm", [&] {
+  // Every GEMM kernel this device can run, on the same cases (the engine's default is the first, auto).
+  std::vector<cu::GemmPath> gemm_paths = {cu::GemmPath::kMma};
+  if (cu::gemm_wgmma_available()) {
+    gemm_paths.push_back(cu::GemmPath::kWgmma128);
+    gemm_paths.push_back(cu::GemmPath::kWgmma256);
+  }
+  const cu::GemmPath default_path = cu::gemm_path();
+  for (cu::GemmPath gp : gemm_paths)
+  guard(std::string("gemm ") + cu::gemm_path_name(gp), [&] {
+    cu::set_gemm_path(gp);
     test_gemm(&pool, 1, 64, 64, M::kStoreBf16, false, false, false);
     test_gemm(&pool, 7, 40, 24, M::kStoreF32, true, false, false);
     test_gemm(&pool, 33, 100, 72, M::kStoreBf16, true, true, false);
@@ -785,7 +808,10 @@ int main(int argc, char** argv) {
       test_gemm(&pool, 512, 2048, 8192, M::kAddF32, false, false, false);    // PLM-1B down_proj
       test_gemm(&pool, 300, 16384, 2048, M::kStoreBf16, false, false, false);  // PLM-1B gate_up
     }
+    test_gemm(&pool, 64, 72, 8, M::kStoreBf16, false, false, false);      // K < one 64-wide k tile
+    test_gemm(&pool, 200, 264, 136, M::kAddF32, true, true, true);        // ragged M, N and K tails
   });
+  cu::set_gemm_path(default_path);
   guard("gemv", [&] {
     test_gemv(&pool, 64, 64, M::kStoreF32, false);
     test_gemv(&pool, 300, 72, M::kStoreF32, false);
@@ -839,11 +865,16 @@ int main(int argc, char** argv) {
   for (const std::string& d : fixtures) guard("e2e " + d, [&] { test_fixture(d); });
   if (!quick)
     guard("perf", [&] {
-      perf_gemm(8192, 8192, 8192);
-      perf_gemm(8200, 3072, 1024);   // PE-L qkv, 8 tiles
-      perf_gemm(8200, 4096, 1024);   // PE-L fc1
-      perf_gemm(8200, 1024, 4096);   // PE-L fc2
-      perf_gemm(4096, 16384, 2048);  // PLM-1B gate_up prefill
+      for (cu::GemmPath gp : gemm_paths) {
+        cu::set_gemm_path(gp);
+        perf_gemm(8192, 8192, 8192);
+        perf_gemm(8200, 3072, 1024);   // PE-L qkv, 8 tiles
+        perf_gemm(8200, 4096, 1024);   // PE-L fc1
+        perf_gemm(8200, 1024, 4096);   // PE-L fc2
+        perf_gemm(4096, 16384, 2048);  // PLM-1B gate_up prefill
+        perf_gemm(512, 2048, 2048);    // PLM-1B o_proj, 512-token prefill
+      }
+      cu::set_gemm_path(default_path);
       perf_gemv(16384, 2048);        // PLM-1B gate_up decode
       perf_gemv(2048, 8192);         // PLM-1B down decode
       perf_gemv(128256, 2048);       // PLM-1B lm_head
