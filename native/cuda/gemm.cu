@@ -6,11 +6,16 @@
 // wgmma + TMA would add ~1.5x on H100; mma.sync stays the portable path).
 // gemv_bf16: one warp per output row, 16-byte loads of W, 4 loads in flight per lane: bandwidth-bound,
 // expected 80-90% of HBM bandwidth for N*K >= 4M.
+#include <cstdint>
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <string>
 
 #include "cuda/common.cuh"
 #include "cuda/ptx.cuh"
 #include "cuda/gemm.cuh"
+#include "cuda/gemm_epilogue.cuh"
 
 namespace plm::cuda {
 
@@ -19,36 +24,6 @@ namespace {
 constexpr int BM = 128, BN = 128, BK = 32, STAGES = 4, PAD = 8, LDS = BK + PAD;  // LDS: smem row, elements
 constexpr int GEMM_THREADS = 256;
 constexpr size_t GEMM_SMEM = size_t(STAGES) * (BM + BN) * LDS * sizeof(bf16);  // 81920 B
-
-struct EpDev {
-  int mode;
-  const float* bias;
-  int gelu;
-  const float* scale;
-  void* out;
-  int64_t ldo;
-};
-
-EpDev to_dev(const Epilogue& e) {
-  return EpDev{static_cast<int>(e.mode), e.bias, e.gelu ? 1 : 0, e.scale, e.out, e.ldo};
-}
-
-__device__ __forceinline__ float ep_value(const EpDev& ep, int64_t col, float v) {
-  if (ep.bias) v += ep.bias[col];
-  if (ep.gelu) v = gelu_erf_f(v);
-  return v;
-}
-__device__ __forceinline__ void ep_store(const EpDev& ep, int64_t row, int64_t col, float v) {
-  v = ep_value(ep, col, v);
-  if (ep.mode == 0) {
-    static_cast<bf16*>(ep.out)[row * ep.ldo + col] = f2bf(v);
-  } else if (ep.mode == 1) {
-    static_cast<float*>(ep.out)[row * ep.ldo + col] = v;
-  } else {
-    float* o = static_cast<float*>(ep.out) + row * ep.ldo + col;
-    *o += (ep.scale ? ep.scale[col] : 1.f) * v;
-  }
-}
 
 // A [M, lda] bf16, W [N, ldw] bf16; grid (ceil(N/BN), ceil(M/BM)).
 __global__ void __launch_bounds__(GEMM_THREADS, 2)
@@ -265,9 +240,44 @@ void gemm_bf16_reference(const uint16_t* A, int64_t lda, const uint16_t* W, int6
   PLM_CU_LAUNCH_CHECK();
 }
 
+namespace {
+GemmPath path_from_env() {
+  const char* e = std::getenv("PLM_CUDA_GEMM");
+  if (!e) return GemmPath::kAuto;
+  const std::string v(e);
+  if (v == "mma") return GemmPath::kMma;
+  if (v == "wgmma128") return GemmPath::kWgmma128;
+  if (v == "wgmma256") return GemmPath::kWgmma256;
+  return GemmPath::kAuto;
+}
+std::atomic<int> g_path{-1};
+}  // namespace
+
+void set_gemm_path(GemmPath p) { g_path.store(int(p)); }
+GemmPath gemm_path() {
+  int p = g_path.load();
+  if (p < 0) {
+    p = int(path_from_env());
+    g_path.store(p);
+  }
+  return GemmPath(p);
+}
+const char* gemm_path_name(GemmPath p) {
+  switch (p) {
+    case GemmPath::kMma: return "mma";
+    case GemmPath::kWgmma128: return "wgmma128";
+    case GemmPath::kWgmma256: return "wgmma256";
+    default: return "auto";
+  }
+}
+
 void gemm_bf16(const uint16_t* A, int64_t lda, const uint16_t* W, int64_t ldw, int64_t M, int64_t N, int64_t K,
                const Epilogue& ep, void* stream) {
   if (M <= 0 || N <= 0) return;
+  const GemmPath path = gemm_path();
+  if (path != GemmPath::kMma && M >= 64 &&
+      gemm_bf16_wgmma(path == GemmPath::kWgmma256 ? 256 : 128, A, lda, W, ldw, M, N, K, ep, stream))
+    return;
   const bool fast = K % 8 == 0 && lda % 8 == 0 && ldw % 8 == 0 && aligned16(A) && aligned16(W);
   if (!fast) {
     gemm_bf16_reference(A, lda, W, ldw, M, N, K, ep, stream);

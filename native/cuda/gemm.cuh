@@ -1,6 +1,6 @@
 // Linear layers on the GPU: C[M, N] = A[M, K] · W[N, K]^T with a fused epilogue (plain C++ declarations).
-//   gemm_bf16: tensor cores (mma.sync m16n8k16 bf16, f32 accumulation), any M, N; K % 8 == 0 for the fast
-//              path (a simple fallback handles any K).
+//   gemm_bf16: tensor cores (wgmma on Hopper, mma.sync m16n8k16 elsewhere; bf16, f32 accumulation), any M,
+//              N; K % 8 == 0 for the fast paths (a simple fallback handles any K).
 //   gemv_bf16: M = 1 (decode), one warp per output row, 16-byte weight loads: bandwidth-bound.
 // TODO(quant): int8 / 4-bit weight GEMV (per-group scales) for the decode path; bf16 only for now.
 #pragma once
@@ -31,6 +31,20 @@ void gemm_bf16(const uint16_t* A, int64_t lda, const uint16_t* W, int64_t ldw, i
 // x: bf16 [K]. swiglu: W holds [gate (I rows); up (I rows)], N = I and out_bf16[i] = silu(g_i) * u_i.
 void gemv_bf16(const uint16_t* x, const uint16_t* W, int64_t N, int64_t K, const Epilogue& ep, bool swiglu,
                void* stream);
+
+// Which kernel gemm_bf16 uses for M >= 64. kAuto: wgmma (BN 128) on sm_90 devices when this build carries
+// sm_90a code, else mma.sync. The environment variable PLM_CUDA_GEMM (mma | wgmma128 | wgmma256) sets it at
+// the first call; set_gemm_path overrides it (tests, benchmarks).
+enum class GemmPath : int { kAuto = 0, kMma = 1, kWgmma128 = 2, kWgmma256 = 3 };
+void set_gemm_path(GemmPath p);
+GemmPath gemm_path();
+const char* gemm_path_name(GemmPath p);
+bool gemm_wgmma_available();  // sm_90 device and sm_90a code in this build
+
+// The Hopper kernel alone (gemm_wgmma.cu), bn = 128 or 256. Returns false, launching nothing, where it
+// cannot run (no sm_90a code or device, K % 8 != 0, unaligned rows): the caller falls back.
+bool gemm_bf16_wgmma(int bn, const uint16_t* A, int64_t lda, const uint16_t* W, int64_t ldw, int64_t M, int64_t N,
+                     int64_t K, const Epilogue& ep, void* stream);
 
 // Plain reference GEMM (one thread per output, f32): used by tests to cross-check the tensor-core path.
 void gemm_bf16_reference(const uint16_t* A, int64_t lda, const uint16_t* W, int64_t ldw, int64_t M, int64_t N,

@@ -10,6 +10,7 @@
 // Prefill runs in chunks of up to 4096 tokens (one chunk when dumping); the vision tower in batches of
 // 8 tiles (one batch when dumping). decode_step is captured into a CUDA graph on its first call; the
 // token, position and sampling parameters are read from device memory so the graph is replayed as is.
+#include <cstdint>
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -539,6 +540,7 @@ PLM_CUDA_EXPORT int32_t plm_cuda_model_create(const plm_cuda_model_config* cfg, 
                                        std::to_string(ndev) + " found)");
     m->device = device;
     set_device(device);
+    gemm_wgmma_available();  // probe (a launch and a copy) now, never inside the decode graph's capture
     PLM_CU_CHECK(cudaStreamCreate(&m->stream));
     m->H = cfg->hidden_size;
     m->I = cfg->intermediate_size;
