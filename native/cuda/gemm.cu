@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 
@@ -248,10 +249,16 @@ GemmPath path_from_env() {
   if (v == "mma") return GemmPath::kMma;
   if (v == "wgmma128") return GemmPath::kWgmma128;
   if (v == "wgmma256") return GemmPath::kWgmma256;
+  if (v == "tma128") return GemmPath::kTma128;
+  if (v == "tma256") return GemmPath::kTma256;
   return GemmPath::kAuto;
 }
 std::atomic<int> g_path{-1};
+std::atomic<uint64_t> g_launches[6];
+void count_launch(GemmPath k) { g_launches[int(k)].fetch_add(1, std::memory_order_relaxed); }
 }  // namespace
+
+uint64_t gemm_launch_count(GemmPath kernel) { return g_launches[int(kernel)].load(); }
 
 void set_gemm_path(GemmPath p) { g_path.store(int(p)); }
 GemmPath gemm_path() {
@@ -267,6 +274,8 @@ const char* gemm_path_name(GemmPath p) {
     case GemmPath::kMma: return "mma";
     case GemmPath::kWgmma128: return "wgmma128";
     case GemmPath::kWgmma256: return "wgmma256";
+    case GemmPath::kTma128: return "tma128";
+    case GemmPath::kTma256: return "tma256";
     default: return "auto";
   }
 }
@@ -275,9 +284,29 @@ void gemm_bf16(const uint16_t* A, int64_t lda, const uint16_t* W, int64_t ldw, i
                const Epilogue& ep, void* stream) {
   if (M <= 0 || N <= 0) return;
   const GemmPath path = gemm_path();
-  if (path != GemmPath::kMma && M >= 64 &&
-      gemm_bf16_wgmma(path == GemmPath::kWgmma256 ? 256 : 128, A, lda, W, ldw, M, N, K, ep, stream))
-    return;
+  if (M >= 64) {
+    if (path == GemmPath::kTma128 || path == GemmPath::kTma256) {
+      const int bn = path == GemmPath::kTma256 ? 256 : 128;
+      if (gemm_bf16_wgmma_tma(bn, A, lda, W, ldw, M, N, K, ep, stream)) {
+        count_launch(path);
+        return;
+      }
+    }
+    if (path != GemmPath::kMma) {
+      const int bn = path == GemmPath::kWgmma256 ? 256 : 128;
+      if (path != GemmPath::kTma128 && path != GemmPath::kTma256 &&
+          gemm_bf16_wgmma(bn, A, lda, W, ldw, M, N, K, ep, stream)) {
+        count_launch(bn == 256 ? GemmPath::kWgmma256 : GemmPath::kWgmma128);
+        return;
+      }
+      if (path != GemmPath::kAuto) {
+        static std::atomic<bool> warned{false};
+        if (!warned.exchange(true))  // the asked-for kernel cannot run: say so once, never mislabel timings
+          std::fprintf(stderr, "perception-lm: GEMM kernel %s did not run for %lldx%lldx%lld; using mma.sync\n",
+                       gemm_path_name(path), (long long)M, (long long)N, (long long)K);
+      }
+    }
+  }
   const bool fast = K % 8 == 0 && lda % 8 == 0 && ldw % 8 == 0 && aligned16(A) && aligned16(W);
   if (!fast) {
     gemm_bf16_reference(A, lda, W, ldw, M, N, K, ep, stream);
@@ -291,6 +320,7 @@ void gemm_bf16(const uint16_t* A, int64_t lda, const uint16_t* W, int64_t ldw, i
     if (dev >= 0 && dev < 64) attr_set[dev] = true;
   }
   dim3 grid(unsigned(ceil_div(N, BN)), unsigned(ceil_div(M, BM)));
+  count_launch(GemmPath::kMma);
   k_gemm_bf16<<<grid, GEMM_THREADS, GEMM_SMEM, as_stream(stream)>>>(
       reinterpret_cast<const bf16*>(A), lda, reinterpret_cast<const bf16*>(W), ldw, M, N, K, to_dev(ep));
   PLM_CU_LAUNCH_CHECK();

@@ -34,17 +34,23 @@ void gemv_bf16(const uint16_t* x, const uint16_t* W, int64_t N, int64_t K, const
 
 // Which kernel gemm_bf16 uses for M >= 64. kAuto: wgmma (BN 128) on sm_90 devices when this build carries
 // sm_90a code, else mma.sync. The environment variable PLM_CUDA_GEMM (mma | wgmma128 | wgmma256) sets it at
-// the first call; set_gemm_path overrides it (tests, benchmarks).
-enum class GemmPath : int { kAuto = 0, kMma = 1, kWgmma128 = 2, kWgmma256 = 3 };
+// the first call (also tma128 | tma256: the warp-specialized TMA kernel); set_gemm_path overrides it.
+enum class GemmPath : int { kAuto = 0, kMma = 1, kWgmma128 = 2, kWgmma256 = 3, kTma128 = 4, kTma256 = 5 };
 void set_gemm_path(GemmPath p);
 GemmPath gemm_path();
 const char* gemm_path_name(GemmPath p);
 bool gemm_wgmma_available();  // sm_90 device and sm_90a code in this build
+// Launches of each kernel by gemm_bf16 so far (kMma: the mma.sync kernel): tests check which one really ran.
+uint64_t gemm_launch_count(GemmPath kernel);
 
 // The Hopper kernel alone (gemm_wgmma.cu), bn = 128 or 256. Returns false, launching nothing, where it
 // cannot run (no sm_90a code or device, K % 8 != 0, unaligned rows): the caller falls back.
 bool gemm_bf16_wgmma(int bn, const uint16_t* A, int64_t lda, const uint16_t* W, int64_t ldw, int64_t M, int64_t N,
                      int64_t K, const Epilogue& ep, void* stream);
+
+// The warp-specialized Hopper kernel (gemm_wgmma_tma.cu): TMA loads, same contract and fallback rule.
+bool gemm_bf16_wgmma_tma(int bn, const uint16_t* A, int64_t lda, const uint16_t* W, int64_t ldw, int64_t M,
+                         int64_t N, int64_t K, const Epilogue& ep, void* stream);
 
 // Plain reference GEMM (one thread per output, f32): used by tests to cross-check the tensor-core path.
 void gemm_bf16_reference(const uint16_t* A, int64_t lda, const uint16_t* W, int64_t ldw, int64_t M, int64_t N,

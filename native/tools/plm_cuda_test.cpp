@@ -2,7 +2,9 @@
 // op (native/cpu/*) on fresh random inputs, then end to end against the Hugging Face goldens of the fixture
 // checkpoints through plm::Engine with backend "cuda".
 //
-//   plm_cuda_test [--json OUT.json] [--seed N] [--quick] [FIXTURE_DIR ...]
+//   plm_cuda_test [--json OUT.json] [--seed N] [--quick] [--gemm-paths mma,wgmma128,...] [FIXTURE_DIR ...]
+// --gemm-paths: the GEMM kernels the op tests and timings sweep (default mma,wgmma128,wgmma256 where the
+// device runs them; tma128/tma256 are named explicitly so that a new kernel runs in a process of its own).
 //
 // Prints one line per check and a last line "N passed, M failed"; exit code 1 on any failure. Without a
 // usable GPU it prints "SKIPPED: no CUDA device (reason)" and exits 0: it never reports a pass it did not run.
@@ -675,7 +677,8 @@ void perf_gemm(int64_t M, int64_t N, int64_t K) {
   ep.out = dout.p;
   ep.ldo = N;
   const double ms = cu::time_gpu_ms([&] { cu::gemm_bf16(dA.as<uint16_t>(), K, dW.as<uint16_t>(), K, M, N, K, ep, nullptr); }, 10);
-  perf_report("gemm bf16 " + shape_str({M, N, K}) + " [" + cu::gemm_path_name(cu::gemm_path()) + "]", ms, 2.0 * M * N * K / (ms * 1e9), "TFLOP/s");
+  const bool ran = cu::gemm_launch_count(cu::gemm_path()) > 0;
+  perf_report("gemm bf16 " + shape_str({M, N, K}) + " [" + cu::gemm_path_name(cu::gemm_path()) + (ran ? "" : ", fell back") + "]", ms, 2.0 * M * N * K / (ms * 1e9), "TFLOP/s");
 }
 
 void perf_gemv(int64_t N, int64_t K) {
@@ -731,6 +734,7 @@ std::string json_escape(const std::string& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::string gemm_paths_arg;
   std::string json_path;
   uint64_t seed = uint64_t(std::chrono::steady_clock::now().time_since_epoch().count());
   bool quick = false;
@@ -740,6 +744,7 @@ int main(int argc, char** argv) {
     if (a == "--json" && i + 1 < argc) json_path = argv[++i];
     else if (a == "--seed" && i + 1 < argc) seed = std::stoull(argv[++i]);
     else if (a == "--quick") quick = true;
+    else if (a == "--gemm-paths" && i + 1 < argc) gemm_paths_arg = argv[++i];
     else fixtures.push_back(a);
   }
   g_rng.seed(seed);
@@ -785,15 +790,38 @@ int main(int argc, char** argv) {
   };
   using M = cu::EpMode;
   // Every GEMM kernel this device can run, on the same cases (the engine's default is the first, auto).
-  std::vector<cu::GemmPath> gemm_paths = {cu::GemmPath::kMma};
-  if (cu::gemm_wgmma_available()) {
-    gemm_paths.push_back(cu::GemmPath::kWgmma128);
-    gemm_paths.push_back(cu::GemmPath::kWgmma256);
+  std::vector<cu::GemmPath> gemm_paths;
+  if (gemm_paths_arg.empty()) {
+    gemm_paths.push_back(cu::GemmPath::kMma);
+    if (cu::gemm_wgmma_available()) {
+      gemm_paths.push_back(cu::GemmPath::kWgmma128);
+      gemm_paths.push_back(cu::GemmPath::kWgmma256);
+    }
+  } else {
+    const cu::GemmPath all[] = {cu::GemmPath::kMma, cu::GemmPath::kWgmma128, cu::GemmPath::kWgmma256,
+                                cu::GemmPath::kTma128, cu::GemmPath::kTma256};
+    size_t pos = 0;
+    while (pos <= gemm_paths_arg.size()) {
+      const size_t end = std::min(gemm_paths_arg.find(',', pos), gemm_paths_arg.size());
+      const std::string name = gemm_paths_arg.substr(pos, end - pos);
+      bool known = false;
+      for (cu::GemmPath gp : all)
+        if (name == cu::gemm_path_name(gp)) {
+          gemm_paths.push_back(gp);
+          known = true;
+        }
+      if (!known) {
+        std::fprintf(stderr, "unknown GEMM path '%s' (mma, wgmma128, wgmma256, tma128, tma256)\n", name.c_str());
+        return 2;
+      }
+      pos = end + 1;
+    }
   }
   const cu::GemmPath default_path = cu::gemm_path();
   for (cu::GemmPath gp : gemm_paths)
   guard(std::string("gemm ") + cu::gemm_path_name(gp), [&] {
     cu::set_gemm_path(gp);
+    const uint64_t launches_before = cu::gemm_launch_count(gp);
     test_gemm(&pool, 1, 64, 64, M::kStoreBf16, false, false, false);
     test_gemm(&pool, 7, 40, 24, M::kStoreF32, true, false, false);
     test_gemm(&pool, 33, 100, 72, M::kStoreBf16, true, true, false);
@@ -810,6 +838,9 @@ int main(int argc, char** argv) {
     }
     test_gemm(&pool, 64, 72, 8, M::kStoreBf16, false, false, false);      // K < one 64-wide k tile
     test_gemm(&pool, 200, 264, 136, M::kAddF32, true, true, true);        // ragged M, N and K tails
+    const uint64_t ran = cu::gemm_launch_count(gp) - launches_before;
+    report_bool(std::string("gemm kernel ") + cu::gemm_path_name(gp) + " actually ran", ran > 0,
+                std::to_string(ran) + " launches");
   });
   cu::set_gemm_path(default_path);
   guard("gemv", [&] {
