@@ -32,8 +32,8 @@ void gemm_bf16(const uint16_t* A, int64_t lda, const uint16_t* W, int64_t ldw, i
 void gemv_bf16(const uint16_t* x, const uint16_t* W, int64_t N, int64_t K, const Epilogue& ep, bool swiglu,
                void* stream);
 
-// Which kernel gemm_bf16 uses for M >= 64. kAuto: wgmma (BN 128) on sm_90 devices when this build carries
-// sm_90a code, else mma.sync. The environment variable PLM_CUDA_GEMM (mma | wgmma128 | wgmma256) sets it at
+// Which kernel gemm_bf16 uses for M >= 64. kAuto: the TMA + wgmma kernel (BN 128) on sm_90 devices when
+// this build carries sm_90a code, else mma.sync (H100 timings per kernel: benchmarks/RESULTS.md). The environment variable PLM_CUDA_GEMM (mma | wgmma128 | wgmma256) sets it at
 // the first call (also tma128 | tma256: the warp-specialized TMA kernel); set_gemm_path overrides it.
 enum class GemmPath : int { kAuto = 0, kMma = 1, kWgmma128 = 2, kWgmma256 = 3, kTma128 = 4, kTma256 = 5 };
 void set_gemm_path(GemmPath p);

@@ -4,7 +4,7 @@
 // k tile into a ring of stages), warpgroups 1 and 2 each multiply 64 rows. full[s] completes when a stage's
 // bytes have landed (expect_tx); empty[s] when all 256 consumer threads are done reading it. TMA writes the
 // 128-byte swizzled layout that gemm_wgmma.cu builds by hand with cp.async, so the descriptors are the same.
-// Checked against the CPU matmul by plm_cuda_test ("gemm ... [tma128]" / "[tma256]").
+// Checked against the CPU matmul by plm_cuda_test ("gemm ... [tma128]" / "[tma256]"); the default on Hopper.
 #include <cuda.h>  // CUtensorMap and its enums only: the encoder comes from the runtime's driver entry point
 #include <cstdint>
 
