@@ -118,6 +118,11 @@ std::vector<float> Engine::encode_images(const float* pixels, int64_t tiles, con
   return out;
 }
 
+void Engine::encode_images_in_backend(const float* pixels, int64_t tiles, const CancelToken* cancel) {
+  if (tiles <= 0) throw Error(ErrorCode::kInvalidArgument, "encodeImages needs at least one tile");
+  runner_->encode_images(pixels, tiles, nullptr, cancel);
+}
+
 void Engine::forward(const int32_t* ids, int64_t n, const MediaInput* media, int64_t logits_rows, float* logits,
                      const CancelToken* cancel, const DumpFn& dump) {
   validate_prompt(ids, n, media, 0);

@@ -86,6 +86,9 @@ class Engine {
 
   // Vision tower + projector: [tiles * tokens_per_tile, hidden].
   std::vector<float> encode_images(const float* pixels, int64_t tiles, const CancelToken* cancel);
+  // The same work, leaving the features where the backend keeps them for the next forward (GPU memory on
+  // CUDA): what generate() does with an image, and what a vision benchmark should time.
+  void encode_images_in_backend(const float* pixels, int64_t tiles, const CancelToken* cancel);
 
   // Fresh sequence: prefill then sample until a stop id, max_tokens, on_token() == false or cancel.
   GenerateResult generate(const int32_t* ids, int64_t n, const MediaInput* media, const GenerateOptions& options,
