@@ -70,8 +70,8 @@ STEPS=${PLM_GPU_STEPS:-all}
 # GEMM kernels (native/cuda/gemm.cuh). PLM_GEMM_PATHS: each gets its own plm_cuda_test process (op tests,
 # engine end to end and timings with that kernel forced), so a new kernel that faults cannot take the main
 # parity run down. PLM_BENCH_GEMM_PATHS: the 1B benchmark is repeated with each one forced.
-GEMM_PATHS=${PLM_GEMM_PATHS:-tma128 tma256}
-BENCH_GEMM_PATHS=${PLM_BENCH_GEMM_PATHS:-mma tma128 tma256}
+GEMM_PATHS=${PLM_GEMM_PATHS:-mma}
+BENCH_GEMM_PATHS=${PLM_BENCH_GEMM_PATHS:-mma wgmma128}
 FIX=$(ls -d test/fixtures/text/*/ test/fixtures/vision/*/ 2>/dev/null | sed 's#/$##')
 if [ "$STEPS" = bench ]; then
   log "parity skipped (PLM_GPU_STEPS=bench)"

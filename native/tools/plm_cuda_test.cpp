@@ -3,8 +3,8 @@
 // checkpoints through plm::Engine with backend "cuda".
 //
 //   plm_cuda_test [--json OUT.json] [--seed N] [--quick] [--gemm-paths mma,wgmma128,...] [FIXTURE_DIR ...]
-// --gemm-paths: the GEMM kernels the op tests and timings sweep (default mma,wgmma128,wgmma256 where the
-// device runs them; tma128/tma256 are named explicitly so that a new kernel runs in a process of its own).
+// --gemm-paths: the GEMM kernels the op tests and timings sweep (default: every kernel the device runs;
+// name a new kernel explicitly, in a process of its own, until it has passed once).
 //
 // Prints one line per check and a last line "N passed, M failed"; exit code 1 on any failure. Without a
 // usable GPU it prints "SKIPPED: no CUDA device (reason)" and exits 0: it never reports a pass it did not run.
@@ -793,10 +793,10 @@ int main(int argc, char** argv) {
   std::vector<cu::GemmPath> gemm_paths;
   if (gemm_paths_arg.empty()) {
     gemm_paths.push_back(cu::GemmPath::kMma);
-    if (cu::gemm_wgmma_available()) {
-      gemm_paths.push_back(cu::GemmPath::kWgmma128);
-      gemm_paths.push_back(cu::GemmPath::kWgmma256);
-    }
+    if (cu::gemm_wgmma_available())
+      for (cu::GemmPath gp : {cu::GemmPath::kWgmma128, cu::GemmPath::kWgmma256, cu::GemmPath::kTma128,
+                              cu::GemmPath::kTma256})
+        gemm_paths.push_back(gp);
   } else {
     const cu::GemmPath all[] = {cu::GemmPath::kMma, cu::GemmPath::kWgmma128, cu::GemmPath::kWgmma256,
                                 cu::GemmPath::kTma128, cu::GemmPath::kTma256};
