@@ -2,11 +2,12 @@
 """Hugging Face transformers peer on the same GPU and the same checkpoint: bf16, sdpa attention, batch 1.
 
     python3 hf_peer.py --model /tmp/plm-1b --json OUT.json [--decode-tokens 128] [--prefill 512] [--tiles 1,37]
-                       [--ttft-tiles 37] [--runs 3] [--time-budget 150]
+                       [--ttft-tiles 37] [--describe-tokens 64] [--runs 3] [--time-budget 150]
 
 decode ms/token = (generate N tokens - generate 1 token) / (N - 1), min_new_tokens forces the length;
 prefill tokens/s (one forward, logits of the last row); vision tiles/s (get_image_features on random pixels);
-time to first token of an image prompt (generate 1 token with ttft-tiles tiles). Medians of --runs after a
+time to first token of an image prompt (generate 1 token with ttft-tiles tiles); "describe": the same prompt
+generating describe-tokens tokens (min_new_tokens forces the length), the whole call. Medians of --runs after a
 warm-up. When the full model cannot be built (e.g. timm missing), the text part is timed with a
 LlamaForCausalLM of the same shapes and random weights, and "fallback" says so.
 """
@@ -26,6 +27,7 @@ def main():
     ap.add_argument("--prefill", default="512")
     ap.add_argument("--tiles", default="1,37")
     ap.add_argument("--ttft-tiles", type=int, default=37)
+    ap.add_argument("--describe-tokens", type=int, default=0)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--time-budget", type=float, default=150.0)
     ap.add_argument("--device", default=None)
@@ -162,6 +164,14 @@ def main():
                     res["ttft_tiles"] = t
                     res["ttft_ms"] = ms
                     print(f"hf ttft {t} tiles: {ms:.1f} ms", flush=True)
+                    n = a.describe_tokens
+                    if n > 0 and not out_of_time():
+                        ms = med(lambda: model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                                        pixel_values=px, max_new_tokens=n, min_new_tokens=n,
+                                                        do_sample=False, pad_token_id=0), a.runs)
+                        res["describe_tokens"] = n
+                        res["describe_ms"] = ms
+                        print(f"hf describe {t} tiles + {n} tokens: {ms:.1f} ms", flush=True)
                 except Exception as e:  # noqa: BLE001
                     res["errors"].append(f"ttft: {e}")
     res["total_s"] = time.time() - t_start

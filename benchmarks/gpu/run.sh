@@ -95,7 +95,7 @@ bench_variant() {
   fi
   if [ -x "$BENCH" ]; then
     step "bench $v" "$need_bench" 150 "$BENCH" --model "$dir" --backend cuda --json "$OUT/bench_$v.json" \
-      --decode-tokens 128 --prefill 512,4096 --tiles 1,37 --ttft-tiles 37 --runs 3
+      --decode-tokens 128 --prefill 512,4096 --tiles 1,37 --ttft-tiles 37 --describe-tokens 64 --runs 3
   fi
 }
 bench_variant 1b 60 30
@@ -106,7 +106,7 @@ if [ -x "$BENCH" ] && [ -f "$WORK/plm-1b/config.json" ]; then
   done
 fi
 [ "${PLM_HF_PEER:-1}" = 1 ] && step "hf peer 1b" 60 110 python3 benchmarks/gpu/hf_peer.py --model "$WORK/plm-1b" --json "$OUT/hf_1b.json" \
-  --decode-tokens 64 --prefill 512 --tiles 1,37 --ttft-tiles 37 --runs 2 --time-budget 80
+  --decode-tokens 64 --prefill 512 --tiles 1,37 --ttft-tiles 37 --describe-tokens 64 --runs 2 --time-budget 80
 bench_variant 3b 100 40
 rm -rf "$WORK/plm-3b"
 bench_variant 8b 150 60
@@ -149,7 +149,7 @@ else:
         if not r["pass"] and not r["info"]:
             print(f"  FAIL {r['name']}: err {r['err']:.3g} bound {r['bound']:.3g} {r['detail']}")
 floor = {"1b": 0.74, "3b": 1.92, "8b": 4.48}
-print(f"{'run':<10}{'decode ms/tok':>14}{'floor':>7}{'prefill512 tok/s':>18}{'prefill4096 tok/s':>19}{'vision37 tiles/s':>18}{'TTFT37 ms':>11}")
+print(f"{'run':<10}{'decode ms/tok':>14}{'floor':>7}{'prefill512 tok/s':>18}{'prefill4096 tok/s':>19}{'vision37 tiles/s':>18}{'TTFT37 ms':>11}{'describe37+64 ms':>18}")
 def row(name, d, v=None):
     if not d:
         print(f"{name:<10}  (no result)")
@@ -162,8 +162,9 @@ def row(name, d, v=None):
     dec_s = f"{dec:.3f}" if dec else "-"
     fl = str(floor.get(v, "")) if v else ""
     tt = f"{d['ttft_ms']:.1f}" if "ttft_ms" in d else "-"
+    de = f"{d['describe_ms']:.1f}" if "describe_ms" in d else "-"
     print(f"{name:<10}{dec_s:>14}{fl:>7}{g(pf.get('512', {}), 'tokens_per_s'):>18}"
-          f"{g(pf.get('4096', {}), 'tokens_per_s'):>19}{g(vi.get('37', {}), 'tiles_per_s'):>18}{tt:>11}")
+          f"{g(pf.get('4096', {}), 'tokens_per_s'):>19}{g(vi.get('37', {}), 'tiles_per_s'):>18}{tt:>11}{de:>18}")
     if d.get("error"):
         print("   error:", d["error"])
     for e in d.get("errors", []):

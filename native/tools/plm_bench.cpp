@@ -1,9 +1,10 @@
 // Benchmark through plm::Engine on any backend (cpu or cuda):
 //   plm_bench --model DIR --backend cuda|cpu --json OUT.json [--decode-tokens 128] [--prefill 512,4096]
-//             [--tiles 1,37] [--ttft-tiles 37] [--runs 3] [--max-context N]
+//             [--tiles 1,37] [--ttft-tiles 37] [--describe-tokens 64] [--runs 3] [--max-context N]
 // decode ms/token (median over runs, after a warm-up), prefill tokens/s, vision tiles/s (encode_images on
 // random pixels), and time to first token for an image prompt of ttft-tiles tiles (vision + prefill of
-// tiles*256 placeholders + a few text tokens + the first sample). Every number is a median of --runs runs.
+// tiles*256 placeholders + a few text tokens + the first sample), and "describe": the same image prompt
+// generating describe-tokens tokens (no early stop), the whole request. Every number is a median of --runs.
 #include <cstdint>
 #include <algorithm>
 #include <chrono>
@@ -53,7 +54,7 @@ std::string esc(const std::string& s) {
 
 int main(int argc, char** argv) {
   std::string model, backend = "cuda", json;
-  int decode_tokens = 128, runs = 3, max_context = 0, ttft_tiles = 37;
+  int decode_tokens = 128, runs = 3, max_context = 0, ttft_tiles = 37, describe_tokens = 0;
   std::vector<int> prefill = {512, 4096}, tiles = {1, 37};
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -65,6 +66,7 @@ int main(int argc, char** argv) {
     else if (a == "--prefill") prefill = parse_list(next());
     else if (a == "--tiles") tiles = parse_list(next());
     else if (a == "--ttft-tiles") ttft_tiles = std::stoi(next());
+    else if (a == "--describe-tokens") describe_tokens = std::stoi(next());
     else if (a == "--runs") runs = std::max(1, std::stoi(next()));
     else if (a == "--max-context") max_context = std::stoi(next());
     else {
@@ -191,6 +193,20 @@ int main(int argc, char** argv) {
           add("ttft_ms", std::to_string(median(ms)));
           add("ttft_vision_ms", std::to_string(median(vis)));
           add("ttft_prefill_ms", std::to_string(median(pre)));
+          if (describe_tokens > 0) {  // one whole "describe this image" request: vision, prefill, N tokens
+            go.max_tokens = describe_tokens;
+            std::vector<double> dm;
+            size_t got = 0;
+            for (int r = 0; r <= runs; ++r) {
+              const double a = now_ms();
+              GenerateResult res = eng->generate(ids.data(), int64_t(ids.size()), &media, go, nullptr);
+              if (r > 0) dm.push_back(now_ms() - a);
+              got = res.tokens.size();
+            }
+            std::printf("describe %d tiles + %zu tokens: %.1f ms\n", ttft_tiles, got, median(dm));
+            add("describe_tokens", std::to_string(got));
+            add("describe_ms", std::to_string(median(dm)));
+          }
         }
       }
     }
