@@ -1,6 +1,6 @@
 // AMX-BF16 flash attention for many query rows (ViT tiles, prefill chunks) in precision "bf16".
 //
-// Per task: one query head x 16 query rows, streaming over the keys in blocks of 64. Q (pre-scaled), K and
+// Per task: one query head x 16 query rows, streaming over the keys (see task_fixed below for head_dim <= 64). Q (pre-scaled), K and
 // V are rounded to bf16; S = Q·K^T and O += P·V run on AMX tiles with f32 accumulation; the online softmax
 // (running max, sum, rescale of O) runs in f32 on AVX-512. No [Tq, Tk] matrix exists at any time: per
 // task the state is a 16 x 64 score block, a 16 x hd f32 output block and the running max/sum.
@@ -98,7 +98,7 @@ bool attention_amx_bf16(const float* q, const float* k, const float* v, float* o
   parallel_for(pool, pblocks, 2, pack);
 
   const int64_t qblocks = (Tq + 15) / 16;
-  auto task = [&](int64_t t) {
+  auto task_online = [&](int64_t t) {
     const int h = static_cast<int>(t % s.heads), kvh = h / group;
     const int64_t i0 = (t / s.heads) * 16, rows = std::min<int64_t>(16, Tq - i0);
     alignas(64) uint16_t qs[16 * 256];     // [16][hd] bf16, scaled
@@ -251,8 +251,143 @@ bool attention_amx_bf16(const float* q, const float* k, const float* v, float* o
       for (int c = 0; c < cblocks; ++c) _mm512_storeu_ps(dst + c * 16, _mm512_mul_ps(_mm512_load_ps(o + r * hd + c * 16), inv));
     }
   };
+  // Fixed-reference softmax for head_dim <= 64: every score of row i is at most B_i = |q_i| * max_j |k_j| *
+  // scale (Cauchy-Schwarz), so P = exp(S - B_i) never overflows and needs no running max: no rescaling of O,
+  // which therefore stays in accumulator tiles 0..3 over all keys, and no per-block max reductions. P keeps
+  // bf16's relative precision at any magnitude; a row whose sum comes out below 1e-20 (its bound more than
+  // ~46 above its real max, where tiny terms could lose precision) sends the task to the online kernel.
+  std::vector<float> kmax_norm(static_cast<size_t>(s.kv_heads), 0.f);
+  const bool fixed_ref = hd <= 64;
+  if (fixed_ref) {
+    parallel_for(pool, s.kv_heads, 1, [&](int64_t h0, int64_t h1) {
+      for (int64_t h = h0; h < h1; ++h) {
+        float m = 0.f;
+        for (int64_t j = 0; j < Tk; ++j) {
+          const float* kr = k + j * s.kv_stride + h * hd;
+          __m512 acc = _mm512_setzero_ps();
+          for (int d = 0; d < hd; d += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(kr + d), _mm512_loadu_ps(kr + d), acc);
+          m = std::max(m, _mm512_reduce_add_ps(acc));
+        }
+        kmax_norm[size_t(h)] = std::sqrt(m);
+      }
+    });
+  }
+  auto task_fixed = [&](int64_t t) -> bool {
+    const int h = static_cast<int>(t % s.heads), kvh = h / group;
+    const int64_t i0 = (t / s.heads) * 16, rows = std::min<int64_t>(16, Tq - i0);
+    alignas(64) uint16_t qs[16 * 64];        // [16][hd] bf16, scaled
+    alignas(64) float o[16 * 64];            // [16][hd] f32 output, stored once at the end
+    alignas(64) float sc[2][16][16];         // score tiles: [key half][row][key]
+    alignas(64) uint16_t p[16][32];          // bf16 probabilities, the A operand of P·V
+    alignas(64) float sumv[16][16];          // per-row partial sums, reduced once at the end
+    float bound[16];
+    int64_t limit[16];
+    int64_t kmax = 0, kmin = Tk;
+    const __m512 scale = _mm512_set1_ps(s.scale);
+    for (int r = 0; r < 16; ++r) {
+      uint16_t* qd = qs + r * hd;
+      _mm512_store_ps(sumv[r], _mm512_setzero_ps());
+      if (r < rows) {
+        const int64_t i = i0 + r;
+        const float* qr = q + i * s.q_stride + int64_t(h) * hd;
+        __m512 nrm = _mm512_setzero_ps();
+        for (int d = 0; d < hd; d += 32) {
+          const __m512 a = _mm512_mul_ps(_mm512_loadu_ps(qr + d), scale);
+          const __m512 b = _mm512_mul_ps(_mm512_loadu_ps(qr + d + 16), scale);
+          nrm = _mm512_fmadd_ps(b, b, _mm512_fmadd_ps(a, a, nrm));
+          _mm512_store_si512(qd + d, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+        }
+        // 1% + a constant above the exact bound: Q and K are rounded to bf16 before the products
+        bound[r] = std::sqrt(_mm512_reduce_add_ps(nrm)) * kmax_norm[size_t(kvh)] * 1.01f + 1e-3f;
+        limit[r] = s.causal ? std::min(Tk, s.q_offset + i + 1) : Tk;
+        kmin = std::min(kmin, limit[r]);
+      } else {
+        std::memset(qd, 0, hd * sizeof(uint16_t));
+        bound[r] = 0.f;
+        limit[r] = 0;  // padding row: every key masked, never written out
+      }
+      kmax = std::max(kmax, limit[r]);
+    }
+    const uint16_t* kh = Kp + int64_t(kvh) * kv_elems;
+    const uint16_t* vh = Vp + int64_t(kvh) * kv_elems;
+    const int64_t kstride = Tkp * 4, vstride = int64_t(hd) * 4, qstride = int64_t(hd) * 2;
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    configure_tiles();
+    // O accumulators 0..cblocks-1, S in 4/5, operands in 6 (Q chunk, then P) and 7 (K, then V).
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t j0 = 0; j0 < kmax; j0 += 32) {
+      _tile_zero(4);
+      _tile_zero(5);
+      for (int c = 0; c < dchunks; ++c) {
+        _tile_loadd(6, qs + c * 32, qstride);
+        const uint16_t* kb = kh + (int64_t(c) * 16 * Tkp + j0) * 2;
+        _tile_loadd(7, kb, kstride);
+        _tile_dpbf16ps(4, 6, 7);
+        _tile_loadd(7, kb + 32, kstride);
+        _tile_dpbf16ps(5, 6, 7);
+      }
+      _tile_stored(4, sc[0], 64);
+      _tile_stored(5, sc[1], 64);
+      const bool need_mask = j0 + 32 > kmin;
+      for (int r = 0; r < 16; ++r) {
+        const int64_t valid = limit[r] - j0;
+        if (valid <= 0) {  // no key of this block is visible to the row (causal, or padding)
+          _mm512_store_si512(p[r], _mm512_setzero_si512());
+          continue;
+        }
+        __m512 x0 = _mm512_load_ps(sc[0][r]), x1 = _mm512_load_ps(sc[1][r]);
+        if (need_mask) {
+          const __mmask16 m0 = _mm512_cmp_epi32_mask(lane, _mm512_set1_epi32(static_cast<int>(std::min<int64_t>(16, valid))), _MM_CMPINT_LT);
+          const __mmask16 m1 = _mm512_cmp_epi32_mask(lane, _mm512_set1_epi32(static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(16, valid - 16)))), _MM_CMPINT_LT);
+          x0 = _mm512_mask_blend_ps(m0, _mm512_set1_ps(-INFINITY), x0);
+          x1 = _mm512_mask_blend_ps(m1, _mm512_set1_ps(-INFINITY), x1);
+        }
+        const __m512 b = _mm512_set1_ps(bound[r]);
+        const __m512 e0 = exp_neg(_mm512_sub_ps(x0, b)), e1 = exp_neg(_mm512_sub_ps(x1, b));
+        _mm512_store_ps(sumv[r], _mm512_add_ps(_mm512_load_ps(sumv[r]), _mm512_add_ps(e0, e1)));
+        _mm512_store_si512(p[r], (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
+      }
+      _tile_loadd(6, p[0], 64);
+      const uint16_t* v0 = vh + ((j0 / 2) * hd) * 2;
+      _tile_loadd(7, v0, vstride);
+      _tile_dpbf16ps(0, 6, 7);
+      if (cblocks > 1) {
+        _tile_loadd(7, v0 + 32, vstride);
+        _tile_dpbf16ps(1, 6, 7);
+      }
+      if (cblocks > 2) {
+        _tile_loadd(7, v0 + 64, vstride);
+        _tile_dpbf16ps(2, 6, 7);
+      }
+      if (cblocks > 3) {
+        _tile_loadd(7, v0 + 96, vstride);
+        _tile_dpbf16ps(3, 6, 7);
+      }
+    }
+    _tile_stored(0, o, int64_t(hd) * 4);
+    if (cblocks > 1) _tile_stored(1, o + 16, int64_t(hd) * 4);
+    if (cblocks > 2) _tile_stored(2, o + 32, int64_t(hd) * 4);
+    if (cblocks > 3) _tile_stored(3, o + 48, int64_t(hd) * 4);
+    _tile_release();
+    float sum[16];
+    for (int64_t r = 0; r < rows; ++r) {
+      sum[r] = _mm512_reduce_add_ps(_mm512_load_ps(sumv[r]));
+      if (!(sum[r] >= 1e-20f)) return false;  // bound too loose for this row: the online kernel redoes the task
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      float* dst = out + (i0 + r) * s.q_stride + int64_t(h) * hd;
+      const __m512 inv = _mm512_set1_ps(1.0f / sum[r]);
+      for (int c = 0; c < cblocks; ++c) _mm512_storeu_ps(dst + c * 16, _mm512_mul_ps(_mm512_load_ps(o + r * hd + c * 16), inv));
+    }
+    return true;
+  };
   const int64_t tasks = qblocks * s.heads;
-  run_tasks(pool, tasks, task);
+  run_tasks(pool, tasks, [&](int64_t t) {
+    if (!fixed_ref || !task_fixed(t)) task_online(t);
+  });
   return true;
 }
 
