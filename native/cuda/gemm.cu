@@ -11,7 +11,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
-#include <string>
+#include <cstring>
 
 #include "cuda/common.cuh"
 #include "cuda/ptx.cuh"
@@ -242,19 +242,15 @@ void gemm_bf16_reference(const uint16_t* A, int64_t lda, const uint16_t* W, int6
 }
 
 namespace {
+constexpr int kGemmPaths = 6;  // GemmPath values
 GemmPath path_from_env() {
   const char* e = std::getenv("PLM_CUDA_GEMM");
-  if (!e) return GemmPath::kAuto;
-  const std::string v(e);
-  if (v == "mma") return GemmPath::kMma;
-  if (v == "wgmma128") return GemmPath::kWgmma128;
-  if (v == "wgmma256") return GemmPath::kWgmma256;
-  if (v == "tma128") return GemmPath::kTma128;
-  if (v == "tma256") return GemmPath::kTma256;
+  for (int p = 1; e && p < kGemmPaths; ++p)
+    if (std::strcmp(e, gemm_path_name(GemmPath(p))) == 0) return GemmPath(p);
   return GemmPath::kAuto;
 }
 std::atomic<int> g_path{-1};
-std::atomic<uint64_t> g_launches[6];
+std::atomic<uint64_t> g_launches[kGemmPaths];
 void count_launch(GemmPath k) { g_launches[int(k)].fetch_add(1, std::memory_order_relaxed); }
 }  // namespace
 
