@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "core/half.h"
@@ -47,6 +48,56 @@ inline __m512 exp_neg(__m512 x) {
 }
 
 constexpr int kKeyBlock = 64;
+
+// Lanes 0 .. n-1 of 16 (n clamped to [0, 16]): the keys of a 16-key score vector a row may see.
+inline __mmask16 first_lanes(int64_t n) {
+  return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
+}
+
+// Query rows i0 .. i0+15 of head h, scaled and rounded to bf16 into qs [16][hd]; rows past q_len are zero
+// padding. limit[r]: how many keys row r sees (0 for padding). norm (optional): |scaled q row| in f32.
+// Returns {kmin over the real rows, kmax}.
+std::pair<int64_t, int64_t> load_q_block(const float* q, const AttentionShape& s, int h, int64_t i0, uint16_t* qs,
+                                         int64_t* limit, float* norm) {
+  const int hd = s.head_dim;
+  const int64_t rows = std::min<int64_t>(16, s.q_len - i0);
+  const __m512 scale = _mm512_set1_ps(s.scale);
+  int64_t kmin = s.kv_len, kmax = 0;
+  for (int r = 0; r < 16; ++r) {
+    uint16_t* qd = qs + r * hd;
+    if (r < rows) {
+      const int64_t i = i0 + r;
+      const float* qr = q + i * s.q_stride + int64_t(h) * hd;
+      __m512 nrm = _mm512_setzero_ps();
+      for (int d = 0; d < hd; d += 32) {
+        const __m512 a = _mm512_mul_ps(_mm512_loadu_ps(qr + d), scale);
+        const __m512 b = _mm512_mul_ps(_mm512_loadu_ps(qr + d + 16), scale);
+        if (norm) nrm = _mm512_fmadd_ps(b, b, _mm512_fmadd_ps(a, a, nrm));
+        _mm512_store_si512(qd + d, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+      }
+      if (norm) norm[r] = std::sqrt(_mm512_reduce_add_ps(nrm));
+      limit[r] = s.causal ? std::min(s.kv_len, s.q_offset + i + 1) : s.kv_len;
+      kmin = std::min(kmin, limit[r]);
+    } else {
+      std::memset(qd, 0, hd * sizeof(uint16_t));
+      if (norm) norm[r] = 0.f;
+      limit[r] = 0;  // padding row: every key masked, never written out
+    }
+    kmax = std::max(kmax, limit[r]);
+  }
+  return {kmin, kmax};
+}
+
+// out rows i0 .. i0+rows-1 of head h = o [16][hd] / sum.
+void write_out_rows(float* out, const AttentionShape& s, int h, int64_t i0, int64_t rows, const float* o,
+                    const float* sum) {
+  const int hd = s.head_dim;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* dst = out + (i0 + r) * s.q_stride + int64_t(h) * hd;
+    const __m512 inv = _mm512_set1_ps(1.0f / sum[r]);
+    for (int c = 0; c < hd; c += 16) _mm512_storeu_ps(dst + c, _mm512_mul_ps(_mm512_load_ps(o + r * hd + c), inv));
+  }
+}
 
 }  // namespace
 
@@ -109,33 +160,15 @@ bool attention_amx_bf16(const float* q, const float* k, const float* v, float* o
     alignas(64) float corr[16];
     float mx[16], sum[16];
     int64_t limit[16];
-    int64_t kmax = 0, kmin = Tk;
-    const __m512 scale = _mm512_set1_ps(s.scale);
+    const auto [kmin, kmax] = load_q_block(q, s, h, i0, qs, limit, nullptr);
+    std::memset(o, 0, 16 * hd * sizeof(float));
     for (int r = 0; r < 16; ++r) {
-      const int64_t i = i0 + r;
-      uint16_t* qd = qs + r * hd;
-      if (r < rows) {
-        const float* qr = q + i * s.q_stride + int64_t(h) * hd;
-        for (int d = 0; d < hd; d += 32) {
-          const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_mul_ps(_mm512_loadu_ps(qr + d + 16), scale),
-                                                 _mm512_mul_ps(_mm512_loadu_ps(qr + d), scale));
-          _mm512_store_si512(qd + d, (__m512i)b);
-        }
-        limit[r] = s.causal ? std::min(Tk, s.q_offset + i + 1) : Tk;
-      } else {
-        std::memset(qd, 0, hd * sizeof(uint16_t));
-        limit[r] = 0;  // padding row: never read
-      }
-      std::memset(o + r * hd, 0, hd * sizeof(float));
       mx[r] = -INFINITY;
       sum[r] = 0.f;
-      kmax = std::max(kmax, limit[r]);
-      if (r < rows) kmin = std::min(kmin, limit[r]);
     }
     const uint16_t* kh = Kp + int64_t(kvh) * kv_elems;
     const uint16_t* vh = Vp + int64_t(kvh) * kv_elems;
     const int64_t kstride = Tkp * 4, vstride = int64_t(hd) * 4, qstride = int64_t(hd) * 2;
-    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     configure_tiles();
     for (int64_t j0 = 0; j0 < kmax; j0 += kKeyBlock) {
       // S = Q·K^T for 16 rows x 64 keys: accumulators 0..3, Q chunk in 4, K tiles in 5/6.
@@ -177,11 +210,7 @@ bool attention_amx_bf16(const float* q, const float* k, const float* v, float* o
         __m512 x[4];
         for (int b = 0; b < 4; ++b) {
           x[b] = _mm512_load_ps(sc[b][r]);
-          if (need_mask) {
-            const int64_t vb = std::min<int64_t>(16, std::max<int64_t>(0, valid - b * 16));
-            const __mmask16 vm = _mm512_cmp_epi32_mask(lane, _mm512_set1_epi32(static_cast<int>(vb)), _MM_CMPINT_LT);
-            x[b] = _mm512_mask_blend_ps(vm, _mm512_set1_ps(-INFINITY), x[b]);
-          }
+          if (need_mask) x[b] = _mm512_mask_blend_ps(first_lanes(valid - b * 16), _mm512_set1_ps(-INFINITY), x[b]);
         }
         const float bmax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(x[0], x[1]), _mm512_max_ps(x[2], x[3])));
         const float nmax = std::max(mx[r], bmax);
@@ -245,11 +274,7 @@ bool attention_amx_bf16(const float* q, const float* k, const float* v, float* o
       }
     }
     _tile_release();
-    for (int64_t r = 0; r < rows; ++r) {
-      float* dst = out + (i0 + r) * s.q_stride + int64_t(h) * hd;
-      const __m512 inv = _mm512_set1_ps(1.0f / sum[r]);
-      for (int c = 0; c < cblocks; ++c) _mm512_storeu_ps(dst + c * 16, _mm512_mul_ps(_mm512_load_ps(o + r * hd + c * 16), inv));
-    }
+    write_out_rows(out, s, h, i0, rows, o, sum);
   };
   // Fixed-reference softmax for head_dim <= 64: every score of row i is at most B_i = |q_i| * max_j |k_j| *
   // scale (Cauchy-Schwarz), so P = exp(S - B_i) never overflows and needs no running max: no rescaling of O,
@@ -282,36 +307,15 @@ bool attention_amx_bf16(const float* q, const float* k, const float* v, float* o
     alignas(64) float sumv[16][16];          // per-row partial sums, reduced once at the end
     float bound[16];
     int64_t limit[16];
-    int64_t kmax = 0, kmin = Tk;
-    const __m512 scale = _mm512_set1_ps(s.scale);
+    const auto [kmin, kmax] = load_q_block(q, s, h, i0, qs, limit, bound);
     for (int r = 0; r < 16; ++r) {
-      uint16_t* qd = qs + r * hd;
       _mm512_store_ps(sumv[r], _mm512_setzero_ps());
-      if (r < rows) {
-        const int64_t i = i0 + r;
-        const float* qr = q + i * s.q_stride + int64_t(h) * hd;
-        __m512 nrm = _mm512_setzero_ps();
-        for (int d = 0; d < hd; d += 32) {
-          const __m512 a = _mm512_mul_ps(_mm512_loadu_ps(qr + d), scale);
-          const __m512 b = _mm512_mul_ps(_mm512_loadu_ps(qr + d + 16), scale);
-          nrm = _mm512_fmadd_ps(b, b, _mm512_fmadd_ps(a, a, nrm));
-          _mm512_store_si512(qd + d, (__m512i)_mm512_cvtne2ps_pbh(b, a));
-        }
-        // 1% + a constant above the exact bound: Q and K are rounded to bf16 before the products
-        bound[r] = std::sqrt(_mm512_reduce_add_ps(nrm)) * kmax_norm[size_t(kvh)] * 1.01f + 1e-3f;
-        limit[r] = s.causal ? std::min(Tk, s.q_offset + i + 1) : Tk;
-        kmin = std::min(kmin, limit[r]);
-      } else {
-        std::memset(qd, 0, hd * sizeof(uint16_t));
-        bound[r] = 0.f;
-        limit[r] = 0;  // padding row: every key masked, never written out
-      }
-      kmax = std::max(kmax, limit[r]);
+      // 1% + a constant above the exact bound: Q and K are rounded to bf16 before the products
+      if (r < rows) bound[r] = bound[r] * kmax_norm[size_t(kvh)] * 1.01f + 1e-3f;
     }
     const uint16_t* kh = Kp + int64_t(kvh) * kv_elems;
     const uint16_t* vh = Vp + int64_t(kvh) * kv_elems;
     const int64_t kstride = Tkp * 4, vstride = int64_t(hd) * 4, qstride = int64_t(hd) * 2;
-    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     configure_tiles();
     // O accumulators 0..cblocks-1, S in 4/5, operands in 6 (Q chunk, then P) and 7 (K, then V).
     _tile_zero(0);
@@ -340,10 +344,8 @@ bool attention_amx_bf16(const float* q, const float* k, const float* v, float* o
         }
         __m512 x0 = _mm512_load_ps(sc[0][r]), x1 = _mm512_load_ps(sc[1][r]);
         if (need_mask) {
-          const __mmask16 m0 = _mm512_cmp_epi32_mask(lane, _mm512_set1_epi32(static_cast<int>(std::min<int64_t>(16, valid))), _MM_CMPINT_LT);
-          const __mmask16 m1 = _mm512_cmp_epi32_mask(lane, _mm512_set1_epi32(static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(16, valid - 16)))), _MM_CMPINT_LT);
-          x0 = _mm512_mask_blend_ps(m0, _mm512_set1_ps(-INFINITY), x0);
-          x1 = _mm512_mask_blend_ps(m1, _mm512_set1_ps(-INFINITY), x1);
+          x0 = _mm512_mask_blend_ps(first_lanes(valid), _mm512_set1_ps(-INFINITY), x0);
+          x1 = _mm512_mask_blend_ps(first_lanes(valid - 16), _mm512_set1_ps(-INFINITY), x1);
         }
         const __m512 b = _mm512_set1_ps(bound[r]);
         const __m512 e0 = exp_neg(_mm512_sub_ps(x0, b)), e1 = exp_neg(_mm512_sub_ps(x1, b));
@@ -377,11 +379,7 @@ bool attention_amx_bf16(const float* q, const float* k, const float* v, float* o
       sum[r] = _mm512_reduce_add_ps(_mm512_load_ps(sumv[r]));
       if (!(sum[r] >= 1e-20f)) return false;  // bound too loose for this row: the online kernel redoes the task
     }
-    for (int64_t r = 0; r < rows; ++r) {
-      float* dst = out + (i0 + r) * s.q_stride + int64_t(h) * hd;
-      const __m512 inv = _mm512_set1_ps(1.0f / sum[r]);
-      for (int c = 0; c < cblocks; ++c) _mm512_storeu_ps(dst + c * 16, _mm512_mul_ps(_mm512_load_ps(o + r * hd + c * 16), inv));
-    }
+    write_out_rows(out, s, h, i0, rows, o, sum);
     return true;
   };
   const int64_t tasks = qblocks * s.heads;
