@@ -244,15 +244,24 @@ void gemm_bf16_reference(const uint16_t* A, int64_t lda, const uint16_t* W, int6
 namespace {
 constexpr int kGemmPaths = 6;  // GemmPath values
 GemmPath path_from_env() {
+  GemmPath p = GemmPath::kAuto;
   const char* e = std::getenv("PLM_CUDA_GEMM");
-  for (int p = 1; e && p < kGemmPaths; ++p)
-    if (std::strcmp(e, gemm_path_name(GemmPath(p))) == 0) return GemmPath(p);
-  return GemmPath::kAuto;
+  if (e) gemm_path_from_name(e, &p);
+  return p;
 }
 std::atomic<int> g_path{-1};
 std::atomic<uint64_t> g_launches[kGemmPaths];
 void count_launch(GemmPath k) { g_launches[int(k)].fetch_add(1, std::memory_order_relaxed); }
 }  // namespace
+
+bool gemm_path_from_name(const char* name, GemmPath* out) {
+  for (int p = 1; p < kGemmPaths; ++p)
+    if (std::strcmp(name, gemm_path_name(GemmPath(p))) == 0) {
+      *out = GemmPath(p);
+      return true;
+    }
+  return false;
+}
 
 uint64_t gemm_launch_count(GemmPath kernel) { return g_launches[int(kernel)].load(); }
 
@@ -302,8 +311,7 @@ void gemm_bf16(const uint16_t* A, int64_t lda, const uint16_t* W, int64_t ldw, i
                      gemm_path_name(path), (long long)M, (long long)N, (long long)K);
     }
   }
-  const bool fast = K % 8 == 0 && lda % 8 == 0 && ldw % 8 == 0 && aligned16(A) && aligned16(W);
-  if (!fast) {
+  if (!gemm_operands_vectorizable(A, lda, W, ldw, K)) {
     gemm_bf16_reference(A, lda, W, ldw, M, N, K, ep, stream);
     return;
   }

@@ -39,6 +39,14 @@ enum class GemmPath : int { kAuto = 0, kMma = 1, kWgmma128 = 2, kWgmma256 = 3, k
 void set_gemm_path(GemmPath p);
 GemmPath gemm_path();
 const char* gemm_path_name(GemmPath p);
+// The GemmPath named `name` (one of gemm_path_name's, not "auto"); false for any other string.
+bool gemm_path_from_name(const char* name, GemmPath* out);
+
+// What every tensor-core kernel needs: 16-byte aligned A and W with rows of a multiple of 8 elements.
+inline bool gemm_operands_vectorizable(const void* A, int64_t lda, const void* W, int64_t ldw, int64_t K) {
+  return K % 8 == 0 && lda % 8 == 0 && ldw % 8 == 0 && (reinterpret_cast<uintptr_t>(A) & 15) == 0 &&
+         (reinterpret_cast<uintptr_t>(W) & 15) == 0;
+}
 bool gemm_wgmma_available();  // sm_90 device and sm_90a code in this build
 // Launches of each kernel by gemm_bf16 so far (kMma: the mma.sync kernel): tests check which one really ran.
 uint64_t gemm_launch_count(GemmPath kernel);

@@ -137,9 +137,9 @@ bool gemm_wgmma_available() { return wgmma_available_on_current_device(); }
 bool gemm_bf16_wgmma(int bn, const uint16_t* A, int64_t lda, const uint16_t* W, int64_t ldw, int64_t M, int64_t N,
                      int64_t K, const Epilogue& ep, void* stream) {
   if (M <= 0 || N <= 0) return true;
-  const bool shape_ok = K % 8 == 0 && lda % 8 == 0 && ldw % 8 == 0 &&
-                        (reinterpret_cast<uintptr_t>(A) & 15) == 0 && (reinterpret_cast<uintptr_t>(W) & 15) == 0;
-  if (!shape_ok || (bn != 128 && bn != 256) || !wgmma_available_on_current_device()) return false;
+  if (!gemm_operands_vectorizable(A, lda, W, ldw, K) || (bn != 128 && bn != 256) ||
+      !wgmma_available_on_current_device())
+    return false;
   const bf16* a = reinterpret_cast<const bf16*>(A);
   const bf16* w = reinterpret_cast<const bf16*>(W);
   if (bn == 128) {

@@ -149,11 +149,11 @@ bool launch_tma(const uint16_t* A, int64_t lda, const uint16_t* W, int64_t ldw, 
 bool gemm_bf16_wgmma_tma(int bn, const uint16_t* A, int64_t lda, const uint16_t* W, int64_t ldw, int64_t M,
                          int64_t N, int64_t K, const Epilogue& ep, void* stream) {
   if (M <= 0 || N <= 0) return true;
-  // TMA: 16-byte aligned base, row strides a multiple of 16 bytes, coordinates in int32.
-  const bool shape_ok = K % 8 == 0 && lda % 8 == 0 && ldw % 8 == 0 && M < (int64_t(1) << 31) &&
-                        N < (int64_t(1) << 31) && (reinterpret_cast<uintptr_t>(A) & 15) == 0 &&
-                        (reinterpret_cast<uintptr_t>(W) & 15) == 0;
-  if (!shape_ok || (bn != 128 && bn != 256) || !gemm_wgmma_available()) return false;
+  // TMA: 16-byte aligned base, row strides a multiple of 16 bytes (both as for every kernel), int32 coordinates.
+  const bool int32_coords = M < (int64_t(1) << 31) && N < (int64_t(1) << 31);
+  if (!gemm_operands_vectorizable(A, lda, W, ldw, K) || !int32_coords || (bn != 128 && bn != 256) ||
+      !gemm_wgmma_available())
+    return false;
   return bn == 128 ? launch_tma<128>(A, lda, W, ldw, M, N, K, ep, stream)
                    : launch_tma<256>(A, lda, W, ldw, M, N, K, ep, stream);
 }

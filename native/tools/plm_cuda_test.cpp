@@ -798,19 +798,14 @@ int main(int argc, char** argv) {
                               cu::GemmPath::kTma256})
         gemm_paths.push_back(gp);
   } else {
-    const cu::GemmPath all[] = {cu::GemmPath::kMma, cu::GemmPath::kWgmma128, cu::GemmPath::kWgmma256,
-                                cu::GemmPath::kTma128, cu::GemmPath::kTma256};
     size_t pos = 0;
     while (pos <= gemm_paths_arg.size()) {
       const size_t end = std::min(gemm_paths_arg.find(',', pos), gemm_paths_arg.size());
       const std::string name = gemm_paths_arg.substr(pos, end - pos);
-      bool known = false;
-      for (cu::GemmPath gp : all)
-        if (name == cu::gemm_path_name(gp)) {
-          gemm_paths.push_back(gp);
-          known = true;
-        }
-      if (!known) {
+      cu::GemmPath gp;
+      if (cu::gemm_path_from_name(name.c_str(), &gp)) {
+        gemm_paths.push_back(gp);
+      } else {
         std::fprintf(stderr, "unknown GEMM path '%s' (mma, wgmma128, wgmma256, tma128, tma256)\n", name.c_str());
         return 2;
       }
