@@ -310,7 +310,7 @@ class StageData(torch.utils.data.Dataset):
         st = STAGES[self.k]
         if self.bt is None:
             self.bt = Batcher(self.tok, st["input_type"], st["tiles"], st["caption_prob"])
-        seed0 = D.TRAIN_BASE + self.k * 2_000_000
+        seed0 = st.get("seed_base", D.TRAIN_BASE + self.k * 2_000_000)  # seed_base: continuations on fresh seeds
         return self.bt.batch([seed0 + step * st["batch"] + i for i in range(st["batch"])])
 
 

@@ -4,7 +4,7 @@
     reference/.venv/bin/python training/experiments/grow_decoder.py 600 1e-3 /tmp/plm-grow600
     reference/.venv/bin/python training/eval.py --model /tmp/plm-grow600 --out training/experiments/eval_grow_decoder.json
 """
-import sys, time, math
+import sys, time
 from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent)); sys.path.insert(0, str(HERE.parents[1] / "reference"))
@@ -40,15 +40,9 @@ with torch.no_grad():
     for i in range(1, NEW_LAYERS, 2):
         L = model.model.language_model.layers[i]
         L.self_attn.o_proj.weight.zero_(); L.mlp.down_proj.weight.zero_()
-T.STAGES[9] = dict(T.STAGES[3]); T.STAGES[9].update(steps=STEPS, lr=LR, warmup=50)
+T.STAGES[9] = dict(T.STAGES[3])
 # fresh data: stage-3-like batches from seeds 7,100,000+ (train range, below the 9,000,000 test seeds)
-orig_get = T.StageData.__getitem__
-def getitem(self, step):
-    st = T.STAGES[self.k]
-    if self.bt is None:
-        self.bt = T.Batcher(self.tok, st["input_type"], st["tiles"], st["caption_prob"])
-    return self.bt.batch([7_100_000 + step * st["batch"] + i for i in range(st["batch"])])
-T.StageData.__getitem__ = getitem
+T.STAGES[9].update(steps=STEPS, lr=LR, warmup=50, seed_base=7_100_000)
 T.log(f"grow: {NEW_LAYERS} layers, steps {STEPS} lr {LR}; missing {len(missing)}")
 t0 = time.time()
 T.run_stage(9, model, small, tok, 0)

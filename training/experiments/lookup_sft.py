@@ -51,17 +51,7 @@ sd = torch.load(T.CKPT / "stage3.pt")
 small.weight.data.copy_(sd.pop("small_embedding"))
 model.load_state_dict(sd, strict=False)
 T.STAGES[9] = dict(T.STAGES[3])
-T.STAGES[9].update(steps=STEPS, lr=LR, warmup=50)
-
-
-def getitem(self, step):
-    st = T.STAGES[self.k]
-    if self.bt is None:
-        self.bt = T.Batcher(self.tok, st["input_type"], st["tiles"], st["caption_prob"])
-    return self.bt.batch([7_200_000 + step * st["batch"] + i for i in range(st["batch"])])
-
-
-T.StageData.__getitem__ = getitem
+T.STAGES[9].update(steps=STEPS, lr=LR, warmup=50, seed_base=7_200_000)  # fresh train seeds
 T.log(f"lookup SFT: steps {STEPS} lr {LR} weights {WEIGHTS}")
 t0 = time.time()
 T.run_stage(9, model, small, tok, 0)
