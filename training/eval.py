@@ -91,7 +91,7 @@ def main():
             inputs = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True,
                                               return_tensors="pt").to(dev)
             with torch.no_grad():
-                out = model.generate(**inputs, do_sample=False, max_new_tokens=64 if q == D.CAPTION_PROMPT else 12,
+                out = model.generate(**inputs, do_sample=False, max_new_tokens=64 if q == D.CAPTION_PROMPT else 32,
                                      pad_token_id=128001)
             gen = out[:, inputs["input_ids"].shape[1]:].cpu()
             for (i, x), g in zip(chunk, gen):

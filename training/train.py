@@ -103,6 +103,8 @@ def all_texts():
             qs.add(f"What is left of the {c} {s}?")
             ans.add(f"A {c} {s}.")
         ans.add(f"A {s}.")
+        for c in D.COLOURS:
+            ans.add(D.colour_answer(s, c))
     for c in D.COLOURS:
         qs.add(f"What shape is the {c} object?")
         qs.add(f"How many {c} objects are there?")
@@ -110,6 +112,17 @@ def all_texts():
     qs.add("How many objects are there?")
     for k in range(5):
         ans.add(f"{k}.")
+    # list answers of the attribute counts: every item and every ending (BPE never merges across spaces)
+    for c in D.COLOURS:
+        for shapes in [[], *[[s] for s in D.SHAPES], *[[s, t] for s in D.SHAPES for t in D.SHAPES]]:
+            ans.add(D.colour_count_answer(c, shapes))
+        ans.add(D.colour_count_answer(c, list(D.SHAPES[:3])))
+        ans.add(D.colour_count_answer(c, list(D.SHAPES[:4])))
+    for s in D.SHAPES:
+        for cols in [[], *[[c] for c in D.COLOURS], *[[c, d] for c in D.COLOURS for d in D.COLOURS]]:
+            ans.add(D.shape_count_answer(s, cols))
+        ans.add(D.shape_count_answer(s, list(D.COLOURS)[:3]))
+        ans.add(D.shape_count_answer(s, list(D.COLOURS)[:4]))
     for row in D.CELL_NAMES:
         for n in row:
             ans.add(f"{n.capitalize()}.")
@@ -402,6 +415,19 @@ def run_stage(k: int, model, small, tok, workers: int):
     model.eval()
 
 
+MODEL_CARD = """# plm-tiny
+
+A 19.9 MB PerceptionLM (transformers `PerceptionLMForConditionalGeneration`: a PE-L-style encoder with
+CLS token, 2D RoPE and layer scale; PLM's projector with 2x2 pooling; a Llama 3 decoder with the real
+128256-token Llama 3 tokenizer and PLM's chat template) trained by `training/train.py` in this repository on a
+synthetic world of coloured shapes (circle, square, triangle, star, cross; 8 colours; one object per
+quadrant of a 224x224 image). It is the default model of the `plm` CLI, so that a fresh install shows real
+answers. It knows nothing outside that world: for real images use a `facebook/Perception-LM-*` checkpoint.
+
+How it was trained and how well it does: training/README.md. Weights: bf16, Hugging Face layout.
+"""
+
+
 def export(model, small, used, out_dir: Path):
     lm = model.model.language_model
     full = lm.embed_tokens_full
@@ -422,7 +448,7 @@ def export(model, small, used, out_dir: Path):
         B._save_bundle(model, proc)
     finally:
         B.MODEL_DIR = B_MODEL
-    (out_dir / "README.md").write_text("# plm-tiny\n\n(see training/README.md)\n")
+    (out_dir / "README.md").write_text(MODEL_CARD)
 
 
 def main():
@@ -462,7 +488,9 @@ def main():
     model, small = build(used)
     if stages[0] > 0:
         sd = torch.load(CKPT / f"stage{stages[0] - 1}.pt")
-        small.weight.data.copy_(sd.pop("small_embedding"))
+        emb = sd.pop("small_embedding")
+        if stages[0] > 1:  # stage 0 never trains the embedding: resuming at 1, build()'s init is the same one
+            small.weight.data.copy_(emb)
         model.load_state_dict(sd, strict=False)
     if stages[0] == 0:
         LOG.write_text("")
