@@ -35,6 +35,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import train as T  # noqa: E402
+from image_tokens import image_tokens  # noqa: E402
 
 
 def answer(scene: dict, item: dict, fmt: argparse.Namespace) -> str:
@@ -80,22 +81,11 @@ def main():
     lm = model.model.language_model
     E = lm.embed_tokens.weight  # [128256, H], tied with the LM head
 
-    def image_tokens(seeds):  # [n, tokens per image, H]
-        out = []
-        for i in range(0, len(seeds), 100):
-            scenes = [D.make_scene(s) for s in seeds[i:i + 100]]
-            pv = proc.image_processor(images=[D.render(s) for s in scenes], return_tensors="pt")["pixel_values"]
-            with torch.no_grad():
-                f = model.model.get_image_features(pixel_values=pv.float())
-            f = f.pooler_output if hasattr(f, "pooler_output") else f
-            f = torch.as_tensor(f if not isinstance(f, (list, tuple)) else torch.cat(list(f))).float()
-            out.append(f.reshape(len(scenes), -1, f.shape[-1]))
-        return torch.cat(out)
-
     t0 = time.time()
     train_seeds = list(range(8_000_000, 8_000_000 + a.n))
     test_seeds = list(range(D.TEST_BASE, D.TEST_BASE + 300))
-    feats_train, feats_test = image_tokens(train_seeds), image_tokens(test_seeds)
+    feats_train = image_tokens(model, proc, train_seeds).flatten(1, 2)  # [n, image tokens, H]
+    feats_test = image_tokens(model, proc, test_seeds).flatten(1, 2)
     n_img = feats_train.shape[1]
     print(f"image tokens {tuple(feats_train.shape)} in {time.time() - t0:.0f}s", flush=True)
 

@@ -14,26 +14,20 @@ sys.path.insert(0, str(HERE.parents[1] / "reference"))
 import common as C  # noqa: E402,F401
 import make_data as D  # noqa: E402
 import torch  # noqa: E402
+from image_tokens import image_tokens  # noqa: E402
 
 
 def features(model, proc, seeds):
     xs, shapes, colours = [], [], []
-    for i in range(0, len(seeds), 50):
-        scenes = [D.make_scene(s) for s in seeds[i:i + 50]]
-        pv = proc.image_processor(images=[D.render(sc) for sc in scenes], return_tensors="pt")["pixel_values"]
-        with torch.no_grad():
-            f = model.model.get_image_features(pixel_values=pv.float())
-        f = f.pooler_output if hasattr(f, "pooler_output") else f
-        f = torch.as_tensor(f if not isinstance(f, (list, tuple)) else torch.cat(list(f))).float()
-        f = f.reshape(len(scenes), pv.shape[1], -1, f.shape[-1]).mean(2)  # [scene, tile, dim]
-        for sc, fs in zip(scenes, f):
-            cell = {(o["row"], o["col"]): o for o in sc["objects"]}
-            for r in range(2):
-                for c in range(2):
-                    o = cell.get((r, c))
-                    xs.append(fs[1 + r * 2 + c])  # tile 0 is the thumbnail
-                    shapes.append(D.SHAPES.index(o["shape"]) + 1 if o else 0)
-                    colours.append(list(D.COLOURS).index(o["colour"]) + 1 if o else 0)
+    for seed, fs in zip(seeds, image_tokens(model, proc, seeds, batch=50).mean(2)):  # fs: [tile, dim]
+        sc = D.make_scene(seed)
+        cell = {(o["row"], o["col"]): o for o in sc["objects"]}
+        for r in range(2):
+            for c in range(2):
+                o = cell.get((r, c))
+                xs.append(fs[1 + r * 2 + c])  # tile 0 is the thumbnail
+                shapes.append(D.SHAPES.index(o["shape"]) + 1 if o else 0)
+                colours.append(list(D.COLOURS).index(o["colour"]) + 1 if o else 0)
     return torch.stack(xs), torch.tensor(shapes), torch.tensor(colours)
 
 
