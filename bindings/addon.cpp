@@ -123,6 +123,7 @@ class LoadWorker : public JobWorker {
   }
   Napi::Value Result(Napi::Env env) override;
   void Cleanup() override { progress_.Release(); }
+  Napi::ThreadSafeFunction* CallbackQueue() override { return progress_.queue(); }
 
  private:
   std::string dir_;
@@ -159,6 +160,7 @@ class QuantizeWorker : public JobWorker {
     return out;
   }
   void Cleanup() override { progress_.Release(); }
+  Napi::ThreadSafeFunction* CallbackQueue() override { return progress_.queue(); }
 
  private:
   std::string dir_;
@@ -414,24 +416,7 @@ class GenerateWorker : public JobWorker {
     result_ = s_->engine->generate(ids_.data(), static_cast<int64_t>(ids_.size()), tiles_ ? &media : nullptr, options_,
                                    cancel_.get());
   }
-  // Token callbacks travel through the thread-safe function's queue and may still be pending when
-  // the work completes. The promise is settled by one last call on that same queue, so every token
-  // reaches JS before the result does.
-  void OnOK() override {
-    if (!on_token_) {
-      JobWorker::OnOK();
-      return;
-    }
-    SuppressDestruct();
-    GenerateWorker* self = this;
-    if (on_token_.NonBlockingCall(self, [](Napi::Env, Napi::Function, GenerateWorker* w) {
-          w->JobWorker::OnOK();  // settles the promise and releases the token function
-          w->Destroy();
-        }) != napi_ok) {
-      JobWorker::OnOK();
-      Destroy();
-    }
-  }
+  Napi::ThreadSafeFunction* CallbackQueue() override { return on_token_ ? &on_token_ : nullptr; }
   void Cleanup() override {
     if (on_token_) on_token_.Release();
   }

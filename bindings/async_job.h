@@ -78,6 +78,8 @@ class ProgressRelay {
   void Release() {
     if (tsfn_) tsfn_.Release();
   }
+  // The queue progress travels on; null when there is no callback.
+  Napi::ThreadSafeFunction* queue() { return tsfn_ ? &tsfn_ : nullptr; }
 
  private:
   Napi::ThreadSafeFunction tsfn_;
@@ -100,8 +102,30 @@ class JobWorker : public Napi::AsyncWorker {
       failure_.capture(std::current_exception());
     }
   }
+  // Callbacks a job sends to JS (progress, tokens) travel on a thread-safe function's queue and may
+  // still be pending when Work() returns. A worker with such a queue settles its promise with one last
+  // call on that queue, so every callback reaches JS before the promise settles.
   void OnOK() override {
+    Napi::ThreadSafeFunction* queue = CallbackQueue();
+    if (!queue) {
+      Settle();
+      return;
+    }
+    SuppressDestruct();
+    if (queue->NonBlockingCall(this, [](Napi::Env, Napi::Function, JobWorker* w) {
+          w->Settle();
+          w->Destroy();
+        }) != napi_ok) {
+      Settle();
+      Destroy();
+    }
+  }
+  // The thread-safe function whose queued calls must reach JS before the promise settles, if any.
+  virtual Napi::ThreadSafeFunction* CallbackQueue() { return nullptr; }
+  // Releases the worker's thread-safe functions (Cleanup) and resolves or rejects the promise.
+  void Settle() {
     Napi::Env env = Env();
+    Napi::HandleScope scope(env);
     Cleanup();
     if (failure_.failed) {
       deferred_.Reject(coded_error(env, failure_.code, failure_.message).Value());

@@ -190,6 +190,19 @@ describe('running', () => {
   });
 });
 
+test('every progress call of a load reaches JS before the load resolves', async () => {
+  // Progress travels on a queue to the JS thread; a fast job used to resolve while calls were still
+  // queued (about one load in five of this checkpoint), so the last fraction seen was below 1.
+  const lastSeen: number[] = [];
+  for (let i = 0; i < 12; i++) {
+    const seen: number[] = [];
+    const model = await loadModel(TINY, { backend: 'cpu', onProgress: (p) => seen.push(p.fraction) });
+    lastSeen.push(seen[seen.length - 1] ?? -1);
+    model.dispose();
+  }
+  expect(lastSeen).toEqual(new Array(12).fill(1));
+});
+
 test('calls on a disposed model reject with ERR_DISPOSED', async () => {
   const model = await loadModel(TEXT_CASE, { backend: 'cpu' });
   model.dispose();
