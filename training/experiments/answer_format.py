@@ -49,8 +49,17 @@ def answer(scene: dict, item: dict, fmt: argparse.Namespace) -> str:
         k = sum(1 for o in objs if noun in ("objects", f"{o['colour']} objects", D.plural(o["shape"])))
         if fmt.count == "list" and noun != "objects":
             return item["a"]  # make_data's own answers: the matching objects listed, then their number
+        if fmt.count in ("caption_first", "seen_first") and noun != "objects":
+            # every object in caption order (a walk the decoder already does for captions), then the number
+            if fmt.count == "caption_first":
+                walk = D.caption(scene)[:-1]
+            else:
+                parts = [f"{D.article(D.phrase(o))} {D.phrase(o)}" for o in objs]
+                walk = "I see " + (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
+            return f"{walk}. {noun.capitalize()}: {k}."
         return {"short": f"{k}.", "there_are": f"There are {k} {noun}.",
-                "number_of": f"The number of {noun} is {k}.", "list": f"{k}."}[fmt.count]
+                "number_of": f"The number of {noun} is {k}.", "list": f"{k}.", "caption_first": f"{k}.",
+                "seen_first": f"{k}."}[fmt.count]
     if item["type"] == "position" and fmt.position == "sentence":
         return f"The {q[len('Where is the '):-1]} is at the {item['a'][:-1].lower()}."
     return item["a"]
@@ -66,8 +75,9 @@ def main():
     ap.add_argument("--caption-prob", type=float, default=0.15)
     ap.add_argument("--weights", default="", help="question-type weights, e.g. colour=3,count=2")
     ap.add_argument("--colour", choices=["short", "sentence"], default="short")
-    ap.add_argument("--count", choices=["short", "there_are", "number_of", "list"], default="short")
+    ap.add_argument("--count", choices=["short", "there_are", "number_of", "list", "caption_first", "seen_first"], default="short")
     ap.add_argument("--position", choices=["short", "sentence"], default="short")
+    ap.add_argument("--balance-counts", action="store_true", help="attribute counts: each answer value equally often")
     ap.add_argument("--question-first", action="store_true", help="the question's text before the image tokens")
     ap.add_argument("--train-embedding", action="store_true", help="new answer words need trained rows")
     a = ap.parse_args()
@@ -140,6 +150,15 @@ def main():
         qa = D.questions(sc, rng)
         types = sorted({x["type"] for x in qa})
         t = rng.choices(types, [weights.get(x, 1.0) for x in types])[0]
+        if t == "count" and a.balance_counts:
+            # every attribute count of the scene (absent ones too), grouped by answer: the answer is drawn first
+            by_k = collections.defaultdict(list)
+            for x in D.questions(sc):
+                if x["type"] == "count" and x["q"] != "How many objects are there?":
+                    noun = x["q"][len("How many "):-len(" are there?")]
+                    by_k[sum(1 for o in sc["objects"] if noun in (f"{o['colour']} objects", D.plural(o["shape"])))].append(x)
+            item = rng.choice(by_k[rng.choice(sorted(by_k))])
+            return k, item["q"], answer(sc, item, a)
         item = rng.choice([x for x in qa if x["type"] == t])
         return k, item["q"], answer(sc, item, a)
 
@@ -153,6 +172,9 @@ def main():
             for t in sorted(by):
                 x = r.choice(by[t])
                 items.append((j, x["q"], answer(sc, x, a)))
+                if t == "count" and x["q"] != "How many objects are there?":
+                    noun = x["q"][len("How many "):-len(" are there?")]
+                    t = "count_%d" % sum(1 for o in sc["objects"] if noun in (f"{o['colour']} objects", D.plural(o["shape"])))
                 kinds.append(t)
             items.append((j, D.CAPTION_PROMPT, D.caption(sc)))
             kinds.append("caption")
@@ -166,6 +188,8 @@ def main():
                     ok = bool(((h[r, pos] @ E.T).argmax(-1) == lab[r, 1:][pos]).all())
                     res[t][0] += ok
                     res[t][1] += 1
+        counts = [v for k, v in res.items() if k.startswith("count")]
+        res["count"] = [sum(v[0] for v in counts), sum(v[1] for v in counts)]
         return {k: round(v[0] / v[1], 3) for k, v in sorted(res.items())}
 
     for p in lm.parameters():
