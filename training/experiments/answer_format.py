@@ -57,9 +57,31 @@ def answer(scene: dict, item: dict, fmt: argparse.Namespace) -> str:
                 parts = [f"{D.article(D.phrase(o))} {D.phrase(o)}" for o in objs]
                 walk = "I see " + (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
             return f"{walk}. {noun.capitalize()}: {k}."
+        if fmt.count == "quadrants" and noun != "objects":
+            # the four quadrants in reading order, the attribute restated at each, then the number of "yes"
+            word = noun.split()[0] if noun.endswith(" objects") else noun[:-2] if noun.endswith("es") and noun[:-2] in D.SHAPES else noun[:-1]
+            at = {(o["row"], o["col"]): o for o in objs}
+            parts = []
+            for r in range(2):
+                for c in range(2):
+                    o = at.get((r, c))
+                    hit = o is not None and word in (o["colour"], o["shape"])
+                    parts.append(f"{word} at the {D.CELL_NAMES[r][c]}: {'yes' if hit else 'no'}")
+            text = ". ".join(p[0].upper() + p[1:] for p in parts) + f". So {k}."
+            return text
+        if fmt.count in ("yes_no", "yes_no_at") and noun != "objects":
+            # every object in caption order, each judged against the question, then the number of "yes"
+            def judged(o):
+                at = f" at the {D.CELL_NAMES[o['row']][o['col']]}" if fmt.count == "yes_no_at" else ""
+                hit = noun in (f"{o['colour']} objects", D.plural(o["shape"]))
+                return f"{D.article(D.phrase(o))} {D.phrase(o)}{at}: {'yes' if hit else 'no'}"
+            parts = [judged(o) for o in objs]
+            text = ", ".join(parts) + f". So {k}."
+            return text[0].upper() + text[1:]
         return {"short": f"{k}.", "there_are": f"There are {k} {noun}.",
                 "number_of": f"The number of {noun} is {k}.", "list": f"{k}.", "caption_first": f"{k}.",
-                "seen_first": f"{k}."}[fmt.count]
+                "seen_first": f"{k}.", "yes_no": f"{k}.", "yes_no_at": f"{k}.",
+                "quadrants": f"{k}."}[fmt.count]
     if item["type"] == "position" and fmt.position == "sentence":
         return f"The {q[len('Where is the '):-1]} is at the {item['a'][:-1].lower()}."
     return item["a"]
@@ -75,7 +97,7 @@ def main():
     ap.add_argument("--caption-prob", type=float, default=0.15)
     ap.add_argument("--weights", default="", help="question-type weights, e.g. colour=3,count=2")
     ap.add_argument("--colour", choices=["short", "sentence"], default="short")
-    ap.add_argument("--count", choices=["short", "there_are", "number_of", "list", "caption_first", "seen_first"], default="short")
+    ap.add_argument("--count", choices=["short", "there_are", "number_of", "list", "caption_first", "seen_first", "yes_no", "yes_no_at", "quadrants"], default="short")
     ap.add_argument("--position", choices=["short", "sentence"], default="short")
     ap.add_argument("--balance-counts", action="store_true", help="attribute counts: each answer value equally often")
     ap.add_argument("--question-first", action="store_true", help="the question's text before the image tokens")
