@@ -428,6 +428,26 @@ How it was trained and how well it does: training/README.md. Weights: bf16, Hugg
 """
 
 
+def save_stage(model, small, path: Path) -> None:
+    """Writes a stage checkpoint: every weight except the full-vocabulary embedding, plus the small one."""
+    sd = {n: t.detach().cpu() for n, t in model.state_dict().items() if "embed_tokens" not in n and "lm_head" not in n}
+    sd["small_embedding"] = small.weight.detach().cpu()
+    torch.save(sd, path)
+
+
+def load_stage(model, small, path: Path, rename=None, embedding: bool = True):
+    """Loads a save_stage() checkpoint into build()'s model and small embedding (the latter only with
+    `embedding`); `rename` maps a saved weight name to the model's. Returns load_state_dict's
+    (missing, unexpected) names."""
+    sd = torch.load(path)
+    emb = sd.pop("small_embedding")
+    if embedding:
+        small.weight.data.copy_(emb)
+    if rename:
+        sd = {rename(n): t for n, t in sd.items()}
+    return model.load_state_dict(sd, strict=False)
+
+
 def export(model, small, used, out_dir: Path):
     lm = model.model.language_model
     full = lm.embed_tokens_full
@@ -470,9 +490,7 @@ def main():
     used = used_vocab(tok)
     if a.stage == "export":  # write the HF checkpoint from <ckpt-dir>/stage3.pt
         model, small = build(used)
-        sd = torch.load(CKPT / "stage3.pt")
-        small.weight.data.copy_(sd.pop("small_embedding"))
-        missing, unexpected = model.load_state_dict(sd, strict=False)
+        missing, unexpected = load_stage(model, small, CKPT / "stage3.pt")
         assert not unexpected and all("embed_tokens" in n or "lm_head" in n for n in missing), (missing, unexpected)
         export(model, small, used, Path(a.export))
         print(f"saved {a.export} ({C.dir_size(Path(a.export)) / 1e6:.2f} MB)")
@@ -487,11 +505,8 @@ def main():
         STAGES[k]["steps"] = max(1, int(STAGES[k]["steps"] * a.steps_scale))
     model, small = build(used)
     if stages[0] > 0:
-        sd = torch.load(CKPT / f"stage{stages[0] - 1}.pt")
-        emb = sd.pop("small_embedding")
-        if stages[0] > 1:  # stage 0 never trains the embedding: resuming at 1, build()'s init is the same one
-            small.weight.data.copy_(emb)
-        model.load_state_dict(sd, strict=False)
+        # stage 0 never trains the embedding: resuming at 1, build()'s init is the same one
+        load_stage(model, small, CKPT / f"stage{stages[0] - 1}.pt", embedding=stages[0] > 1)
     if stages[0] == 0:
         LOG.write_text("")
     if stages[0] > 0:
@@ -509,9 +524,7 @@ def main():
             run_encoder_stage(model, a.workers)
         else:
             run_stage(k, model, small, tok, a.workers)
-        sd = {n: t.detach().cpu() for n, t in model.state_dict().items() if "embed_tokens" not in n and "lm_head" not in n}
-        sd["small_embedding"] = small.weight.detach().cpu()
-        torch.save(sd, CKPT / f"stage{k}.pt")
+        save_stage(model, small, CKPT / f"stage{k}.pt")
     log(f"training time {time.time() - t0:.0f}s")
     if stages[-1] == 3:
         export(model, small.cpu(), used, Path(a.export))

@@ -21,20 +21,22 @@ def cfg8():
     if hasattr(c.text_config, "layer_types") and c.text_config.layer_types: c.text_config.layer_types = ["full_attention"] * NEW_LAYERS
     return c
 T.model_cfg = cfg8
+
+
+def spread_layers(name: str) -> str:
+    """Old decoder layer i becomes layer 2i; the odd layers are the new ones."""
+    if ".language_model.layers." not in name:
+        return name
+    pre, rest = name.split(".language_model.layers.")
+    i, tail = rest.split(".", 1)
+    return f"{pre}.language_model.layers.{2 * int(i)}.{tail}"
+
+
 torch.manual_seed(T.SEED)
 tok = T.build_processor(4).tokenizer
 used = T.used_vocab(tok)
 model, small = T.build(used)
-sd = torch.load(T.CKPT / "stage3.pt")
-small.weight.data.copy_(sd.pop("small_embedding"))
-remap = {}
-for n, t in sd.items():
-    if ".language_model.layers." in n:
-        pre, rest = n.split(".language_model.layers.")
-        i, tail = rest.split(".", 1)
-        n = f"{pre}.language_model.layers.{2 * int(i)}.{tail}"
-    remap[n] = t
-missing, unexpected = model.load_state_dict(remap, strict=False)
+missing, unexpected = T.load_stage(model, small, T.CKPT / "stage3.pt", rename=spread_layers)
 assert not unexpected, unexpected
 with torch.no_grad():
     for i in range(1, NEW_LAYERS, 2):

@@ -47,9 +47,7 @@ torch.manual_seed(T.SEED)
 tok = T.build_processor(4).tokenizer
 used = T.used_vocab(tok)
 model, small = T.build(used)
-sd = torch.load(T.CKPT / "stage3.pt")
-small.weight.data.copy_(sd.pop("small_embedding"))
-model.load_state_dict(sd, strict=False)
+T.load_stage(model, small, T.CKPT / "stage3.pt")
 T.STAGES[9] = dict(T.STAGES[3])
 T.STAGES[9].update(steps=STEPS, lr=LR, warmup=50, seed_base=7_200_000)  # fresh train seeds
 T.log(f"lookup SFT: steps {STEPS} lr {LR} weights {WEIGHTS}")
