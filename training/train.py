@@ -419,7 +419,7 @@ def run_stage(k: int, model, small, tok, workers: int):
 
 MODEL_CARD = """# plm-tiny
 
-A 19.9 MB PerceptionLM (transformers `PerceptionLMForConditionalGeneration`: a PE-L-style encoder with
+A 18.8 MB PerceptionLM (transformers `PerceptionLMForConditionalGeneration`: a PE-L-style encoder with
 CLS token, 2D RoPE and layer scale; PLM's projector with 2x2 pooling; a Llama 3 decoder with the real
 128256-token Llama 3 tokenizer and PLM's chat template) trained by `training/train.py` in this repository on a
 synthetic world of coloured shapes (circle, square, triangle, star, cross; 8 colours; one object per

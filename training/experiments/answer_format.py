@@ -99,6 +99,7 @@ def main():
     ap.add_argument("--colour", choices=["short", "sentence"], default="short")
     ap.add_argument("--count", choices=["short", "there_are", "number_of", "list", "caption_first", "seen_first", "yes_no", "yes_no_at", "quadrants"], default="short")
     ap.add_argument("--position", choices=["short", "sentence"], default="short")
+    ap.add_argument("--grow", type=int, default=0, help="new identity-initialised decoder layers after each one")
     ap.add_argument("--balance-counts", action="store_true", help="attribute counts: each answer value equally often")
     ap.add_argument("--question-first", action="store_true", help="the question's text before the image tokens")
     ap.add_argument("--train-embedding", action="store_true", help="new answer words need trained rows")
@@ -111,6 +112,25 @@ def main():
     proc = PerceptionLMProcessor.from_pretrained(a.model)
     tok = proc.tokenizer
     lm = model.model.language_model
+    if a.grow:
+        # after each layer, a copy of it that starts as the identity (o_proj and down_proj zero)
+        import copy
+        layers = []
+        for layer in lm.layers:
+            layers.append(layer)
+            for _ in range(a.grow):
+                new = copy.deepcopy(layer)
+                with torch.no_grad():
+                    new.self_attn.o_proj.weight.zero_()
+                    new.mlp.down_proj.weight.zero_()
+                layers.append(new)
+        lm.layers = torch.nn.ModuleList(layers)
+        for i, layer in enumerate(lm.layers):
+            layer.self_attn.layer_idx = i
+        lm.config.num_hidden_layers = len(layers)
+        if getattr(lm.config, "layer_types", None):
+            lm.config.layer_types = ["full_attention"] * len(layers)
+        print(f"decoder grown to {len(layers)} layers", flush=True)
     E = lm.embed_tokens.weight  # [128256, H], tied with the LM head
 
     t0 = time.time()
