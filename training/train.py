@@ -477,7 +477,7 @@ def export(model, small, used, out_dir: Path):
 def write_compact_merges(path: Path) -> None:
     """Rewrites tokenizer.json's BPE merges as "a b" strings instead of ["a", "b"] pairs: the same
     tokenizer (both forms are read by tokenizers and @huggingface/tokenizers; byte-level tokens never
-    contain a space), 1.1 MB smaller, which pays for the extra decoder layers within the 20 MB budget."""
+    contain a space), 1.1 MB smaller: room for more decoder layers within the 20 MB budget."""
     tj = json.loads(path.read_text())
     merges = tj["model"]["merges"]
     assert all(" " not in a and " " not in b for a, b in merges)

@@ -38,6 +38,19 @@ import train as T  # noqa: E402
 from image_tokens import image_tokens  # noqa: E402
 
 
+def count_noun(q: str) -> str:
+    """"red objects", "circles" or "objects": what a count question counts."""
+    return q[len("How many "):-len(" are there?")]
+
+
+def counted(noun: str, o: dict) -> bool:
+    return noun in ("objects", f"{o['colour']} objects", D.plural(o["shape"]))
+
+
+def true_count(scene: dict, q: str) -> int:
+    return sum(counted(count_noun(q), o) for o in scene["objects"])
+
+
 def answer(scene: dict, item: dict, fmt: argparse.Namespace) -> str:
     """The answer to `item` in the chosen wording (the short forms are the ones plm-tiny was trained on)."""
     objs, q = scene["objects"], item["q"]
@@ -45,11 +58,16 @@ def answer(scene: dict, item: dict, fmt: argparse.Namespace) -> str:
         o = next(o for o in objs if q == f"What color is the {o['shape']}?")
         return D.colour_answer(o["shape"], o["colour"]) if fmt.colour == "sentence" else f"{o['colour'].capitalize()}."
     if item["type"] == "count":
-        noun = q[len("How many "):-len(" are there?")]
-        k = sum(1 for o in objs if noun in ("objects", f"{o['colour']} objects", D.plural(o["shape"])))
-        if fmt.count == "list" and noun != "objects":
+        noun, k = count_noun(q), true_count(scene, q)
+        if fmt.count == "there_are":
+            return f"There are {k} {noun}."
+        if fmt.count == "number_of":
+            return f"The number of {noun} is {k}."
+        if noun == "objects" or fmt.count == "short":
+            return f"{k}."
+        if fmt.count == "list":
             return item["a"]  # make_data's own answers: the matching objects listed, then their number
-        if fmt.count in ("caption_first", "seen_first") and noun != "objects":
+        if fmt.count in ("caption_first", "seen_first"):
             # every object in caption order (a walk the decoder already does for captions), then the number
             if fmt.count == "caption_first":
                 walk = D.caption(scene)[:-1]
@@ -57,31 +75,19 @@ def answer(scene: dict, item: dict, fmt: argparse.Namespace) -> str:
                 parts = [f"{D.article(D.phrase(o))} {D.phrase(o)}" for o in objs]
                 walk = "I see " + (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
             return f"{walk}. {noun.capitalize()}: {k}."
-        if fmt.count == "quadrants" and noun != "objects":
+        if fmt.count == "quadrants":
             # the four quadrants in reading order, the attribute restated at each, then the number of "yes"
-            word = noun.split()[0] if noun.endswith(" objects") else noun[:-2] if noun.endswith("es") and noun[:-2] in D.SHAPES else noun[:-1]
+            word = noun.split()[0] if noun.endswith(" objects") else next(s for s in D.SHAPES if D.plural(s) == noun)
             at = {(o["row"], o["col"]): o for o in objs}
-            parts = []
-            for r in range(2):
-                for c in range(2):
-                    o = at.get((r, c))
-                    hit = o is not None and word in (o["colour"], o["shape"])
-                    parts.append(f"{word} at the {D.CELL_NAMES[r][c]}: {'yes' if hit else 'no'}")
-            text = ". ".join(p[0].upper() + p[1:] for p in parts) + f". So {k}."
-            return text
-        if fmt.count in ("yes_no", "yes_no_at") and noun != "objects":
-            # every object in caption order, each judged against the question, then the number of "yes"
-            def judged(o):
-                at = f" at the {D.CELL_NAMES[o['row']][o['col']]}" if fmt.count == "yes_no_at" else ""
-                hit = noun in (f"{o['colour']} objects", D.plural(o["shape"]))
-                return f"{D.article(D.phrase(o))} {D.phrase(o)}{at}: {'yes' if hit else 'no'}"
-            parts = [judged(o) for o in objs]
-            text = ", ".join(parts) + f". So {k}."
-            return text[0].upper() + text[1:]
-        return {"short": f"{k}.", "there_are": f"There are {k} {noun}.",
-                "number_of": f"The number of {noun} is {k}.", "list": f"{k}.", "caption_first": f"{k}.",
-                "seen_first": f"{k}.", "yes_no": f"{k}.", "yes_no_at": f"{k}.",
-                "quadrants": f"{k}."}[fmt.count]
+            parts = [f"{word.capitalize()} at the {D.CELL_NAMES[r][c]}: "
+                     f"{'yes' if (r, c) in at and counted(noun, at[(r, c)]) else 'no'}" for r in range(2) for c in range(2)]
+            return ". ".join(parts) + f". So {k}."
+        # "yes_no" / "yes_no_at": every object in caption order, each judged against the question
+        def judged(o):
+            where = f" at the {D.CELL_NAMES[o['row']][o['col']]}" if fmt.count == "yes_no_at" else ""
+            return f"{D.article(D.phrase(o))} {D.phrase(o)}{where}: {'yes' if counted(noun, o) else 'no'}"
+        text = ", ".join(judged(o) for o in objs) + f". So {k}."
+        return text[0].upper() + text[1:]
     if item["type"] == "position" and fmt.position == "sentence":
         return f"The {q[len('Where is the '):-1]} is at the {item['a'][:-1].lower()}."
     return item["a"]
@@ -197,8 +203,7 @@ def main():
             by_k = collections.defaultdict(list)
             for x in D.questions(sc):
                 if x["type"] == "count" and x["q"] != "How many objects are there?":
-                    noun = x["q"][len("How many "):-len(" are there?")]
-                    by_k[sum(1 for o in sc["objects"] if noun in (f"{o['colour']} objects", D.plural(o["shape"])))].append(x)
+                    by_k[true_count(sc, x["q"])].append(x)
             item = rng.choice(by_k[rng.choice(sorted(by_k))])
             return k, item["q"], answer(sc, item, a)
         item = rng.choice([x for x in qa if x["type"] == t])
@@ -215,8 +220,7 @@ def main():
                 x = r.choice(by[t])
                 items.append((j, x["q"], answer(sc, x, a)))
                 if t == "count" and x["q"] != "How many objects are there?":
-                    noun = x["q"][len("How many "):-len(" are there?")]
-                    t = "count_%d" % sum(1 for o in sc["objects"] if noun in (f"{o['colour']} objects", D.plural(o["shape"])))
+                    t = "count_%d" % true_count(sc, x["q"])
                 kinds.append(t)
             items.append((j, D.CAPTION_PROMPT, D.caption(sc)))
             kinds.append("caption")
