@@ -69,14 +69,17 @@ BENCH="$BUILD/plm_bench"
 STEPS=${PLM_GPU_STEPS:-all}
 # GEMM kernels (native/cuda/gemm.cuh). PLM_GEMM_PATHS: each gets its own plm_cuda_test process (op tests,
 # engine end to end and timings with that kernel forced), so a new kernel that faults cannot take the main
-# parity run down. PLM_BENCH_GEMM_PATHS: the 1B benchmark is repeated with each one forced.
-GEMM_PATHS=${PLM_GEMM_PATHS:-mma}
-BENCH_GEMM_PATHS=${PLM_BENCH_GEMM_PATHS:-mma wgmma128}
+# parity run down. PLM_BENCH_VARIANTS: the 1B benchmark is repeated once per entry, each entry one or more
+# comma-separated environment assignments for libplm_cuda (PLM_CUDA_GEMM=<kernel>, PLM_CUDA_VISION_BATCH=<tiles
+# per vision pass>); PLM_PROFILE_VARIANTS: the same for the per-op profile (an empty entry: "-").
+GEMM_PATHS=${PLM_GEMM_PATHS-mma}
+BENCH_VARIANTS=${PLM_BENCH_VARIANTS-PLM_CUDA_GEMM=tma128 PLM_CUDA_VISION_BATCH=8 PLM_CUDA_GEMM=mma}
+PROFILE_VARIANTS=${PLM_PROFILE_VARIANTS--}
 FIX=$(ls -d test/fixtures/text/*/ test/fixtures/vision/*/ 2>/dev/null | sed 's#/$##')
 if [ "$STEPS" = bench ]; then
   log "parity skipped (PLM_GPU_STEPS=bench)"
 elif [ -x "$TEST" ]; then
-  step parity 30 100 "$TEST" --json "$OUT/parity.json" $FIX
+  step parity 30 180 "$TEST" --json "$OUT/parity.json" $FIX
   for p in $GEMM_PATHS; do
     PLM_CUDA_GEMM=$p step "parity gemm=$p" 30 60 "$TEST" --gemm-paths "$p" --json "$WORK/parity_$p.json" $FIX
   done
@@ -100,9 +103,15 @@ bench_variant() {
 }
 bench_variant 1b 60 30
 if [ -x "$BENCH" ] && [ -f "$WORK/plm-1b/config.json" ]; then
-  for p in $BENCH_GEMM_PATHS; do
-    PLM_CUDA_GEMM=$p step "bench 1b gemm=$p" 30 60 "$BENCH" --model "$WORK/plm-1b" --backend cuda \
-      --json "$WORK/bench_1b_$p.json" --decode-tokens 128 --prefill 512,4096 --tiles 1,37 --ttft-tiles 37 --runs 3
+  for v in $BENCH_VARIANTS; do
+    step "bench 1b $v" 30 60 env $(echo "$v" | tr , ' ') "$BENCH" --model "$WORK/plm-1b" --backend cuda \
+      --json "$WORK/bench_1b_$v.json" --decode-tokens 128 --prefill 512,4096 --tiles 1,37 --ttft-tiles 37 --runs 3
+  done
+  # where vision and prefill spend their device time: per-op totals go to the log ("profile ..." lines)
+  for v in $PROFILE_VARIANTS; do
+    [ "$v" = - ] && v=PLM_CUDA_PROFILE=1
+    step "profile 1b $v" 30 60 env PLM_CUDA_PROFILE=1 $(echo "$v" | tr , ' ') "$BENCH" --model "$WORK/plm-1b" \
+      --backend cuda --json "$WORK/profile_1b.json" --decode-tokens 8 --prefill 4096 --tiles 37 --ttft-tiles 0 --runs 3
   done
 fi
 [ "${PLM_HF_PEER:-1}" = 1 ] && step "hf peer 1b" 60 110 python3 benchmarks/gpu/hf_peer.py --model "$WORK/plm-1b" --json "$OUT/hf_1b.json" \
@@ -114,22 +123,24 @@ rm -rf "$WORK/plm-8b"
 rm -rf "$WORK/plm-1b"
 
 # per-GEMM-kernel results, one file each (the device returns at most 8 files)
-python3 - "$WORK" "$OUT" "$GEMM_PATHS" "$BENCH_GEMM_PATHS" <<'PY' >> "$LOG" 2>&1
+python3 - "$WORK" "$OUT" "$GEMM_PATHS" "$BENCH_VARIANTS" <<'PY' >> "$LOG" 2>&1
 import json, os, sys
 work, out = sys.argv[1], sys.argv[2]
 for kind, paths in (("parity", sys.argv[3].split()), ("bench_1b", sys.argv[4].split())):
+    if not paths:
+        continue
     merged = {}
     for p in paths:
         try:
             merged[p] = json.load(open(os.path.join(work, f"{kind}_{p}.json")))
         except Exception as e:
             merged[p] = {"error": str(e)}
-    json.dump(merged, open(os.path.join(out, f"{kind}_gemm_paths.json"), "w"), indent=1)
+    json.dump(merged, open(os.path.join(out, f"{kind}_variants.json"), "w"), indent=1)
 PY
 
 # --- summary ---
 log "done in $(elapsed)s"
-grep -E "^perf   gemm|^FAIL|did not run|gemm kernel" "$LOG" | cut -c1-110
+grep -E "^perf   gemm|^FAIL|did not run|gemm kernel|^profile |RUN  profile" "$LOG" | cut -c1-110
 python3 - "$OUT" <<'PY' 2>&1 | tee -a "$LOG"
 import json, os, sys
 out = sys.argv[1]
@@ -171,9 +182,10 @@ def row(name, d, v=None):
         print("   note:", e)
 for v in ["1b", "3b", "8b"]:
     row("ours " + v, load(f"bench_{v}.json"), v)
-for p, d in (load("bench_1b_gemm_paths.json") or {}).items():
-    row(p[:10], d, "1b")
-for p, d in (load("parity_gemm_paths.json") or {}).items():
+for p, d in (load("bench_1b_variants.json") or {}).items():
+    print(p)
+    row("  ours 1b", d, "1b")
+for p, d in (load("parity_variants.json") or {}).items():
     if "passed" in d:
         print(f"parity gemm={p}: {d['passed']} passed, {d['failed']} failed")
         for r in d["results"]:

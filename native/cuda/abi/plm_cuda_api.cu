@@ -7,19 +7,24 @@
 //   vision: patch_w bf16 [C, kpad] (conv weight flattened c,ky,kx, zero padded to kpad = roundup8(3 ps^2)),
 //           pos f32 [N, C], cls f32 [C], blocks {qkv bf16 [3C, C], proj [C, C], fc1 [Mlp, C], fc2 [C, Mlp]}
 //   projector: l1 bf16 [D, C], l2 bf16 [D, D]; features f32 [tiles * tokens_per_tile, D]
-// Prefill runs in chunks of up to 4096 tokens (one chunk when dumping); the vision tower in batches of
-// 8 tiles (one batch when dumping). decode_step is captured into a CUDA graph on its first call; the
-// token, position and sampling parameters are read from device memory so the graph is replayed as is.
+// Prefill runs in chunks of up to 4096 tokens (one chunk when dumping); the vision tower in one pass over
+// all tiles where memory allows (vision_batch_size; PLM_CUDA_VISION_BATCH sets a size). PLM_CUDA_PROFILE=1
+// times each named op of vision and prefill with events and prints the totals when the model is destroyed
+// (op_profile.h).
+// decode_step is captured into a CUDA graph on its first call; the token, position and sampling parameters
+// are read from device memory so the graph is replayed as is.
 #include <cstdint>
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "core/half.h"
+#include "cuda/abi/op_profile.h"
 #include "cuda/attention.cuh"
 #include "cuda/common.cuh"
 #include "cuda/elementwise.cuh"
@@ -148,6 +153,8 @@ struct plm_cuda_model {
 
   plm_cuda_dump_fn dump_fn = nullptr;
   void* dump_user = nullptr;
+  OpProfile prof;  // PLM_CUDA_PROFILE: device time per named op of vision and prefill
+  int64_t vision_batch = 0;  // tiles per vision pass (PLM_CUDA_VISION_BATCH); 0: vision_batch_size decides
 
   template <typename T>
   T* alloc(size_t count) {
@@ -286,20 +293,25 @@ void run_vision_batch(plm_cuda_model* m, const float* pixels_host, int64_t t0, i
   const bool dump = m->dump_fn != nullptr;
   void* s = m->st();
   float* pix = m->s_pix.get<float>(size_t(tb) * 3 * m->S * m->S);  // [tb, 3, S, S]
+  m->prof.mark("vision.upload");
   PLM_CU_CHECK(cudaMemcpyAsync(pix, pixels_host + t0 * 3 * m->S * m->S, size_t(tb) * 3 * m->S * m->S * 4,
                                cudaMemcpyHostToDevice, m->stream));
   bfh* patches = m->s_patch.get<bfh>(size_t(tb) * m->P * m->kpad);  // [tb*P, kpad]
+  m->prof.mark("vision.im2col");
   im2col_patches(pix, tb, m->S, m->ps, m->kpad, patches, s);
   float* pe = m->s_pe.get<float>(size_t(tb) * m->P * C);  // [tb*P, C]
   Epilogue ep;
   ep.mode = EpMode::kStoreF32;
   ep.out = pe;
   ep.ldo = C;
+  m->prof.mark("vision.patch_gemm");
   gemm_bf16(patches, m->kpad, m->patch_w, m->kpad, tb * m->P, C, m->kpad, ep, s);
   float* x = m->s_x.get<float>(size_t(T) * C);  // [tb, N, C] residual
+  m->prof.mark("vision.assemble");
   vision_assemble(pe, m->prefix ? m->cls : nullptr, m->pos, tb, m->P, C, x, s);
   m->dump_f32("vision.embed", x, {tb, m->N, C});
   if (m->pre_w) {
+    m->prof.mark("vision.norm_pre");
     layer_norm(x, C, m->pre_w, m->pre_b, m->veps, T, C, nullptr, x, s);
     m->dump_f32("vision.norm_pre", x, {tb, m->N, C});
   }
@@ -309,13 +321,16 @@ void run_vision_batch(plm_cuda_model* m, const float* pixels_host, int64_t t0, i
   bfh* hid = m->s_h.get<bfh>(size_t(T) * m->mlp);    // [T, mlp]
   for (int b = 0; b < m->depth; ++b) {
     const VisionBlock& vb = m->vblocks[size_t(b)];
+    m->prof.mark("vision.ln1");
     layer_norm(x, C, vb.n1w, vb.n1b, m->veps, T, C, xn, nullptr, s);
     Epilogue e1;
     e1.mode = EpMode::kStoreBf16;
     e1.bias = vb.qkv_b;
     e1.out = qkv;
     e1.ldo = 3 * C;
+    m->prof.mark("vision.qkv");
     gemm_bf16(xn, C, vb.qkv_w, C, T, 3 * C, C, e1, s);
+    m->prof.mark("vision.rope");
     rope_2d(qkv, 3 * C, tb, m->N, m->prefix, m->vheads, m->vhd, m->vcos, m->vsin, s);
     FlashParams fp;
     fp.q = qkv;
@@ -332,6 +347,7 @@ void run_vision_batch(plm_cuda_model* m, const float* pixels_host, int64_t t0, i
     fp.head_dim = m->vhd;
     fp.scale = 1.f / std::sqrt(float(m->vhd));
     fp.causal = false;
+    m->prof.mark("vision.attention");
     flash_attention(fp, s);
     Epilogue e2;
     e2.mode = EpMode::kAddF32;
@@ -339,7 +355,9 @@ void run_vision_batch(plm_cuda_model* m, const float* pixels_host, int64_t t0, i
     e2.scale = vb.g1;
     e2.out = x;
     e2.ldo = C;
+    m->prof.mark("vision.proj");
     gemm_bf16(att, C, vb.proj_w, C, T, C, C, e2, s);
+    m->prof.mark("vision.ln2");
     layer_norm(x, C, vb.n2w, vb.n2b, m->veps, T, C, xn, nullptr, s);
     Epilogue e3;
     e3.mode = EpMode::kStoreBf16;
@@ -347,6 +365,7 @@ void run_vision_batch(plm_cuda_model* m, const float* pixels_host, int64_t t0, i
     e3.gelu = true;
     e3.out = hid;
     e3.ldo = m->mlp;
+    m->prof.mark("vision.fc1_gelu");
     gemm_bf16(xn, C, vb.fc1_w, C, T, m->mlp, C, e3, s);
     Epilogue e4;
     e4.mode = EpMode::kAddF32;
@@ -354,12 +373,15 @@ void run_vision_batch(plm_cuda_model* m, const float* pixels_host, int64_t t0, i
     e4.scale = vb.g2;
     e4.out = x;
     e4.ldo = C;
+    m->prof.mark("vision.fc2");
     gemm_bf16(hid, m->mlp, vb.fc2_w, m->mlp, T, C, m->mlp, e4, s);
     if (dump) m->dump_f32(("vision.blocks." + std::to_string(b)).c_str(), x, {tb, m->N, C});
   }
+  m->prof.mark("vision.norm_post");
   if (m->post_norm && m->post_w) layer_norm(x, C, m->post_w, m->post_b, m->veps, T, C, nullptr, x, s);
   const int64_t R = tb * m->P;
   bfh* pin = m->s_pin.get<bfh>(size_t(R) * C);  // [tb*P, C]
+  m->prof.mark("projector.drop_prefix");
   drop_prefix_bf16(x, tb, m->N, m->prefix, C, pin, s);
   bfh* l1 = m->s_l1.get<bfh>(size_t(R) * D);  // [tb*P, D]
   Epilogue e5;
@@ -368,6 +390,7 @@ void run_vision_batch(plm_cuda_model* m, const float* pixels_host, int64_t t0, i
   e5.gelu = !dump;
   e5.out = l1;
   e5.ldo = D;
+  m->prof.mark("projector.linear_1");
   gemm_bf16(pin, C, m->l1_w, C, R, D, C, e5, s);
   if (dump) {
     m->dump_bf16("projector.linear_1", l1, {tb, m->P, D});
@@ -379,10 +402,31 @@ void run_vision_batch(plm_cuda_model* m, const float* pixels_host, int64_t t0, i
   e6.bias = m->l2_b;
   e6.out = l2;
   e6.ldo = D;
+  m->prof.mark("projector.linear_2");
   gemm_bf16(l1, D, m->l2_w, D, R, D, D, e6, s);
   float* feats = static_cast<float*>(m->feats.p);
+  m->prof.mark("projector.pool");
   avg_pool(l2, tb, m->G, m->pool, D, feats + t0 * m->tpt * D, s);
+  m->prof.mark(nullptr);
   (void)tiles_total;
+}
+
+// Tiles per vision pass: all of them (one pass is faster: the H100 run of 2026-11-27 measured 37 tiles at
+// 292.7 tiles/s in one pass vs 272.8 in passes of 8) unless their scratch would take over a quarter of the
+// free device memory; PLM_CUDA_VISION_BATCH (m->vision_batch) fixes the size.
+int64_t vision_batch_size(plm_cuda_model* m, int64_t tiles) {
+  if (m->vision_batch > 0) return m->vision_batch;
+  const int64_t C = m->C, N = m->N, P = m->P, D = m->H;
+  const int64_t per_tile = N * (4 * C + 2 * C + 6 * C + 2 * C + 2 * int64_t(m->mlp))  // x, xn, qkv, att, hid
+                           + 12 * int64_t(m->S) * m->S + P * (2 * m->kpad + 4 * C)   // pixels, patches, pe
+                           + P * (2 * C + 2 * D + 4 * D);                              // pin, l1, l2
+  size_t free_b = 0, total_b = 0;
+  if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
+    cudaGetLastError();
+    return std::min<int64_t>(tiles, 8);
+  }
+  const int64_t fit = int64_t(free_b / 4) / std::max<int64_t>(per_tile, 1);
+  return std::max<int64_t>(1, std::min(tiles, fit));
 }
 
 // ---- decoder over m rows already embedded in x (f32 [m, H]) at positions pos0.. ----
@@ -396,12 +440,15 @@ void run_decoder_chunk(plm_cuda_model* m, float* x, int64_t rows, int64_t pos0) 
   bfh* act = m->s_tmp.get<bfh>(size_t(rows) * m->I);      // [rows, I]
   for (int l = 0; l < m->L; ++l) {
     const TextLayer& ly = m->layers[size_t(l)];
+    m->prof.mark("prefill.norm1");
     rms_norm(x, H, ly.ln1, m->eps, rows, H, xn, nullptr, s);
     Epilogue e1;
     e1.mode = EpMode::kStoreBf16;
     e1.out = qkv;
     e1.ldo = m->nqkv;
+    m->prof.mark("prefill.qkv");
     gemm_bf16(xn, H, ly.wqkv, H, rows, m->nqkv, H, e1, s);
+    m->prof.mark("prefill.rope_kv");
     rope_llama_prefill(qkv, m->nqkv, rows, m->nh, m->nkv, m->hd, pos0, m->inv_freq, m->kc(l), m->vc(l), s);
     FlashParams fp;
     fp.q = qkv;
@@ -420,26 +467,33 @@ void run_decoder_chunk(plm_cuda_model* m, float* x, int64_t rows, int64_t pos0) 
     fp.scale = 1.f / std::sqrt(float(m->hd));
     fp.causal = true;
     fp.q_offset = int(pos0);
+    m->prof.mark("prefill.attention");
     flash_attention(fp, s);
     Epilogue e2;
     e2.mode = EpMode::kAddF32;
     e2.out = x;
     e2.ldo = H;
+    m->prof.mark("prefill.o");
     gemm_bf16(att, QD, ly.wo, QD, rows, H, QD, e2, s);
+    m->prof.mark("prefill.norm2");
     rms_norm(x, H, ly.ln2, m->eps, rows, H, xn, nullptr, s);
     Epilogue e3;
     e3.mode = EpMode::kStoreBf16;
     e3.out = gu;
     e3.ldo = 2 * m->I;
+    m->prof.mark("prefill.gate_up");
     gemm_bf16(xn, H, ly.wgu, H, rows, 2 * m->I, H, e3, s);
+    m->prof.mark("prefill.swiglu");
     swiglu(gu, rows, m->I, act, s);
     Epilogue e4;
     e4.mode = EpMode::kAddF32;
     e4.out = x;
     e4.ldo = H;
+    m->prof.mark("prefill.down");
     gemm_bf16(act, m->I, ly.wdown, m->I, rows, H, m->I, e4, s);
     if (m->dump_fn) m->dump_f32(("hidden.layers." + std::to_string(l)).c_str(), x, {rows, H});
   }
+  m->prof.mark(nullptr);
 }
 
 // logits of rows [r0, r0 + nr) of x (f32 [.., H]) -> host out [nr, V]
@@ -451,6 +505,7 @@ void logits_rows_to_host(plm_cuda_model* m, const float* x, int64_t r0, int64_t 
     const int64_t k = std::min(piece, nr - o);
     bfh* xn = m->s_pin.get<bfh>(size_t(k) * H);            // [k, H]
     float* lg = m->s_logits.get<float>(size_t(k) * V);     // [k, V]
+    m->prof.mark("prefill.logits");
     rms_norm(x + (r0 + o) * H, H, m->final_norm, m->eps, k, H, xn, nullptr, s);
     Epilogue ep;
     ep.mode = EpMode::kStoreF32;
@@ -461,6 +516,7 @@ void logits_rows_to_host(plm_cuda_model* m, const float* x, int64_t r0, int64_t 
     else
       gemm_bf16(xn, H, m->lm_head, H, k, V, H, ep, s);
     PLM_CU_CHECK(cudaMemcpyAsync(out + o * V, lg, size_t(k) * V * 4, cudaMemcpyDeviceToHost, m->stream));
+    m->prof.mark(nullptr);
     PLM_CU_CHECK(cudaStreamSynchronize(m->stream));
   }
 }
@@ -542,6 +598,8 @@ PLM_CUDA_EXPORT int32_t plm_cuda_model_create(const plm_cuda_model_config* cfg, 
     set_device(device);
     gemm_wgmma_available();  // probe (a launch and a copy) now, never inside the decode graph's capture
     PLM_CU_CHECK(cudaStreamCreate(&m->stream));
+    m->prof.init(m->stream);
+    if (const char* vb = std::getenv("PLM_CUDA_VISION_BATCH")) m->vision_batch = std::max(1, std::atoi(vb));
     m->H = cfg->hidden_size;
     m->I = cfg->intermediate_size;
     m->L = cfg->num_layers;
@@ -721,13 +779,14 @@ PLM_CUDA_EXPORT int32_t plm_cuda_encode_images(plm_cuda_model* m, const float* p
     m->feats.get<float>(size_t(tiles) * m->tpt * D);  // [tiles * tpt, D]
     m->nfeat = int64_t(tiles) * m->tpt;
     m->feat_cursor = 0;
-    const int64_t batch = m->dump_fn ? tiles : 8;
+    const int64_t batch = m->dump_fn ? tiles : vision_batch_size(m, tiles);
     for (int64_t t0 = 0; t0 < tiles; t0 += batch) run_vision_batch(m, pixels, t0, std::min<int64_t>(batch, tiles - t0), tiles);
     m->dump_f32("projector.out", static_cast<float*>(m->feats.p), {int64_t(tiles) * m->tpt, D});
     if (features_out)
       PLM_CU_CHECK(cudaMemcpyAsync(features_out, m->feats.p, size_t(m->nfeat) * D * 4, cudaMemcpyDeviceToHost,
                                    m->stream));
     PLM_CU_CHECK(cudaStreamSynchronize(m->stream));
+    m->prof.flush();
   });
 }
 
@@ -769,6 +828,7 @@ PLM_CUDA_EXPORT int32_t plm_cuda_forward(plm_cuda_model* m, const int32_t* ids, 
       PLM_CU_CHECK(cudaMemcpyAsync(d_ids, ids + c0, size_t(rows) * 4, cudaMemcpyHostToDevice, m->stream));
       PLM_CU_CHECK(cudaMemcpyAsync(d_fidx, fidx.data() + c0, size_t(rows) * 4, cudaMemcpyHostToDevice, m->stream));
       float* x = m->s_x.get<float>(size_t(rows) * H);  // [rows, H] residual
+      m->prof.mark("prefill.embed");
       embed_rows(d_ids, any_feat ? d_fidx : nullptr, m->embed, static_cast<const float*>(m->feats.p), rows, H, x,
                  m->st());
       m->dump_f32("hidden.embed", x, {rows, H});
@@ -785,6 +845,7 @@ PLM_CUDA_EXPORT int32_t plm_cuda_forward(plm_cuda_model* m, const int32_t* ids, 
         logits_rows_to_host(m, x, rows - 1, 1, logits_out);
     }
     PLM_CU_CHECK(cudaStreamSynchronize(m->stream));
+    m->prof.flush();
   });
 }
 
