@@ -32,10 +32,11 @@ void gemm_bf16(const uint16_t* A, int64_t lda, const uint16_t* W, int64_t ldw, i
 void gemv_bf16(const uint16_t* x, const uint16_t* W, int64_t N, int64_t K, const Epilogue& ep, bool swiglu,
                void* stream);
 
-// Which kernel gemm_bf16 uses for M >= 64. kAuto: the TMA + wgmma kernel (BN 128) on sm_90 devices when
-// this build carries sm_90a code, else mma.sync (H100 timings per kernel: benchmarks/RESULTS.md). The environment variable PLM_CUDA_GEMM (mma | wgmma128 | wgmma256) sets it at
-// the first call (also tma128 | tma256: the warp-specialized TMA kernel); set_gemm_path overrides it.
-enum class GemmPath : int { kAuto = 0, kMma = 1, kWgmma128 = 2, kWgmma256 = 3, kTma128 = 4, kTma256 = 5 };
+// Which kernel gemm_bf16 uses for M >= 64. kAuto: the persistent TMA + wgmma kernel (BN 128, tma128p) on
+// sm_90 devices when this build carries sm_90a code, else mma.sync (H100 timings per kernel: benchmarks/RESULTS.md). The environment variable PLM_CUDA_GEMM (mma | wgmma128 | wgmma256) sets it at
+// the first call (also tma128 | tma256: the warp-specialized TMA kernel; tma128p: its persistent form, one
+// block per SM); set_gemm_path overrides it.
+enum class GemmPath : int { kAuto = 0, kMma = 1, kWgmma128 = 2, kWgmma256 = 3, kTma128 = 4, kTma256 = 5, kTma128p = 6 };
 void set_gemm_path(GemmPath p);
 GemmPath gemm_path();
 const char* gemm_path_name(GemmPath p);
@@ -57,8 +58,9 @@ bool gemm_bf16_wgmma(int bn, const uint16_t* A, int64_t lda, const uint16_t* W, 
                      int64_t K, const Epilogue& ep, void* stream);
 
 // The warp-specialized Hopper kernel (gemm_wgmma_tma.cu): TMA loads, same contract and fallback rule.
+// persistent: a grid of one block per SM, each walking several tiles.
 bool gemm_bf16_wgmma_tma(int bn, const uint16_t* A, int64_t lda, const uint16_t* W, int64_t ldw, int64_t M,
-                         int64_t N, int64_t K, const Epilogue& ep, void* stream);
+                         int64_t N, int64_t K, const Epilogue& ep, bool persistent, void* stream);
 
 // Plain reference GEMM (one thread per output, f32): used by tests to cross-check the tensor-core path.
 void gemm_bf16_reference(const uint16_t* A, int64_t lda, const uint16_t* W, int64_t ldw, int64_t M, int64_t N,

@@ -670,15 +670,35 @@ void perf_report(const std::string& name, double ms, double value, const char* u
   std::fflush(stdout);
 }
 
-void perf_gemm(int64_t M, int64_t N, int64_t K) {
+// The epilogues the vision tower uses: plain bf16 store; bias + GELU (fc1); bias + layer scale added into
+// the f32 residual (proj, fc2).
+enum class PerfEp { kPlain, kBiasGelu, kAddScaled };
+
+void perf_gemm(int64_t M, int64_t N, int64_t K, PerfEp kind = PerfEp::kPlain) {
   Bf A = rand_bf16(size_t(M * K), 1.f), W = rand_bf16(size_t(N * K), 0.05f);
-  Dev dA(A.h), dW(W.h), dout(size_t(M * N) * 2);
+  Dev dA(A.h), dW(W.h), dout(size_t(M * N) * 4);
+  std::vector<float> vec = rand_f32(size_t(N), 0.5f);
+  Dev dbias(vec), dscale(vec);
   cu::Epilogue ep;
   ep.out = dout.p;
   ep.ldo = N;
+  const char* tag = "";
+  if (kind == PerfEp::kBiasGelu) {
+    ep.bias = dbias.as<float>();
+    ep.gelu = true;
+    tag = " bias+gelu";
+  } else if (kind == PerfEp::kAddScaled) {
+    ep.mode = cu::EpMode::kAddF32;
+    ep.bias = dbias.as<float>();
+    ep.scale = dscale.as<float>();
+    tag = " +=f32*scale";
+  }
+  const uint64_t before = cu::gemm_launch_count(cu::gemm_path());
   const double ms = cu::time_gpu_ms([&] { cu::gemm_bf16(dA.as<uint16_t>(), K, dW.as<uint16_t>(), K, M, N, K, ep, nullptr); }, 10);
-  const bool ran = cu::gemm_launch_count(cu::gemm_path()) > 0;
-  perf_report("gemm bf16 " + shape_str({M, N, K}) + " [" + cu::gemm_path_name(cu::gemm_path()) + (ran ? "" : ", fell back") + "]", ms, 2.0 * M * N * K / (ms * 1e9), "TFLOP/s");
+  const bool ran = cu::gemm_launch_count(cu::gemm_path()) > before;
+  perf_report("gemm bf16 " + shape_str({M, N, K}) + tag + " [" + cu::gemm_path_name(cu::gemm_path()) +
+                  (ran ? "" : ", fell back") + "]",
+              ms, 2.0 * M * N * K / (ms * 1e9), "TFLOP/s");
 }
 
 void perf_gemv(int64_t N, int64_t K) {
@@ -795,7 +815,7 @@ int main(int argc, char** argv) {
     gemm_paths.push_back(cu::GemmPath::kMma);
     if (cu::gemm_wgmma_available())
       for (cu::GemmPath gp : {cu::GemmPath::kWgmma128, cu::GemmPath::kWgmma256, cu::GemmPath::kTma128,
-                              cu::GemmPath::kTma256})
+                              cu::GemmPath::kTma256, cu::GemmPath::kTma128p})
         gemm_paths.push_back(gp);
   } else {
     size_t pos = 0;
@@ -806,7 +826,7 @@ int main(int argc, char** argv) {
       if (cu::gemm_path_from_name(name.c_str(), &gp)) {
         gemm_paths.push_back(gp);
       } else {
-        std::fprintf(stderr, "unknown GEMM path '%s' (mma, wgmma128, wgmma256, tma128, tma256)\n", name.c_str());
+        std::fprintf(stderr, "unknown GEMM path '%s' (mma, wgmma128, wgmma256, tma128, tma256, tma128p)\n", name.c_str());
         return 2;
       }
       pos = end + 1;
@@ -899,6 +919,10 @@ int main(int argc, char** argv) {
         perf_gemm(8200, 1024, 4096);   // PE-L fc2
         perf_gemm(4096, 16384, 2048);  // PLM-1B gate_up prefill
         perf_gemm(512, 2048, 2048);    // PLM-1B o_proj, 512-token prefill
+        perf_gemm(8200, 4096, 1024, PerfEp::kBiasGelu);     // PE-L fc1 as the tower runs it
+        perf_gemm(8200, 1024, 4096, PerfEp::kAddScaled);    // PE-L fc2 into the residual
+        perf_gemm(8200, 1024, 1024, PerfEp::kAddScaled);    // PE-L proj into the residual
+        perf_gemm(37925, 4096, 1024, PerfEp::kBiasGelu);    // fc1 for 37 tiles in one pass
       }
       cu::set_gemm_path(default_path);
       perf_gemv(16384, 2048);        // PLM-1B gate_up decode
