@@ -229,16 +229,19 @@ def questions(scene: dict, rng: random.Random | None = None) -> list[dict]:
     return qa
 
 
-def sample_training_pair(seed: int, caption_prob: float) -> tuple[dict, str, str, str]:
-    """One (scene, prompt, answer, type) for a training step, fully determined by the seed."""
+def sample_training_pair(seed: int, caption_prob: float, weights: dict | None = None,
+                         rng: random.Random | None = None) -> tuple[dict, str, str, str]:
+    """One (scene, prompt, answer, type) for a training step, fully determined by the seed (and by `rng`'s
+    state where one is given). Question types are equally likely, or drawn by `weights` (type -> weight,
+    default 1)."""
     scene = make_scene(seed)
-    rng = random.Random(seed * 7919 + 17)
+    if rng is None:
+        rng = random.Random(seed * 7919 + 17)
     if rng.random() < caption_prob:
         return scene, CAPTION_PROMPT, caption(scene), "caption"
     qa = questions(scene, rng)
-    # balance question types
     types = sorted({x["type"] for x in qa})
-    t = rng.choice(types)
+    t = rng.choice(types) if weights is None else rng.choices(types, [weights.get(x, 1.0) for x in types])[0]
     item = rng.choice([x for x in qa if x["type"] == t])
     return scene, item["q"], item["a"], item["type"]
 

@@ -35,7 +35,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import train as T  # noqa: E402
-from image_tokens import image_tokens  # noqa: E402
+from train import image_tokens  # noqa: E402
 
 
 def count_noun(q: str) -> str:
@@ -120,23 +120,9 @@ def main():
     lm = model.model.language_model
     if a.grow:
         # after each layer, a copy of it that starts as the identity (o_proj and down_proj zero)
-        import copy
-        layers = []
-        for layer in lm.layers:
-            layers.append(layer)
-            for _ in range(a.grow):
-                new = copy.deepcopy(layer)
-                with torch.no_grad():
-                    new.self_attn.o_proj.weight.zero_()
-                    new.mlp.down_proj.weight.zero_()
-                layers.append(new)
-        lm.layers = torch.nn.ModuleList(layers)
-        for i, layer in enumerate(lm.layers):
-            layer.self_attn.layer_idx = i
-        lm.config.num_hidden_layers = len(layers)
-        if getattr(lm.config, "layer_types", None):
-            lm.config.layer_types = ["full_attention"] * len(layers)
-        print(f"decoder grown to {len(layers)} layers", flush=True)
+        T.GROW = a.grow
+        T.grow_decoder(model)
+        print(f"decoder grown to {len(lm.layers)} layers", flush=True)
     E = lm.embed_tokens.weight  # [128256, H], tied with the LM head
 
     t0 = time.time()

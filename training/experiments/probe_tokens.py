@@ -14,7 +14,7 @@ sys.path.insert(0, str(HERE.parents[1] / "reference"))
 import common as C  # noqa: E402,F401
 import make_data as D  # noqa: E402
 import torch  # noqa: E402
-from image_tokens import image_tokens  # noqa: E402
+from train import image_tokens  # noqa: E402
 
 
 def features(model, proc, seeds):
