@@ -183,6 +183,19 @@ class SmallEmbedding(nn.Module):
 
 
 # --- batches -----------------------------------------------------------------------------------------
+def pad_sequences(seqs: list[list[int]], labs: list[list[int]]):
+    """Right-padded ids (<|end_of_text|>), attention mask and labels (-100) of token lists: [B, max len] each."""
+    L = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), L), 128001, dtype=torch.long)
+    lab = torch.full((len(seqs), L), -100, dtype=torch.long)
+    att = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, (x, y) in enumerate(zip(seqs, labs)):
+        ids[i, : len(x)] = torch.tensor(x)
+        lab[i, : len(y)] = torch.tensor(y)
+        att[i, : len(x)] = 1
+    return ids, att, lab
+
+
 class Batcher:
     def __init__(self, tok, input_type: str, tiles: int, caption_prob: float):
         self.tok = tok
@@ -210,14 +223,7 @@ class Batcher:
             t = self.tok.encode(a, add_special_tokens=False) + [128009]
             seqs.append(p + t)
             labs.append([-100] * len(p) + t)
-        L = max(len(x) for x in seqs)
-        ids = torch.full((len(seeds), L), 128001, dtype=torch.long)
-        lab = torch.full((len(seeds), L), -100, dtype=torch.long)
-        att = torch.zeros((len(seeds), L), dtype=torch.long)
-        for i, (x, y) in enumerate(zip(seqs, labs)):
-            ids[i, : len(x)] = torch.tensor(x)
-            lab[i, : len(y)] = torch.tensor(y)
-            att[i, : len(x)] = 1
+        ids, att, lab = pad_sequences(seqs, labs)
         pv = self.proc.image_processor(images=imgs, return_tensors="pt")["pixel_values"]
         return ids, att, lab, pv
 
@@ -355,18 +361,22 @@ def build(used):
     return model, small
 
 
-def restricted_loss(model, small, ids, att, lab, pv):
-    out = model.model(input_ids=ids, attention_mask=att, pixel_values=pv, use_cache=False)
-    h = out.last_hidden_state[:, :-1]
+def restricted_head_loss(h, lab, small):
+    """Next-token cross-entropy of the decoder's hidden states h [B, L, H] against labels lab [B, L] (-100: no
+    loss), over the used ids plus the constant-zero "any other token" column; and the top-1 accuracy."""
     y = lab[:, 1:]
     m = y != -100
-    hs = h[m]
-    logits = hs @ small.weight.t()
+    logits = h[:, :-1][m] @ small.weight.t()
     logits = torch.cat([logits, torch.zeros_like(logits[:, :1])], dim=1)  # "any other token" column
     tgt = small.index[y[m]]
     loss = F.cross_entropy(logits, tgt)
     acc = (logits.argmax(-1) == tgt).float().mean()
     return loss, acc
+
+
+def restricted_loss(model, small, ids, att, lab, pv):
+    out = model.model(input_ids=ids, attention_mask=att, pixel_values=pv, use_cache=False)
+    return restricted_head_loss(out.last_hidden_state, lab, small)
 
 
 def set_trainable(model, what: str):
@@ -507,28 +517,17 @@ def run_decoder_stage(model, small, tok) -> None:
             rows.append(k)
             seqs.append(p + t)
             labs.append([-100] * len(p) + t)
-        L = max(map(len, seqs))
-        ids = torch.full((len(seqs), L), 128001)
-        lab = torch.full((len(seqs), L), -100)
-        att = torch.zeros((len(seqs), L), dtype=torch.long)
-        for i, (x, y) in enumerate(zip(seqs, labs)):
-            ids[i, :len(x)], lab[i, :len(y)], att[i, :len(x)] = torch.tensor(x), torch.tensor(y), 1
-        ids, lab, att = ids.to(DEVICE), lab.to(DEVICE), att.to(DEVICE)
+        ids, att, lab = (t.to(DEVICE) for t in pad_sequences(seqs, labs))
         emb = small(ids)
         img = feats[torch.tensor(rows)].reshape(-1, feats.shape[-1]).to(DEVICE)
         emb = emb.masked_scatter((ids == 128002)[..., None], img.to(emb.dtype))
-        h = lm(inputs_embeds=emb, attention_mask=att, use_cache=False).last_hidden_state[:, :-1]
-        y = lab[:, 1:]
-        m = y != -100
-        logits = h[m] @ small.weight.t()
-        logits = torch.cat([logits, torch.zeros_like(logits[:, :1])], dim=1)  # "any other token" column
-        tgt = small.index[y[m]]
-        loss = F.cross_entropy(logits, tgt)
+        h = lm(inputs_embeds=emb, attention_mask=att, use_cache=False).last_hidden_state
+        loss, acc = restricted_head_loss(h, lab, small)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params + [small.weight], 1.0)
         opt.step()
-        acc = (logits.argmax(-1) == tgt).float().mean().item()
+        acc = acc.item()
         ema_l = loss.item() if ema_l is None else 0.95 * ema_l + 0.05 * loss.item()
         ema_a = acc if ema_a is None else 0.95 * ema_a + 0.05 * acc
         if step % 25 == 0 or step == st["steps"] - 1:

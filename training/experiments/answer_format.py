@@ -164,12 +164,7 @@ def main():
             p, t = prompt_ids(q), tok.encode(ans, add_special_tokens=False) + [128009]
             seqs.append(p + t)
             labs.append([-100] * len(p) + t)
-        L = max(map(len, seqs))
-        ids = torch.full((len(items), L), 128001)
-        lab = torch.full((len(items), L), -100)
-        att = torch.zeros((len(items), L), dtype=torch.long)
-        for i, (x, y) in enumerate(zip(seqs, labs)):
-            ids[i, :len(x)], lab[i, :len(y)], att[i, :len(x)] = torch.tensor(x), torch.tensor(y), 1
+        ids, att, lab = T.pad_sequences(seqs, labs)
         emb = F.embedding(ids, E)
         img = feats[torch.tensor([i for i, _, _ in items])].reshape(-1, feats.shape[-1])
         return emb.masked_scatter((ids == 128002)[..., None], img.to(emb.dtype)), att, lab
