@@ -182,6 +182,33 @@ class SmallEmbedding(nn.Module):
         return F.embedding(j, self.weight)
 
 
+# --- optimisation ------------------------------------------------------------------------------------
+def scheduled_lr(peak: float, warmup: int, step: int, frac: float) -> float:
+    """Linear warmup over `warmup` steps, then cosine from `peak` down to 5% of it as `frac` goes 0 -> 1."""
+    return peak * min(1.0, (step + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def optimizer_step(opt, loss, params) -> None:
+    """Backward, gradient norm of `params` clipped to 1, one step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
+def log_stage_step(k: int, step: int, steps: int, loss: float, acc: float, lr: float, t0: float) -> None:
+    """Every 25th and the last step of stage k, in train.log's format (loss and accuracy: running averages)."""
+    if step % 25 == 0 or step == steps - 1:
+        log(f"stage {k} step {step}/{steps} loss {loss:.4f} tok_acc {acc:.4f} lr {lr:.2e} "
+            f"elapsed {time.time() - t0:.0f}s")
+
+
+def decay_groups(params, mult: float = 1.0) -> list[dict]:
+    """AdamW groups: weight decay 0.05 on matrices, none on vectors; `mult` scales the stage's learning rate."""
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.05, "mult": mult},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "mult": mult}]
+
+
 # --- batches -----------------------------------------------------------------------------------------
 def pad_sequences(seqs: list[list[int]], labs: list[list[int]]):
     """Right-padded ids (<|end_of_text|>), attention mask and labels (-100) of token lists: [B, max len] each."""
@@ -298,7 +325,7 @@ def run_encoder_stage(model, workers: int):
     ema = None
     for step, (pv, ys, yc) in enumerate(dl):
         frac = step / st["steps"]
-        lr = st["lr"] * min(1.0, (step + 1) / st["warmup"]) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        lr = scheduled_lr(st["lr"], st["warmup"], step, frac)
         for g in opt.param_groups:
             g["lr"] = lr
         h = vt(pv.flatten(0, 1).to(DEVICE), return_dict=True).last_hidden_state[:, 1:]  # [B*T, GRID*GRID, dim]
@@ -307,10 +334,7 @@ def run_encoder_stage(model, workers: int):
         ls = F.cross_entropy(o[..., :6].flatten(0, 1), ys.flatten().to(DEVICE), weight=w_shape)
         lc = F.cross_entropy(o[..., 6:].flatten(0, 1), yc.flatten().to(DEVICE), weight=w_colour)
         loss = ls + lc
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimizer_step(opt, loss, params)
         with torch.no_grad():
             obj = ys.flatten() > 0
             acc_s = (o[..., :6].flatten(0, 1).argmax(-1).cpu()[obj] == ys.flatten()[obj]).float().mean().item()
@@ -403,8 +427,7 @@ def run_stage(k: int, model, small, tok, workers: int):
     for is_vision in (False, True):
         mult = VISION_LR_MULT if is_vision else 1.0
         mine = [p for p in params if (id(p) in vision) == is_vision]
-        groups += [{"params": [p for p in mine if p.dim() >= 2], "weight_decay": 0.05, "mult": mult},
-                   {"params": [p for p in mine if p.dim() < 2], "weight_decay": 0.0, "mult": mult}]
+        groups += decay_groups(mine, mult)
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=st["lr"], betas=(0.9, 0.98))
     n_train = sum(p.numel() for p in params)
     log(f"stage {k}: {st} tiles/image {bt.n_tiles} trainable params {n_train}")
@@ -415,22 +438,17 @@ def run_stage(k: int, model, small, tok, workers: int):
         frac = step / st["steps"]
         if TIME_GUARD:  # the schedule follows whichever runs out first, steps or the stage's time budget
             frac = min(1.0, max(frac, (time.time() - t0) / st["budget_s"]))
-        lr = st["lr"] * min(1.0, (step + 1) / st["warmup"]) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        lr = scheduled_lr(st["lr"], st["warmup"], step, frac)
         for g in opt.param_groups:
             g["lr"] = lr * g["mult"]
         loss, acc = restricted_loss(model, small, *[t.to(DEVICE, non_blocking=True) for t in batch])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimizer_step(opt, loss, params)
         ema_l = loss.item() if ema_l is None else 0.95 * ema_l + 0.05 * loss.item()
         ema_a = acc.item() if ema_a is None else 0.95 * ema_a + 0.05 * acc.item()
         if TIME_GUARD and time.time() - t0 > st["budget_s"]:
             log(f"stage {k}: wall-time guard hit at step {step + 1}/{st['steps']} ({st['budget_s']}s), stage ends early")
             break
-        if step % 25 == 0 or step == st["steps"] - 1:
-            log(f"stage {k} step {step}/{st['steps']} loss {ema_l:.4f} tok_acc {ema_a:.4f} lr {lr:.2e} "
-                f"elapsed {time.time() - t0:.0f}s")
+        log_stage_step(k, step, st["steps"], ema_l, ema_a, lr, t0)
     log(f"stage {k} done in {time.time() - t0:.0f}s")
     model.eval()
 
@@ -496,9 +514,7 @@ def run_decoder_stage(model, small, tok) -> None:
     params = [p for n, p in lm.named_parameters() if "embed" not in n]
     for p in params + [small.weight]:
         p.requires_grad = True
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.05, "mult": 1.0},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "mult": 1.0},
-              {"params": [small.weight], "weight_decay": 0.0, "mult": st["embedding_lr_mult"]}]
+    groups = decay_groups(params) + [{"params": [small.weight], "weight_decay": 0.0, "mult": st["embedding_lr_mult"]}]
     opt = torch.optim.AdamW(groups, lr=st["lr"], betas=(0.9, 0.98))
     rng = random.Random(SEED + 4)
     lm.train()
@@ -506,7 +522,7 @@ def run_decoder_stage(model, small, tok) -> None:
     ema_l = ema_a = None
     for step in range(st["steps"]):
         frac = step / st["steps"]
-        lr = st["lr"] * min(1.0, (step + 1) / st["warmup"]) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        lr = scheduled_lr(st["lr"], st["warmup"], step, frac)
         for g in opt.param_groups:
             g["lr"] = lr * g["mult"]
         rows, seqs, labs = [], [], []
@@ -523,16 +539,11 @@ def run_decoder_stage(model, small, tok) -> None:
         emb = emb.masked_scatter((ids == 128002)[..., None], img.to(emb.dtype))
         h = lm(inputs_embeds=emb, attention_mask=att, use_cache=False).last_hidden_state
         loss, acc = restricted_head_loss(h, lab, small)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params + [small.weight], 1.0)
-        opt.step()
+        optimizer_step(opt, loss, params + [small.weight])
         acc = acc.item()
         ema_l = loss.item() if ema_l is None else 0.95 * ema_l + 0.05 * loss.item()
         ema_a = acc if ema_a is None else 0.95 * ema_a + 0.05 * acc
-        if step % 25 == 0 or step == st["steps"] - 1:
-            log(f"stage 4 step {step}/{st['steps']} loss {ema_l:.4f} tok_acc {ema_a:.4f} lr {lr:.2e} "
-                f"elapsed {time.time() - t0:.0f}s")
+        log_stage_step(4, step, st["steps"], ema_l, ema_a, lr, t0)
     log(f"stage 4 done in {time.time() - t0:.0f}s")
     for p in model.parameters():
         p.requires_grad = True

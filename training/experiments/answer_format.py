@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import math
 import random
 import sys
 import time
@@ -224,8 +223,7 @@ def main():
     params = [p for n, p in lm.named_parameters() if "embed" not in n]
     for p in params:
         p.requires_grad = True
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.05, "mult": 1.0},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "mult": 1.0}]
+    groups = T.decay_groups(params)
     if a.train_embedding:
         E.requires_grad = True
         groups.append({"params": [E], "weight_decay": 0.0, "mult": 0.3})
@@ -234,7 +232,7 @@ def main():
     rng, ema, t0 = random.Random(123), None, time.time()
     for step in range(a.steps):
         frac = step / a.steps
-        lr = a.lr * min(1.0, (step + 1) / 100) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        lr = T.scheduled_lr(a.lr, 100, step, frac)
         for g in opt.param_groups:
             g["lr"] = lr * g["mult"]
         emb, att, lab = make_batch([sample(rng) for _ in range(a.batch)], feats_train)
@@ -243,10 +241,7 @@ def main():
         hs = h[y != -100]
         logits = torch.cat([hs @ E[used].T, torch.zeros(len(hs), 1)], 1)  # + the "any other token" column
         loss = F.cross_entropy(logits, remap[y[y != -100]])
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        T.optimizer_step(opt, loss, params)
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if (step + 1) % 500 == 0 or step + 1 == a.steps:
             print(f"step {step + 1} loss {ema:.4f} lr {lr:.2e} {time.time() - t0:.0f}s {evaluate()}", flush=True)
