@@ -38,7 +38,7 @@ void attention(const float* q, const float* k, const float* v, float* out, const
     const int64_t i = idx / s.heads;
     const int h = static_cast<int>(idx % s.heads), kvh = h / group;
     const float* qi = q + i * s.q_stride + static_cast<int64_t>(h) * hd;
-    float* oi = out + i * s.q_stride + static_cast<int64_t>(h) * hd;
+    float* oi = out + i * s.out_row_stride() + static_cast<int64_t>(h) * hd;
     const int64_t keys = s.causal ? std::min(s.kv_len, s.q_offset + i + 1) : s.kv_len;
     thread_local std::vector<float> acc, scores;
     acc.assign(hd, 0.f);

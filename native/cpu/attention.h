@@ -13,15 +13,18 @@ struct AttentionShape {
   int heads = 0;           // query heads
   int kv_heads = 0;        // key/value heads; query head h reads kv head h / (heads / kv_heads)
   int head_dim = 0;
-  int64_t q_stride = 0;    // floats between consecutive rows of q (and out)
+  int64_t q_stride = 0;    // floats between consecutive rows of q (and of out unless out_stride is set)
   int64_t kv_stride = 0;   // floats between consecutive rows of k and v
+  int64_t out_stride = 0;  // floats between consecutive rows of out; 0: q_stride
   float scale = 0.f;       // usually head_dim^-0.5
   bool causal = false;     // query row i sees keys 0 .. q_offset + i
   int64_t q_offset = 0;    // position of query row 0 among the keys (cache length before this chunk)
+
+  int64_t out_row_stride() const { return out_stride ? out_stride : q_stride; }
 };
 
 // q: [Tq, heads, hd] (row stride q_stride), k, v: [Tk, kv_heads, hd] (row stride kv_stride),
-// out: [Tq, heads, hd] (row stride q_stride).
+// out: [Tq, heads, hd] (row stride out_row_stride()).
 void attention(const float* q, const float* k, const float* v, float* out, const AttentionShape& s, ThreadPool* pool);
 
 // Same with an explicit precision. kBF16: Q, K, V and the probabilities rounded to bf16, Q·K^T and P·V on

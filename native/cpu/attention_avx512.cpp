@@ -102,7 +102,7 @@ bool attention_avx512(const float* q, const float* k, const float* v, float* out
       }
     }
     for (int64_t r = 0; r < rows; ++r) {
-      float* dst = out + (i0 + r) * s.q_stride + int64_t(h) * hd;
+      float* dst = out + (i0 + r) * s.out_row_stride() + int64_t(h) * hd;
       const __m512 inv = _mm512_set1_ps(1.0f / sum[r]);
       for (int c = 0; c < hv; ++c) _mm512_storeu_ps(dst + c * 16, _mm512_mul_ps(_mm512_load_ps(o[r] + c * 16), inv));
     }

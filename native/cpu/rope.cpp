@@ -1,7 +1,8 @@
 #include "cpu/rope.h"
 
-#include <cstdint>
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 namespace plm::cpu {
 
@@ -22,12 +23,17 @@ void rope_rotate_half(float* x, int64_t T, int heads, int hd, const float* cos, 
 }
 
 void rope_interleaved(float* x, int64_t T, int heads, int hd, int prefix, const float* cos, const float* sin) {
+  rope_interleaved_rows(x, int64_t(heads) * hd, 0, T, heads, hd, prefix, cos, sin);
+}
+
+void rope_interleaved_rows(float* x, int64_t row_stride, int64_t t0, int64_t t1, int heads, int hd, int prefix,
+                           const float* cos, const float* sin) {
   const int pairs = hd / 2;
-  for (int64_t t = prefix; t < T; ++t) {
+  for (int64_t t = std::max<int64_t>(t0, prefix); t < t1; ++t) {
     const float* c = cos + (t - prefix) * pairs;
     const float* s = sin + (t - prefix) * pairs;
     for (int h = 0; h < heads; ++h) {
-      float* v = x + (t * heads + h) * hd;
+      float* v = x + t * row_stride + int64_t(h) * hd;
       for (int p = 0; p < pairs; ++p) {
         const float a = v[2 * p], b = v[2 * p + 1];
         v[2 * p] = a * c[p] - b * s[p];

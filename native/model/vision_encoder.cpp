@@ -1,7 +1,8 @@
 #include "model/vision_encoder.h"
 
-#include <cstdint>
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <functional>
 
@@ -91,7 +92,7 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
 
   std::vector<float> h(M * C);          // [M, C]
   std::vector<float> qkv(M * 3 * C);    // [M, 3C]
-  std::vector<float> q(M * C), k(M * C), v(M * C), a(M * C);  // [tiles, N, heads, hd]
+  std::vector<float> a(M * C);          // [tiles, N, heads, hd] attention output
   std::vector<float> f(M * mlp);        // [M, mlp]
   // Row-parallel helpers for the elementwise steps (they were serial and ~5% of a tile on 2 cores).
   auto parallel_rows = [&](int64_t rows, const std::function<void(int64_t, int64_t)>& fn) {
@@ -110,29 +111,33 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
     { OpTimer t("vision.layer_norm"); cpu::layer_norm(x, blk.norm1_w.data(), blk.norm1_b.data(), h.data(), M, C, cfg_.layer_norm_eps, pool_); }
     { OpTimer t("vision.matmul_qkv"); cpu::matmul(h.data(), M, blk.qkv, blk.qkv_b.data(), qkv.data(), pool_, precision_); }
     {
-      OpTimer t_attn("vision.split+rope+attention");
+      // q, k and v stay in the qkv rows ([M, 3, heads, hd]): RoPE rotates q and k in place, attention
+      // reads them with a row stride of 3C.
+      OpTimer t_rope("vision.rope");
       parallel_rows(M, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          std::memcpy(q.data() + r * C, qkv.data() + r * 3 * C, C * sizeof(float));
-          std::memcpy(k.data() + r * C, qkv.data() + r * 3 * C + C, C * sizeof(float));
-          std::memcpy(v.data() + r * C, qkv.data() + r * 3 * C + 2 * C, C * sizeof(float));
+        for (int64_t t = r0 / N; t * N < r1; ++t) {
+          const int64_t t0 = std::max(r0, t * N) - t * N, t1 = std::min(r1, (t + 1) * N) - t * N;
+          float* tile_qkv = qkv.data() + t * N * 3 * C;
+          for (float* part : {tile_qkv, tile_qkv + C})
+            cpu::rope_interleaved_rows(part, 3 * C, t0, t1, static_cast<int>(heads), static_cast<int>(hd),
+                                       static_cast<int>(prefix), rope_cos_.data(), rope_sin_.data());
         }
       });
+    }
+    {
+      OpTimer t_attn("vision.attention");
       for (int64_t t = 0; t < tiles; ++t) {
-        cpu::rope_interleaved(q.data() + t * N * C, N, static_cast<int>(heads), static_cast<int>(hd),
-                              static_cast<int>(prefix), rope_cos_.data(), rope_sin_.data());
-        cpu::rope_interleaved(k.data() + t * N * C, N, static_cast<int>(heads), static_cast<int>(hd),
-                              static_cast<int>(prefix), rope_cos_.data(), rope_sin_.data());
         cpu::AttentionShape s;
         s.q_len = N;
         s.kv_len = N;
         s.heads = s.kv_heads = static_cast<int>(heads);
         s.head_dim = static_cast<int>(hd);
-        s.q_stride = s.kv_stride = C;
+        s.q_stride = s.kv_stride = 3 * C;
+        s.out_stride = C;
         s.scale = 1.0f / std::sqrt(static_cast<float>(hd));
         s.causal = false;
-        cpu::attention(q.data() + t * N * C, k.data() + t * N * C, v.data() + t * N * C, a.data() + t * N * C, s,
-                       pool_, precision_);
+        const float* tile_qkv = qkv.data() + t * N * 3 * C;
+        cpu::attention(tile_qkv, tile_qkv + C, tile_qkv + 2 * C, a.data() + t * N * C, s, pool_, precision_);
       }
     }
     { OpTimer t("vision.matmul_proj"); cpu::matmul(a.data(), M, blk.proj, blk.proj_b.data(), h.data(), pool_, precision_); }
