@@ -1,4 +1,4 @@
-// AMX tile setup shared by the AMX kernels (include only from *_amx.cpp files, which get the AMX flags).
+// AMX tile setup and operand packing helpers shared by the AMX kernels (include only from *_amx.cpp files, which get the AMX flags).
 #pragma once
 #include <immintrin.h>
 
@@ -27,6 +27,31 @@ inline void configure_tiles() {
     cfg.rows[t] = 16;
   }
   _tile_loadconfig(&cfg);
+}
+
+// 16x16 transpose of 32-bit elements: out[j] = column j of the rows in[0..15].
+inline void transpose16x16_u32(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xDD);
+    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xDD);
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xDD);
+  }
 }
 
 }  // namespace

@@ -47,6 +47,21 @@ inline __m512 exp_neg(__m512 x) {
   return _mm512_maskz_mov_ps(~under, _mm512_scalef_ps(p, n));
 }
 
+// 2^t for t <= 0 to 2.8e-6 relative (degree-4 fit of 2^r on |r| <= 1/2), lanes outside `keep` exactly 0.
+// t is clamped at -125 (result ~2e-38, still a normal float); the fixed-reference kernel only needs
+// relative accuracy far below P's bf16 rounding (2^-9). 9 vector ops against exp_neg's 15 plus a sub.
+inline __m512 exp2_nonpos(__m512 t, __mmask16 keep) {
+  t = _mm512_max_ps(t, _mm512_set1_ps(-125.0f));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(9.582850735998877e-3f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.5906437115134544e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.402409873916116e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.931241916464308e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_scalef_ps(keep, p, n);
+}
+
 constexpr int kKeyBlock = 64;
 
 // Lanes 0 .. n-1 of 16 (n clamped to [0, 16]): the keys of a 16-key score vector a row may see.
@@ -54,14 +69,14 @@ inline __mmask16 first_lanes(int64_t n) {
   return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
 }
 
-// Query rows i0 .. i0+15 of head h, scaled and rounded to bf16 into qs [16][hd]; rows past q_len are zero
-// padding. limit[r]: how many keys row r sees (0 for padding). norm (optional): |scaled q row| in f32.
-// Returns {kmin over the real rows, kmax}.
+// Query rows i0 .. i0+15 of head h, scaled by s.scale * extra_scale and rounded to bf16 into qs [16][hd];
+// rows past q_len are zero padding. limit[r]: how many keys row r sees (0 for padding). norm (optional):
+// |scaled q row| in f32. Returns {kmin over the real rows, kmax}.
 std::pair<int64_t, int64_t> load_q_block(const float* q, const AttentionShape& s, int h, int64_t i0, uint16_t* qs,
-                                         int64_t* limit, float* norm) {
+                                         int64_t* limit, float* norm, float extra_scale = 1.0f) {
   const int hd = s.head_dim;
   const int64_t rows = std::min<int64_t>(16, s.q_len - i0);
-  const __m512 scale = _mm512_set1_ps(s.scale);
+  const __m512 scale = _mm512_set1_ps(s.scale * extra_scale);
   int64_t kmin = s.kv_len, kmax = 0;
   for (int r = 0; r < 16; ++r) {
     uint16_t* qd = qs + r * hd;
@@ -93,7 +108,7 @@ void write_out_rows(float* out, const AttentionShape& s, int h, int64_t i0, int6
                     const float* sum) {
   const int hd = s.head_dim;
   for (int64_t r = 0; r < rows; ++r) {
-    float* dst = out + (i0 + r) * s.q_stride + int64_t(h) * hd;
+    float* dst = out + (i0 + r) * s.out_row_stride() + int64_t(h) * hd;
     const __m512 inv = _mm512_set1_ps(1.0f / sum[r]);
     for (int c = 0; c < hd; c += 16) _mm512_storeu_ps(dst + c, _mm512_mul_ps(_mm512_load_ps(o + r * hd + c), inv));
   }
@@ -114,11 +129,9 @@ bool attention_amx_bf16(const float* q, const float* k, const float* v, float* o
   std::vector<uint16_t> vp(static_cast<size_t>(s.kv_heads * kv_elems) + 32);
   uint16_t* Kp = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(kp.data()) + 63) & ~uintptr_t(63));
   uint16_t* Vp = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(vp.data()) + 63) & ~uintptr_t(63));
-  // Pack in blocks of 16 key pairs (32 keys): each K row becomes hd/2 bf16 pairs scattered down a column
-  // of Kp; each pair of V rows is interleaved into one row of Vp.
+  // Pack in blocks of 16 key pairs (32 keys): 16 K rows (16 bf16 pairs each per 32-wide d chunk) are
+  // transposed into 16 rows of Kp; each pair of V rows is interleaved into one row of Vp.
   const int64_t pblocks = Tkp / 32;
-  const __m512i kidx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                          _mm512_set1_epi32(static_cast<int>(Tkp)));
   const __m512i ileave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
                                           21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
   auto pack = [&](int64_t b0, int64_t b1) {
@@ -126,14 +139,17 @@ bool attention_amx_bf16(const float* q, const float* k, const float* v, float* o
       for (int h = 0; h < s.kv_heads; ++h) {
         uint32_t* kh = reinterpret_cast<uint32_t*>(Kp + h * kv_elems);
         uint32_t* vh = reinterpret_cast<uint32_t*>(Vp + h * kv_elems);
-        for (int64_t j = pb * 32; j < pb * 32 + 32; ++j) {
-          const float* kr = k + j * s.kv_stride + int64_t(h) * hd;
+        for (int64_t j0 = pb * 32; j0 < pb * 32 + 32; j0 += 16)
           for (int d = 0; d < hd; d += 32) {
-            const __m512i b = j < Tk ? (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(kr + d + 16), _mm512_loadu_ps(kr + d))
-                                     : _mm512_setzero_si512();
-            _mm512_i32scatter_epi32(kh + int64_t(d / 2) * Tkp + j, kidx, b, 4);
+            __m512i r[16];
+            for (int i = 0; i < 16; ++i) {
+              const float* kr = k + (j0 + i) * s.kv_stride + int64_t(h) * hd + d;
+              r[i] = j0 + i < Tk ? (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(kr + 16), _mm512_loadu_ps(kr))
+                                 : _mm512_setzero_si512();
+            }
+            transpose16x16_u32(r);  // r[p]: pair d/2 + p of keys j0 .. j0+15
+            for (int i = 0; i < 16; ++i) _mm512_storeu_si512(kh + (int64_t(d / 2) + i) * Tkp + j0, r[i]);
           }
-        }
         for (int64_t j = pb * 32; j < pb * 32 + 32; j += 2) {
           const float* v0 = v + j * s.kv_stride + int64_t(h) * hd;
           const float* v1 = v0 + s.kv_stride;
@@ -281,6 +297,7 @@ bool attention_amx_bf16(const float* q, const float* k, const float* v, float* o
   // which therefore stays in accumulator tiles 0..3 over all keys, and no per-block max reductions. P keeps
   // bf16's relative precision at any magnitude; a row whose sum comes out below 1e-20 (its bound more than
   // ~46 above its real max, where tiny terms could lose precision) sends the task to the online kernel.
+  // Scores are taken in base 2 (Q pre-scaled by log2(e)): P = 2^(S' - B'_i) is the same exp(S - B_i).
   std::vector<float> kmax_norm(static_cast<size_t>(s.kv_heads), 0.f);
   const bool fixed_ref = hd <= 64;
   if (fixed_ref) {
@@ -302,12 +319,12 @@ bool attention_amx_bf16(const float* q, const float* k, const float* v, float* o
     const int64_t i0 = (t / s.heads) * 16, rows = std::min<int64_t>(16, Tq - i0);
     alignas(64) uint16_t qs[16 * 64];        // [16][hd] bf16, scaled
     alignas(64) float o[16 * 64];            // [16][hd] f32 output, stored once at the end
-    alignas(64) float sc[2][16][16];         // score tiles: [key half][row][key]
-    alignas(64) uint16_t p[16][32];          // bf16 probabilities, the A operand of P·V
+    alignas(64) float sc[2][2][16][16];      // score tiles, double-buffered: [block parity][key half][row][key]
+    alignas(64) uint16_t p[2][16][32];       // bf16 probabilities, the A operand of P·V, double-buffered
     alignas(64) float sumv[16][16];          // per-row partial sums, reduced once at the end
     float bound[16];
     int64_t limit[16];
-    const auto [kmin, kmax] = load_q_block(q, s, h, i0, qs, limit, bound);
+    const auto [kmin, kmax] = load_q_block(q, s, h, i0, qs, limit, bound, 1.44269504088896341f);
     for (int r = 0; r < 16; ++r) {
       _mm512_store_ps(sumv[r], _mm512_setzero_ps());
       // 1% + a constant above the exact bound: Q and K are rounded to bf16 before the products
@@ -322,7 +339,8 @@ bool attention_amx_bf16(const float* q, const float* k, const float* v, float* o
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
-    for (int64_t j0 = 0; j0 < kmax; j0 += 32) {
+    // S = Q·K^T of keys j0 .. j0+31 into tiles 4/5.
+    auto scores = [&](int64_t j0) {
       _tile_zero(4);
       _tile_zero(5);
       for (int c = 0; c < dchunks; ++c) {
@@ -333,26 +351,10 @@ bool attention_amx_bf16(const float* q, const float* k, const float* v, float* o
         _tile_loadd(7, kb + 32, kstride);
         _tile_dpbf16ps(5, 6, 7);
       }
-      _tile_stored(4, sc[0], 64);
-      _tile_stored(5, sc[1], 64);
-      const bool need_mask = j0 + 32 > kmin;
-      for (int r = 0; r < 16; ++r) {
-        const int64_t valid = limit[r] - j0;
-        if (valid <= 0) {  // no key of this block is visible to the row (causal, or padding)
-          _mm512_store_si512(p[r], _mm512_setzero_si512());
-          continue;
-        }
-        __m512 x0 = _mm512_load_ps(sc[0][r]), x1 = _mm512_load_ps(sc[1][r]);
-        if (need_mask) {
-          x0 = _mm512_mask_blend_ps(first_lanes(valid), _mm512_set1_ps(-INFINITY), x0);
-          x1 = _mm512_mask_blend_ps(first_lanes(valid - 16), _mm512_set1_ps(-INFINITY), x1);
-        }
-        const __m512 b = _mm512_set1_ps(bound[r]);
-        const __m512 e0 = exp_neg(_mm512_sub_ps(x0, b)), e1 = exp_neg(_mm512_sub_ps(x1, b));
-        _mm512_store_ps(sumv[r], _mm512_add_ps(_mm512_load_ps(sumv[r]), _mm512_add_ps(e0, e1)));
-        _mm512_store_si512(p[r], (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
-      }
-      _tile_loadd(6, p[0], 64);
+    };
+    // O += P·V for the block of keys j0 .. j0+31 whose probabilities are in pb.
+    auto accumulate = [&](int64_t j0, const uint16_t* pb) {
+      _tile_loadd(6, pb, 64);
       const uint16_t* v0 = vh + ((j0 / 2) * hd) * 2;
       _tile_loadd(7, v0, vstride);
       _tile_dpbf16ps(0, 6, 7);
@@ -368,6 +370,37 @@ bool attention_amx_bf16(const float* q, const float* k, const float* v, float* o
         _tile_loadd(7, v0 + 96, vstride);
         _tile_dpbf16ps(3, 6, 7);
       }
+    };
+    scores(0);
+    _tile_stored(4, sc[0][0], 64);
+    _tile_stored(5, sc[0][1], 64);
+    // Software pipeline over blocks of 32 keys: block j's Q·K^T is issued one step ahead of its softmax and
+    // its P·V one step behind, so the matrix unit works while the vector units compute exp, and no tile load
+    // waits on stores just made (S went AMX -> memory -> AVX-512 -> memory -> AMX every 32 keys in lockstep).
+    for (int64_t j0 = 0, cur = 0; j0 < kmax; j0 += 32, cur ^= 1) {
+      const bool more = j0 + 32 < kmax;
+      if (more) scores(j0 + 32);
+      const bool need_mask = j0 + 32 > kmin;
+      for (int r = 0; r < 16; ++r) {
+        const int64_t valid = limit[r] - j0;
+        if (valid <= 0) {  // no key of this block is visible to the row (causal, or padding)
+          _mm512_store_si512(p[cur][r], _mm512_setzero_si512());
+          continue;
+        }
+        const __mmask16 keep0 = need_mask ? first_lanes(valid) : __mmask16(0xFFFF);
+        const __mmask16 keep1 = need_mask ? first_lanes(valid - 16) : __mmask16(0xFFFF);
+        const __m512 b = _mm512_set1_ps(bound[r]);
+        const __m512 e0 = exp2_nonpos(_mm512_sub_ps(_mm512_load_ps(sc[cur][0][r]), b), keep0);
+        const __m512 e1 = exp2_nonpos(_mm512_sub_ps(_mm512_load_ps(sc[cur][1][r]), b), keep1);
+        _mm512_store_ps(sumv[r], _mm512_add_ps(_mm512_load_ps(sumv[r]), _mm512_add_ps(e0, e1)));
+        _mm512_store_si512(p[cur][r], (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
+      }
+      if (more) {
+        _tile_stored(4, sc[cur ^ 1][0], 64);
+        _tile_stored(5, sc[cur ^ 1][1], 64);
+      }
+      if (j0 > 0) accumulate(j0 - 32, p[cur ^ 1][0]);
+      if (!more) accumulate(j0, p[cur][0]);
     }
     _tile_stored(0, o, int64_t(hd) * 4);
     if (cblocks > 1) _tile_stored(1, o + 16, int64_t(hd) * 4);

@@ -1,7 +1,8 @@
 // AMX-BF16 matmul: y[M, N] = bf16(x)[M, K] · W[N, K]^T + bias with f32 accumulation in tile registers.
 //
-// Operands: A = the activations, rounded to bf16 once per call into a row-major scratch [Mp, K] (tiles load
-// 16 rows x 32 k straight from it). B = the weights, which AMX wants in VNNI pairs ([K/2][N][2]); W is
+// Operands: A = the activations, rounded to bf16 once per call into a scratch in tile order
+// [Mp/16][K/32][16 rows][32 k] (each A tile one contiguous KiB: strided rows 2-8 KiB apart fell into a few
+// L1 sets and evicted each other). B = the weights, which AMX wants in VNNI pairs ([K/2][N][2]); W is
 // bf16 [N, K] row-major in the mmap, so each 32-row panel of W is repacked into that layout in a
 // thread-local buffer right before use and then reused by every row block of the task (M/32 times), so
 // the mapped weights are never copied as a whole and resident memory stays at the weight bytes.
@@ -23,44 +24,20 @@
 namespace plm::cpu::kernels {
 namespace {
 
-// 16x16 transpose of 32-bit elements: out[j] = column j of the rows in[0..15].
-inline void transpose16x16_u32(__m512i r[16]) {
-  __m512i t[16];
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
-    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xDD);
-    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
-    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xDD);
-  }
-  for (int i = 0; i < 8; ++i) {
-    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
-    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xDD);
-  }
-}
+// Offset (in bf16 elements) of A tile (row block m / 16, k chunk kc) in the tile-ordered scratch.
+inline int64_t a_tile_offset(int64_t m, int64_t kc, int64_t K) { return ((m / 16) * (K / 32) + kc) * 512; }
 
-// x [M, K] f32 -> xb [Mp, K] bf16 (round to nearest even), rows M..Mp-1 zero.
+// x [M, K] f32 -> xb [Mp/16][K/32][16][32] bf16 (round to nearest even), rows M..Mp-1 zero.
 void convert_x(const float* x, int64_t M, int64_t Mp, int64_t K, uint16_t* xb, ThreadPool* pool) {
   auto fn = [&](int64_t r0, int64_t r1) {
     for (int64_t m = r0; m < r1; ++m) {
-      uint16_t* dst = xb + m * K;
-      if (m >= M) {
-        std::memset(dst, 0, static_cast<size_t>(K) * 2);
-        continue;
-      }
+      uint16_t* dst = xb + a_tile_offset(m, 0, K) + (m % 16) * 32;
       const float* src = x + m * K;
-      for (int64_t k = 0; k < K; k += 32) {
-        __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + k + 16), _mm512_loadu_ps(src + k));
-        _mm512_storeu_si512(dst + k, (__m512i)v);
+      for (int64_t kc = 0; kc < K / 32; ++kc) {
+        __m512i v = _mm512_setzero_si512();
+        if (m < M)
+          v = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + kc * 32 + 16), _mm512_loadu_ps(src + kc * 32));
+        _mm512_store_si512(dst + kc * 512, v);
       }
     }
   };
@@ -94,7 +71,7 @@ constexpr int64_t kKSlice = 1024;
 
 void compute(const uint8_t* W, int64_t K, int64_t N, const uint16_t* xb, int64_t M, const float* bias, float* y,
              int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  const int64_t xstride = K * 2, ks = std::min(K, kKSlice), mblocks = (m1 - m0) / 32;
+  const int64_t ks = std::min(K, kKSlice), mblocks = (m1 - m0) / 32;
   alignas(64) float c[4][256];
   thread_local std::vector<uint8_t> panel;
   thread_local std::vector<float> partial;
@@ -112,8 +89,8 @@ void compute(const uint8_t* W, int64_t K, int64_t N, const uint16_t* xb, int64_t
       pack_w_panel(W + k0 * 2, K, kl, n, wp);
       for (int64_t mb = 0; mb < mblocks; ++mb) {
         const int64_t m = m0 + mb * 32;
-        const uint8_t* a0 = reinterpret_cast<const uint8_t*>(xb + m * K + k0);
-        const uint8_t* a1 = a0 + 16 * xstride;
+        const uint8_t* a0 = reinterpret_cast<const uint8_t*>(xb + a_tile_offset(m, k0 / 32, K));
+        const uint8_t* a1 = reinterpret_cast<const uint8_t*>(xb + a_tile_offset(m + 16, k0 / 32, K));
         float* cb = sliced ? cbuf + mb * 1024 : nullptr;
         if (first) {
           _tile_zero(0);
@@ -127,8 +104,8 @@ void compute(const uint8_t* W, int64_t K, int64_t N, const uint16_t* xb, int64_t
           _tile_loadd(3, cb + 768, 64);
         }
         for (int64_t kc = 0; kc < kl / 32; ++kc) {
-          _tile_loadd(4, a0 + kc * 64, xstride);
-          _tile_loadd(5, a1 + kc * 64, xstride);
+          _tile_loadd(4, a0 + kc * 1024, 64);
+          _tile_loadd(5, a1 + kc * 1024, 64);
           _tile_loadd(6, wp + kc * 2048, 64);
           _tile_loadd(7, wp + kc * 2048 + 1024, 64);
           _tile_dpbf16ps(0, 4, 6);
