@@ -65,8 +65,10 @@ inline void store_tile(const float* c, float* y, int64_t N, int64_t m0, int64_t 
   for (int m = 0; m < rows; ++m) _mm512_storeu_ps(y + (m0 + m) * N + n0, _mm512_add_ps(_mm512_load_ps(c + m * 16), b));
 }
 
-// K is walked in slices of at most kKSlice: a slice of the W panel (64 KiB) is packed once and used by every
-// row block of the task, and the f32 partial sums of the task's row blocks wait in cbuf between slices.
+// K is walked in slices of at most kKSlice, outermost: the task's bf16 rows of one slice (<= 1 MiB) stay in
+// L2 while every W panel of the task passes over them (each panel's slice, 64 KiB, packed once and used by
+// every row block), and the f32 partial sums of all (panel, row block) pairs wait in cbuf between slices.
+// With the panels outermost instead, a K = 4096 or 8192 task re-read all its rows from L3 for each panel.
 constexpr int64_t kKSlice = 1024;
 
 void compute(const uint8_t* W, int64_t K, int64_t N, const uint16_t* xb, int64_t M, const float* bias, float* y,
@@ -78,20 +80,21 @@ void compute(const uint8_t* W, int64_t K, int64_t N, const uint16_t* xb, int64_t
   panel.resize(static_cast<size_t>(ks / 32 * 2048 + 64));
   uint8_t* wp = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(panel.data()) + 63) & ~uintptr_t(63));
   const bool sliced = ks < K;
-  if (sliced) partial.resize(static_cast<size_t>(mblocks * 1024 + 16));
+  const int64_t panels = (n1 - n0) / 32;
+  if (sliced) partial.resize(static_cast<size_t>(panels * mblocks * 1024 + 16));
   float* cbuf = sliced ? reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(partial.data()) + 63) & ~uintptr_t(63))
-                       : nullptr;  // [mblocks][4 tiles][16][16] f32
+                       : nullptr;  // [panels][mblocks][4 tiles][16][16] f32
   configure_tiles();
-  for (int64_t n = n0; n < n1; n += 32) {
-    for (int64_t k0 = 0; k0 < K; k0 += ks) {
-      const bool first = k0 == 0, last = k0 + ks >= K;
-      const int64_t kl = std::min(ks, K - k0);  // this slice's length (a multiple of 32)
+  for (int64_t k0 = 0; k0 < K; k0 += ks) {
+    const bool first = k0 == 0, last = k0 + ks >= K;
+    const int64_t kl = std::min(ks, K - k0);  // this slice's length (a multiple of 32)
+    for (int64_t n = n0; n < n1; n += 32) {
       pack_w_panel(W + k0 * 2, K, kl, n, wp);
       for (int64_t mb = 0; mb < mblocks; ++mb) {
         const int64_t m = m0 + mb * 32;
         const uint8_t* a0 = reinterpret_cast<const uint8_t*>(xb + a_tile_offset(m, k0 / 32, K));
         const uint8_t* a1 = reinterpret_cast<const uint8_t*>(xb + a_tile_offset(m + 16, k0 / 32, K));
-        float* cb = sliced ? cbuf + mb * 1024 : nullptr;
+        float* cb = sliced ? cbuf + ((n - n0) / 32 * mblocks + mb) * 1024 : nullptr;
         if (first) {
           _tile_zero(0);
           _tile_zero(1);

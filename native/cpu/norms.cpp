@@ -4,13 +4,27 @@
 #include <cmath>
 
 namespace plm::cpu {
+namespace {
+
+// Sum of term(0 .. n-1) in double over 8 independent accumulators: one serial chain of double adds ran at
+// one element per add latency (~2.5 ms per PE-L LayerNorm of 1025 x 1024 on 2 threads).
+template <class Term>
+double sum8(int64_t n, Term term) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += term(i + j);
+  for (; i < n; ++i) acc[0] += term(i);
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+}  // namespace
 
 void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t dim, float eps) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * dim;
     float* yr = y + r * dim;
-    double ss = 0;
-    for (int64_t i = 0; i < dim; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+    const double ss = sum8(dim, [&](int64_t i) { return static_cast<double>(xr[i]) * xr[i]; });
     const float inv = 1.0f / std::sqrt(static_cast<float>(ss / dim) + eps);
     for (int64_t i = 0; i < dim; ++i) yr[i] = w[i] * (xr[i] * inv);
   }
@@ -20,15 +34,11 @@ void layer_norm(const float* x, const float* w, const float* b, float* y, int64_
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * dim;
     float* yr = y + r * dim;
-    double mean = 0;
-    for (int64_t i = 0; i < dim; ++i) mean += xr[i];
-    mean /= dim;
-    double var = 0;
-    for (int64_t i = 0; i < dim; ++i) {
-      double d = xr[i] - mean;
-      var += d * d;
-    }
-    var /= dim;
+    const double mean = sum8(dim, [&](int64_t i) { return static_cast<double>(xr[i]); }) / dim;
+    const double var = sum8(dim, [&](int64_t i) {
+                         const double d = xr[i] - mean;
+                         return d * d;
+                       }) / dim;
     const float inv = 1.0f / std::sqrt(static_cast<float>(var) + eps);
     const float mu = static_cast<float>(mean);
     for (int64_t i = 0; i < dim; ++i) yr[i] = (xr[i] - mu) * inv * w[i] + b[i];
