@@ -139,6 +139,20 @@ void compute(const uint8_t* W, int64_t K, int64_t N, const uint16_t* xb, int64_t
   _tile_release();
 }
 
+// Column chunks (whole 32-wide panels) for mchunks row chunks on `threads` threads: at least 4 tasks per
+// thread, a task count that is a multiple of the thread count and equal chunks where the panels allow, so
+// no thread idles at the end (the old split gave 9 equal tasks to 2 threads for every PE-L shape at one
+// tile: one thread ran 5, the other 4).
+ColSplit amx_col_split(int64_t mchunks, int64_t panels, int threads) {
+  const int64_t want = std::max<int64_t>(1, (4 * threads + mchunks - 1) / mchunks);
+  int64_t best = 0;
+  for (int64_t n = want; n <= std::min<int64_t>(panels, 4 * want) && !best; ++n)
+    if (panels % n == 0 && (mchunks * n) % threads == 0) best = n;
+  const int64_t nchunks = std::min<int64_t>(panels, best ? best : want);
+  const int64_t per = (panels + nchunks - 1) / nchunks;  // panels per chunk
+  return {per * 32, (panels + per - 1) / per};
+}
+
 }  // namespace
 
 bool matmul_amx_bf16(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y,
@@ -157,7 +171,7 @@ bool matmul_amx_bf16(const float* x, int64_t M, const WeightMatrix& w, const flo
   // and each packed W slice serves 16 row blocks.
   const int64_t mchunks = (Mp + 511) / 512;
   const int64_t mc = ((Mp / 32 + mchunks - 1) / mchunks) * 32;
-  const auto [ncols, nchunks] = gemm_col_split(mchunks, N, threads, 32);
+  const auto [ncols, nchunks] = amx_col_split(mchunks, N / 32, threads);
   const uint8_t* W = static_cast<const uint8_t*>(w.data);
   auto fn = [&](int64_t t) {
     const int64_t mi = t / nchunks, ni = t % nchunks;
