@@ -71,7 +71,9 @@ inline void store_tile(const float* c, float* y, int64_t N, int64_t m0, int64_t 
 // With the panels outermost instead, a K = 4096 or 8192 task re-read all its rows from L3 for each panel.
 constexpr int64_t kKSlice = 1024;
 
-void compute(const uint8_t* W, int64_t K, int64_t N, const uint16_t* xb, int64_t M, const float* bias, float* y,
+// W panels come from the weights (packed here per call) or, when `packed` is set, from the prepacked
+// copy ([N/32][K/32][2 KiB], WeightMatrix::bf16_tiles).
+void compute(const uint8_t* W, const uint8_t* packed, int64_t K, int64_t N, const uint16_t* xb, int64_t M, const float* bias, float* y,
              int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   const int64_t ks = std::min(K, kKSlice), mblocks = (m1 - m0) / 32;
   alignas(64) float c[4][256];
@@ -89,7 +91,8 @@ void compute(const uint8_t* W, int64_t K, int64_t N, const uint16_t* xb, int64_t
     const bool first = k0 == 0, last = k0 + ks >= K;
     const int64_t kl = std::min(ks, K - k0);  // this slice's length (a multiple of 32)
     for (int64_t n = n0; n < n1; n += 32) {
-      pack_w_panel(W + k0 * 2, K, kl, n, wp);
+      if (packed) wp = const_cast<uint8_t*>(packed) + ((n / 32) * (K / 32) + k0 / 32) * 2048;
+      else pack_w_panel(W + k0 * 2, K, kl, n, wp);
       for (int64_t mb = 0; mb < mblocks; ++mb) {
         const int64_t m = m0 + mb * 32;
         const uint8_t* a0 = reinterpret_cast<const uint8_t*>(xb + a_tile_offset(m, k0 / 32, K));
@@ -175,11 +178,19 @@ bool matmul_amx_bf16(const float* x, int64_t M, const WeightMatrix& w, const flo
   const uint8_t* W = static_cast<const uint8_t*>(w.data);
   auto fn = [&](int64_t t) {
     const int64_t mi = t / nchunks, ni = t % nchunks;
-    compute(W, K, N, xb, M, bias, y, mi * mc, std::min(Mp, (mi + 1) * mc), ni * ncols, std::min(N, (ni + 1) * ncols));
+    compute(W, static_cast<const uint8_t*>(w.bf16_tiles), K, N, xb, M, bias, y, mi * mc, std::min(Mp, (mi + 1) * mc), ni * ncols, std::min(N, (ni + 1) * ncols));
   };
   const int64_t tasks = mchunks * nchunks;
   run_tasks(pool, tasks, fn);
   return true;
+}
+
+void pack_bf16_tiles_amx(const WeightMatrix& w, uint8_t* out, ThreadPool* pool) {
+  const int64_t N = w.rows, K = w.cols;
+  const uint8_t* W = static_cast<const uint8_t*>(w.data);
+  parallel_for(pool, N / 32, 4, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) pack_w_panel(W, K, K, p * 32, out + p * (K / 32) * 2048);
+  });
 }
 
 }  // namespace plm::cpu::kernels

@@ -61,6 +61,27 @@ const char* matmul_kernel_name() {
   return "portable";
 }
 
+const void* PackedTiles::data() const {
+  return reinterpret_cast<const void*>((reinterpret_cast<uintptr_t>(bytes.data()) + 63) & ~uintptr_t(63));
+}
+
+bool prepack_bf16_tiles(WeightMatrix* w, PackedTiles* out, ThreadPool* pool) {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const CpuFeatures& f = cpu_features();
+  static const bool amx = bf16_matmul_available() && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq;
+  if (!amx || w->quant != Quant::kNone || w->dtype != DType::kBF16 || w->rows % 32 != 0 || w->cols % 32 != 0 ||
+      w->rows == 0 || w->cols == 0)
+    return false;
+  out->bytes.resize(static_cast<size_t>(w->rows * w->cols * 2 + 64));
+  kernels::pack_bf16_tiles_amx(*w, static_cast<uint8_t*>(const_cast<void*>(out->data())), pool);
+  w->bf16_tiles = out->data();
+  return true;
+#else
+  (void)w, (void)out, (void)pool;
+  return false;
+#endif
+}
+
 void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool) {
   matmul(x, M, w, bias, y, pool, Precision::kF32);
 }

@@ -2,6 +2,7 @@
 // Weights are read in their stored dtype (bf16, f16 or f32) straight from the mmap; accumulation is f32.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "core/tensor.h"
 #include "core/thread_pool.h"
@@ -22,7 +23,22 @@ struct WeightMatrix {
   int64_t cols = 0;
   Quant quant = Quant::kNone;
   const float* scales = nullptr;
+  // Optional, bf16 only: the same values in the AMX kernel's B-tile order (prepack_bf16_tiles). The kBF16
+  // matmul on AMX reads it instead of repacking each 32-row panel on every call; every other path reads data.
+  const void* bf16_tiles = nullptr;
 };
+
+// Owned storage of a prepacked matrix: [rows/32][cols/32][2 halves][16 k-pairs][16 rows][2] bf16, each
+// 16x16-pair block one 1 KiB B tile (64-byte aligned inside `bytes`).
+struct PackedTiles {
+  std::vector<uint8_t> bytes;
+  const void* data() const;
+};
+
+// Packs w once for the kBF16 matmul on AMX and points w.bf16_tiles at `out`. Returns false and leaves w
+// unchanged where that kernel never runs (no AMX-BF16, weights not bf16, rows or cols not multiples of 32).
+// The packed copy is as large as the weights: callers drop the mapped pages (release_mapped_pages).
+bool prepack_bf16_tiles(WeightMatrix* w, PackedTiles* out, ThreadPool* pool);
 
 // y[M, N] = x[M, K] · W^T + bias. bias may be null. y must not alias x.
 void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);

@@ -5,10 +5,6 @@
 #include <cmath>
 #include <cstring>
 
-#if defined(__unix__) || defined(__APPLE__)
-#include <sys/mman.h>
-#include <unistd.h>
-#endif
 
 #include "core/error.h"
 #include "core/op_profile.h"
@@ -56,17 +52,7 @@ size_t Decoder::quantize(cpu::Quant q) {
     const cpu::WeightMatrix src = w;
     w = quantized_.back().view();
     bytes += quantized_.back().bytes();
-#if defined(__unix__) || defined(__APPLE__)
-    // The source pages of the read-only mmap are no longer read (except embedding rows, which fault back
-    // in on demand): drop them from this process so resident memory is the quantized bytes, not both.
-    const long page = sysconf(_SC_PAGESIZE);
-    if (page > 0) {
-      const uintptr_t b = reinterpret_cast<uintptr_t>(src.data);
-      const uintptr_t e = b + static_cast<uintptr_t>(src.rows * src.cols) * dtype_size(src.dtype);
-      const uintptr_t b2 = (b + page - 1) / page * page, e2 = e / page * page;
-      if (e2 > b2) madvise(reinterpret_cast<void*>(b2), e2 - b2, MADV_DONTNEED);
-    }
-#endif
+    release_mapped_pages(src);  // resident memory: the quantized bytes, not both
   };
   for (Layer& L : layers_)
     for (cpu::WeightMatrix* w : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) conv(*w);

@@ -17,6 +17,17 @@
 
 namespace plm {
 
+void VisionEncoder::prepack_bf16() {
+  prepacked_ = true;
+  packed_.reserve(blocks_.size() * 4);  // stable addresses: the matrices point into these
+  for (Block& blk : blocks_)
+    for (cpu::WeightMatrix* w : {&blk.qkv, &blk.proj, &blk.fc1, &blk.fc2}) {
+      packed_.emplace_back();
+      if (cpu::prepack_bf16_tiles(w, &packed_.back(), pool_)) release_mapped_pages(*w);
+      else packed_.pop_back();
+    }
+}
+
 VisionEncoder::VisionEncoder(const LoadedModel& model, ThreadPool* pool) : cfg_(model.config.vision), pool_(pool) {
   const std::string p = "model.vision_tower.timm_model.";
   patch_ = matrix(model.get(p + "patch_embed.proj.weight"));
@@ -56,6 +67,7 @@ VisionEncoder::VisionEncoder(const LoadedModel& model, ThreadPool* pool) : cfg_(
 
 void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, const CancelToken* cancel,
                             const DumpFn& dump) {
+  if (precision_ == cpu::Precision::kBF16 && !prepacked_) prepack_bf16();
   const int64_t C = cfg_.width, ps = cfg_.patch_size, S = cfg_.image_size, g = cfg_.grid();
   const int64_t P = g * g, N = cfg_.tokens(), prefix = cfg_.class_token ? 1 : 0;
   const int64_t hd = cfg_.head_dim, heads = cfg_.heads, mlp = cfg_.mlp_hidden;

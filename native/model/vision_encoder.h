@@ -12,7 +12,10 @@ namespace plm {
 
 class VisionEncoder {
  public:
-  // Activation precision of the large matmuls (cpu::Precision::kBF16: AMX tiles where available).
+  // Activation precision of the large matmuls (cpu::Precision::kBF16: AMX tiles where available). With
+  // kBF16 on AMX the first forward() prepacks the blocks' matrices into tile order (as many bytes as the
+  // weights, whose mapped pages are then dropped; ~0.4 s for PE-L on 2 cores), so no matmul repacks its
+  // weights on every call; text-only use never pays for it.
   void set_precision(cpu::Precision p) { precision_ = p; }
   VisionEncoder(const LoadedModel& model, ThreadPool* pool);
 
@@ -38,6 +41,9 @@ class VisionEncoder {
   std::vector<float> post_w_, post_b_;  // [C] (empty: no final norm)
   std::vector<float> rope_cos_, rope_sin_;  // [patches, hd / 2]
   std::vector<Block> blocks_;
+  void prepack_bf16();
+  bool prepacked_ = false;
+  std::vector<cpu::PackedTiles> packed_;  // the blocks' matrices in tile order (empty unless kBF16 on AMX)
 };
 
 }  // namespace plm
