@@ -147,6 +147,7 @@ void compute(const uint8_t* W, const uint8_t* packed, int64_t K, int64_t N, cons
 // no thread idles at the end (the old split gave 9 equal tasks to 2 threads for every PE-L shape at one
 // tile: one thread ran 5, the other 4).
 ColSplit amx_col_split(int64_t mchunks, int64_t panels, int threads) {
+  if (panels <= 0) return {32, 0};
   const int64_t want = std::max<int64_t>(1, (4 * threads + mchunks - 1) / mchunks);
   int64_t best = 0;
   for (int64_t n = want; n <= std::min<int64_t>(panels, 4 * want) && !best; ++n)
@@ -160,9 +161,20 @@ ColSplit amx_col_split(int64_t mchunks, int64_t panels, int threads) {
 
 bool matmul_amx_bf16(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y,
                      ThreadPool* pool) {
-  const int64_t N = w.rows, K = w.cols;
-  if (w.dtype != DType::kBF16 || K % 32 != 0 || N % 32 != 0 || K == 0) return false;
-  if (M <= 0 || N == 0) return true;
+  const MatmulOut out{&w, bias, y};
+  return matmul_amx_bf16_group(x, M, &out, 1, pool);
+}
+
+bool matmul_amx_bf16_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool) {
+  if (count <= 0) return true;
+  if (count > 8) return false;
+  const int64_t K = outs[0].w->cols;
+  for (int i = 0; i < count; ++i) {
+    const WeightMatrix& w = *outs[i].w;
+    if (w.quant != Quant::kNone || w.dtype != DType::kBF16 || w.cols != K || K % 32 != 0 || w.rows % 32 != 0 || K == 0)
+      return false;
+  }
+  if (M <= 0) return true;
   const int64_t Mp = (M + 31) / 32 * 32;  // rows padded to whole 32-row blocks (zeros)
   thread_local std::vector<uint16_t> scratch;
   scratch.resize(static_cast<size_t>(Mp * K) + 32);
@@ -174,13 +186,26 @@ bool matmul_amx_bf16(const float* x, int64_t M, const WeightMatrix& w, const flo
   // and each packed W slice serves 16 row blocks.
   const int64_t mchunks = (Mp + 511) / 512;
   const int64_t mc = ((Mp / 32 + mchunks - 1) / mchunks) * 32;
-  const auto [ncols, nchunks] = amx_col_split(mchunks, N / 32, threads);
-  const uint8_t* W = static_cast<const uint8_t*>(w.data);
-  auto fn = [&](int64_t t) {
-    const int64_t mi = t / nchunks, ni = t % nchunks;
-    compute(W, static_cast<const uint8_t*>(w.bf16_tiles), K, N, xb, M, bias, y, mi * mc, std::min(Mp, (mi + 1) * mc), ni * ncols, std::min(N, (ni + 1) * ncols));
+  // All matrices' tasks in one parallel region: task t belongs to the matrix whose range [first, first +
+  // mchunks * nchunks) holds it.
+  struct Plan {
+    int64_t first, ncols, nchunks;
   };
-  const int64_t tasks = mchunks * nchunks;
+  Plan plans[8];
+  int64_t tasks = 0;
+  for (int i = 0; i < count; ++i) {
+    const auto [ncols, nchunks] = amx_col_split(mchunks, outs[i].w->rows / 32, threads);
+    plans[i] = {tasks, ncols, nchunks};
+    tasks += mchunks * nchunks;
+  }
+  auto fn = [&](int64_t t) {
+    int i = 0;
+    while (i + 1 < count && t >= plans[i + 1].first) ++i;
+    const WeightMatrix& w = *outs[i].w;
+    const int64_t N = w.rows, local = t - plans[i].first, mi = local / plans[i].nchunks, ni = local % plans[i].nchunks;
+    compute(static_cast<const uint8_t*>(w.data), static_cast<const uint8_t*>(w.bf16_tiles), K, N, xb, M, outs[i].bias,
+            outs[i].y, mi * mc, std::min(Mp, (mi + 1) * mc), ni * plans[i].ncols, std::min(N, (ni + 1) * plans[i].ncols));
+  };
   run_tasks(pool, tasks, fn);
   return true;
 }

@@ -82,6 +82,17 @@ bool prepack_bf16_tiles(WeightMatrix* w, PackedTiles* out, ThreadPool* pool) {
 #endif
 }
 
+void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool, Precision precision) {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const CpuFeatures& f = cpu_features();
+  static const bool amx = bf16_matmul_available() && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq;
+  if (precision == Precision::kBF16 && amx && M >= 32 && count <= 8 &&
+      kernels::matmul_amx_bf16_group(x, M, outs, count, pool))
+    return;
+#endif
+  for (int i = 0; i < count; ++i) matmul(x, M, *outs[i].w, outs[i].bias, outs[i].y, pool, precision);
+}
+
 void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool) {
   matmul(x, M, w, bias, y, pool, Precision::kF32);
 }

@@ -54,6 +54,18 @@ enum class Precision { kF32, kBF16 };
 void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool,
             Precision precision);
 
+// One output of matmul_group: y[M, w.rows] = x · w^T + bias (bias may be null).
+struct MatmulOut {
+  const WeightMatrix* w;
+  const float* bias;
+  float* y;
+};
+
+// The matmuls of several matrices that read the same x (q/k/v, gate/up), each as matmul() computes it. On the
+// AMX path x is rounded to bf16 once and all the products share one parallel region (no idle thread at
+// the end of each); elsewhere they run one after another. At most 8 outputs.
+void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool, Precision precision);
+
 // True when kBF16 has a fast kernel on this CPU (AMX-BF16 granted by the OS).
 bool bf16_matmul_available();
 

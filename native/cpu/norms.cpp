@@ -45,6 +45,11 @@ void layer_norm(const float* x, const float* w, const float* b, float* y, int64_
   }
 }
 
+void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t dim, float eps, ThreadPool* pool) {
+  if (!pool || rows < 64) return rms_norm(x, w, y, rows, dim, eps);
+  pool->parallel_for(rows, 16, [&](int64_t r0, int64_t r1) { rms_norm(x + r0 * dim, w, y + r0 * dim, r1 - r0, dim, eps); });
+}
+
 void layer_norm(const float* x, const float* w, const float* b, float* y, int64_t rows, int64_t dim, float eps,
                 ThreadPool* pool) {
   if (!pool || rows < 64) return layer_norm(x, w, b, y, rows, dim, eps);

@@ -110,17 +110,21 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
     Layer& L = layers_[l];
     float* kc = cache_.keys(l) + pos0 * kvw;    // [n, nkv, hd] slice of the cache
     float* vc = cache_.values(l) + pos0 * kvw;
-    { OpTimer t("decoder.rms_norm"); cpu::rms_norm(x, L.input_norm.data(), h.data(), n, H, cfg_.rms_norm_eps); }
+    { OpTimer t("decoder.rms_norm"); cpu::rms_norm(x, L.input_norm.data(), h.data(), n, H, cfg_.rms_norm_eps, pool_); }
     {
       OpTimer t("decoder.matmul_qkv");
-      cpu::matmul(h.data(), n, L.q, nullptr, q.data(), pool_, precision_);
-      cpu::matmul(h.data(), n, L.k, nullptr, kc, pool_, precision_);
-      cpu::matmul(h.data(), n, L.v, nullptr, vc, pool_, precision_);
+      const cpu::MatmulOut outs[3] = {{&L.q, nullptr, q.data()}, {&L.k, nullptr, kc}, {&L.v, nullptr, vc}};
+      cpu::matmul_group(h.data(), n, outs, 3, pool_, precision_);
     }
     {
       OpTimer t("decoder.rope+attention");
-      cpu::rope_rotate_half(q.data(), n, static_cast<int>(nh), static_cast<int>(hd), cos.data(), sin.data());
-      cpu::rope_rotate_half(kc, n, static_cast<int>(nkv), static_cast<int>(hd), cos.data(), sin.data());
+      parallel_for(pool_, n, 64, [&](int64_t r0, int64_t r1) {  // rows split over the pool
+        const int64_t half = hd / 2;
+        cpu::rope_rotate_half(q.data() + r0 * qw, r1 - r0, static_cast<int>(nh), static_cast<int>(hd),
+                              cos.data() + r0 * half, sin.data() + r0 * half);
+        cpu::rope_rotate_half(kc + r0 * kvw, r1 - r0, static_cast<int>(nkv), static_cast<int>(hd),
+                              cos.data() + r0 * half, sin.data() + r0 * half);
+      });
       cpu::AttentionShape s;
       s.q_len = n;
       s.kv_len = pos0 + n;
@@ -136,11 +140,11 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
     }
     { OpTimer t("decoder.matmul_o"); cpu::matmul(attn.data(), n, L.o, nullptr, proj.data(), pool_, precision_); }
     add_residual(x, proj.data());
-    { OpTimer t("decoder.rms_norm"); cpu::rms_norm(x, L.post_norm.data(), h.data(), n, H, cfg_.rms_norm_eps); }
+    { OpTimer t("decoder.rms_norm"); cpu::rms_norm(x, L.post_norm.data(), h.data(), n, H, cfg_.rms_norm_eps, pool_); }
     {
       OpTimer t("decoder.matmul_gate_up");
-      cpu::matmul(h.data(), n, L.gate, nullptr, gate.data(), pool_, precision_);
-      cpu::matmul(h.data(), n, L.up, nullptr, up.data(), pool_, precision_);
+      const cpu::MatmulOut outs[2] = {{&L.gate, nullptr, gate.data()}, {&L.up, nullptr, up.data()}};
+      cpu::matmul_group(h.data(), n, outs, 2, pool_, precision_);
     }
     { OpTimer t("decoder.silu_mul"); cpu::silu_mul(gate.data(), up.data(), gate.data(), n * I, pool_); }
     { OpTimer t("decoder.matmul_down"); cpu::matmul(gate.data(), n, L.down, nullptr, proj.data(), pool_, precision_); }

@@ -226,6 +226,36 @@ int main(int argc, char** argv) {
     std::printf("  bf16 prepacked M=%-4" PRId64 " K=%-4" PRId64 " N=%-3" PRId64 "  %s\n", c.M, c.K, c.N,
                 same ? "bit-identical to per-call packing" : "DIFFERS from per-call packing  FAIL");
   }
+  // matmul_group (q/k/v, gate/up) must equal one matmul per matrix, bit for bit, in both precisions.
+  for (Precision prec : {Precision::kF32, Precision::kBF16}) {
+    const int64_t M = 77, K = 2048, Ns[3] = {256, 64, 96};
+    std::vector<float> x(static_cast<size_t>(M * K));
+    for (auto& v : x) v = uni(rng);
+    std::vector<uint16_t> w16[3];
+    WeightMatrix ws[3];
+    std::vector<float> one[3], grouped[3];
+    MatmulOut outs[3];
+    for (int i = 0; i < 3; ++i) {
+      w16[i].resize(static_cast<size_t>(Ns[i] * K));
+      for (auto& v : w16[i]) v = f32_to_bf16(uni(rng));
+      ws[i].dtype = DType::kBF16;
+      ws[i].data = w16[i].data();
+      ws[i].rows = Ns[i];
+      ws[i].cols = K;
+      one[i].resize(static_cast<size_t>(M * Ns[i]));
+      grouped[i].resize(one[i].size());
+      matmul(x.data(), M, ws[i], nullptr, one[i].data(), &pool, prec);
+      outs[i] = {&ws[i], nullptr, grouped[i].data()};
+    }
+    matmul_group(x.data(), M, outs, 3, &pool, prec);
+    bool same = true;
+    for (int i = 0; i < 3; ++i)
+      same = same && std::memcmp(one[i].data(), grouped[i].data(), one[i].size() * sizeof(float)) == 0;
+    ++total;
+    if (!same) ++failures;
+    std::printf("  matmul_group %s, 3 matrices M=%" PRId64 " K=%" PRId64 ": %s\n", prec == Precision::kBF16 ? "bf16" : "f32",
+                M, K, same ? "bit-identical to one matmul each" : "DIFFERS from one matmul each  FAIL");
+  }
   if (failures) {
     std::printf("FAILED: %d of %d cases\n", failures, total);
     return 1;
