@@ -1,8 +1,11 @@
 #!/usr/bin/env node
 // Side-by-side CPU benchmark (issue 4): ours and the peers, one after the other in the same session, on the
 // same PLM-1B-shaped checkpoint and the same synthetic inputs; prints ONE table.
-//   node benchmarks/compare.js [--runs 3] [--f32] [--skip torch,llama,int8] [--prefill 512] [--ttft-tiles 5]
-//                              [--out .bench/compare]
+//   node benchmarks/compare.js [--runs 3] [--rounds 1] [--f32] [--skip torch,llama,int8] [--prefill 512]
+//                              [--ttft-tiles 5] [--out .bench/compare]
+// --rounds N runs every child N times, in order in odd rounds and in reverse order in even rounds, and pools
+// the runs of all rounds (median of runs x rounds values per figure): this VM's speed drifts by up to 2x
+// over minutes, so one child after another can land in different states; interleaving shares the drift.
 // Needs: .bench/plm-1b-random (benchmarks/make_random_checkpoint.py), reference/.venv (torch peer),
 // node-llama-cpp@3.21.1 (npm install --no-save) and the GGUF exports (benchmarks/export_gguf.py --type f16|q8_0).
 // Each child writes its JSON under --out; the table (markdown) goes to stdout and to OUT/table.md.
@@ -15,6 +18,7 @@ const { spawnSync, execSync } = require('child_process');
 const { opt, flag } = require('./cli_args');
 const root = path.resolve(__dirname, '..');
 const runs = opt('runs', '3');
+const rounds = Math.max(1, Number(opt('rounds', '1')));
 const outDir = path.resolve(root, opt('out', '.bench/compare'));
 const skip = (opt('skip', '') || '').split(',');
 const withF32 = flag('f32');
@@ -27,8 +31,8 @@ fs.mkdirSync(outDir, { recursive: true });
 
 const load = () => os.loadavg().map((v) => v.toFixed(2)).join(', ');
 const log = [];
-function step(name, cmd, argv) {
-  const json = path.join(outDir, `${name}.json`);
+function step(name, cmd, argv, round) {
+  const json = path.join(outDir, rounds > 1 ? `${name}_r${round}.json` : `${name}.json`);
   const full = [...argv, '--json', json];
   const line = `${cmd === process.execPath ? 'node' : path.relative(root, cmd)} ${full.map((a) => path.isAbsolute(a) ? path.relative(root, a) : a).join(' ')}`;
   process.stderr.write(`\n== ${name} (load ${load()}): ${line}\n`);
@@ -45,17 +49,52 @@ const R = {};
 const ggufF16 = path.join(root, '.bench', 'plm-1b-random-decoder-f16.gguf');
 const ggufQ8 = path.join(root, '.bench', 'plm-1b-random-decoder-q8_0.gguf');
 const sizes = ['--prefill', prefill, '--ttft-tiles', ttftTiles];
-R.ours = step('ours_bf16', node, ['benchmarks/run.js', '--precision', 'bf16', '--runs', runs, ...sizes]);
-if (!skip.includes('int8')) R.oursInt8 = step('ours_int8', node, ['benchmarks/run.js', '--precision', 'bf16', '--quantize', 'int8', '--runs', runs, '--only', 'decode,prefill', '--prefill', prefill]);
-if (!skip.includes('torch')) R.torch = step('torch_bf16', py, ['benchmarks/torch_peer.py', '--dtype', 'bf16', '--runs', runs, ...sizes]);
+// [result key, child name, command, argv]
+const children = [['ours', 'ours_bf16', node, ['benchmarks/run.js', '--precision', 'bf16', '--runs', runs, ...sizes]]];
+if (!skip.includes('int8')) children.push(['oursInt8', 'ours_int8', node, ['benchmarks/run.js', '--precision', 'bf16', '--quantize', 'int8', '--runs', runs, '--only', 'decode,prefill', '--prefill', prefill]]);
+if (!skip.includes('torch')) children.push(['torch', 'torch_bf16', py, ['benchmarks/torch_peer.py', '--dtype', 'bf16', '--runs', runs, ...sizes]]);
 if (!skip.includes('llama')) {
-  R.llamaF16 = fs.existsSync(ggufF16) ? step('llama_cpp_f16', node, ['benchmarks/llama_cpp_peer.js', '--gguf', ggufF16, '--runs', runs, '--prefill', prefill, '--greedy', '0']) : null;
-  R.llamaQ8 = fs.existsSync(ggufQ8) ? step('llama_cpp_q8_0', node, ['benchmarks/llama_cpp_peer.js', '--gguf', ggufQ8, '--runs', runs, '--prefill', prefill, '--greedy', '0']) : null;
+  if (fs.existsSync(ggufF16)) children.push(['llamaF16', 'llama_cpp_f16', node, ['benchmarks/llama_cpp_peer.js', '--gguf', ggufF16, '--runs', runs, '--prefill', prefill, '--greedy', '0']]);
+  if (fs.existsSync(ggufQ8)) children.push(['llamaQ8', 'llama_cpp_q8_0', node, ['benchmarks/llama_cpp_peer.js', '--gguf', ggufQ8, '--runs', runs, '--prefill', prefill, '--greedy', '0']]);
 }
 if (withF32) {
-  R.oursF32 = step('ours_f32', node, ['benchmarks/run.js', '--precision', 'f32', '--runs', runs, ...sizes]);
-  if (!skip.includes('torch')) R.torchF32 = step('torch_fp32', py, ['benchmarks/torch_peer.py', '--dtype', 'fp32', '--runs', runs, ...sizes]);
+  children.push(['oursF32', 'ours_f32', node, ['benchmarks/run.js', '--precision', 'f32', '--runs', runs, ...sizes]]);
+  if (!skip.includes('torch')) children.push(['torchF32', 'torch_fp32', py, ['benchmarks/torch_peer.py', '--dtype', 'fp32', '--runs', runs, ...sizes]]);
 }
+const perRound = {};  // result key -> [result of round 1, 2, ...]
+for (let r = 1; r <= rounds; r++) {
+  for (const [key, name, cmd, argv] of r % 2 ? children : [...children].reverse())
+    (perRound[key] = perRound[key] || [])[r - 1] = step(name, cmd, argv, r);
+}
+
+// Pools the rounds of one child: each figure becomes the median of all its runs (the "...Runs" arrays);
+// peak RSS the largest; anything else from the first round that ran.
+const median = (v) => {
+  const s = [...v].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+function pool(results) {
+  const ok = results.filter(Boolean);
+  if (!ok.length) return null;
+  const out = { ...ok[0], rounds: ok.length };
+  const figureOf = (runsKey) => {
+    if (runsKey === 'decodeRuns') return 'decodeTokPerS';
+    if (runsKey === 'visionRuns') return 'visionMsPerTile';
+    let m = /^prefill(\d+)Runs$/.exec(runsKey);
+    if (m) return `prefill${m[1]}TokPerS`;
+    m = /^ttft(\d+)Runs$/.exec(runsKey);
+    return m ? `ttft${m[1]}TilesMs` : null;
+  };
+  for (const k of Object.keys(out)) {
+    const fig = figureOf(k);
+    if (!fig || !Array.isArray(out[k])) continue;
+    out[k] = ok.flatMap((r) => r[k] || []);
+    out[fig] = median(out[k]);
+  }
+  if (ok.some((r) => r.maxRssMB != null)) out.maxRssMB = Math.max(...ok.map((r) => r.maxRssMB || 0));
+  return out;
+}
+for (const key of Object.keys(perRound)) R[key] = pool(perRound[key]);
 
 // rows: [figure, ours result, key, peer name, peer result, key, higherIsBetter]
 const rows = [
@@ -91,14 +130,26 @@ for (const [fig, o, ok, pn, p, pk, hib] of rows) {
   const ratio = a != null && b != null ? (hib ? a / b : b / a) : null;
   lines.push(`| ${fig} | ${fmt(a)} | ${pn} | ${fmt(b)} | ${ratio == null ? '—' : ratio.toFixed(2) + 'x'} |`);
 }
+// With several rounds: ours vs torch bf16 within each round, to show how far the pooled ratio drifts.
+if (rounds > 1 && perRound.ours && perRound.torch) {
+  const figs = [['decode', 'decodeTokPerS', true], ...P.map((n) => [`prefill ${n}`, `prefill${n}TokPerS`, true]),
+    ['vision', 'visionMsPerTile', false], ...T.map((t) => [`TTFT ${t} tiles`, `ttft${t}TilesMs`, false])];
+  lines.push('', 'Ours vs torch bf16 per round: ' + figs.map(([label, k, hib]) => `${label} ` + perRound.ours.map((o, i) => {
+    const t = perRound.torch[i];
+    if (!o || !t || o[k] == null || t[k] == null) return '—';
+    return (hib ? o[k] / t[k] : t[k] / o[k]).toFixed(2) + 'x';
+  }).join(' / ')).join('; ') + '.');
+}
 let cpu = os.cpus()[0].model;
 try { cpu = execSync("lscpu | sed -n 's/^Model name:[ ]*//p'", { encoding: 'utf8' }).trim() || cpu; } catch { /* ignore */ }
 const header = [
   `Machine: ${cpu}, ${os.cpus().length} logical CPUs, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; threads 2 everywhere.`,
   `Date: ${new Date().toISOString()}; load average before: ${loadBefore}; after: ${load()}.`,
-  `Medians of ${runs} runs per figure.`,
+  rounds > 1
+    ? `Medians of ${runs} runs x ${rounds} rounds per figure (children in order in odd rounds, reversed in even ones).`
+    : `Medians of ${runs} runs per figure.`,
 ];
 const table = [...header, '', ...lines, '', 'Commands (in this order):', ...log.map((l) => `- \`${l.command}\` (${l.seconds.toFixed(0)} s, status ${l.status}, load after ${l.loadAfter})`)].join('\n');
 fs.writeFileSync(path.join(outDir, 'table.md'), table + '\n');
-fs.writeFileSync(path.join(outDir, 'all.json'), JSON.stringify({ results: R, log, loadBefore, loadAfter: load() }, null, 2));
+fs.writeFileSync(path.join(outDir, 'all.json'), JSON.stringify({ results: R, perRound, log, loadBefore, loadAfter: load() }, null, 2));
 console.log('\n' + table);
