@@ -87,9 +87,10 @@ void gemv_range(const float* x, int64_t K, int64_t N, const uint8_t* W, const fl
 // 32-bit shift and the odd ones with one AND (a bf16 is the top half of an f32), against x split into its
 // even and odd elements once per call (xe, xo). Two vector ALU ops + two FMAs per 32 weights instead of
 // widen + shift + FMA per 16, which keeps 2 cores at the memory bandwidth. Prefetch once per cache line.
+// Eight rows at a time: eight streams in flight per core (four measured ~3% slower, same results).
 void gemv1_bf16_eo(const float* xe, const float* xo, int64_t K, int64_t N, const uint8_t* W, const float* bias,
                    float* y, int64_t n0, int64_t n1) {
-  constexpr int NR = 4;
+  constexpr int NR = 8;
   const size_t rb = static_cast<size_t>(K) * 2;
   const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
   for (int64_t n = n0; n < n1; n += NR) {
