@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Side-by-side CPU benchmark (issue 4): ours and the peers, one after the other in the same session, on the
 // same PLM-1B-shaped checkpoint and the same synthetic inputs; prints ONE table.
-//   node benchmarks/compare.js [--runs 3] [--rounds 1] [--f32] [--skip torch,llama,int8] [--prefill 512]
+//   node benchmarks/compare.js [--runs 3] [--rounds 1] [--f32] [--skip torch,llama,int8,q4] [--prefill 512]
 //                              [--ttft-tiles 5] [--out .bench/compare]
 // --rounds N runs every child N times, in order in odd rounds and in reverse order in even rounds, and pools
 // the runs of all rounds (median of runs x rounds values per figure): this VM's speed drifts by up to 2x
@@ -52,6 +52,7 @@ const sizes = ['--prefill', prefill, '--ttft-tiles', ttftTiles];
 // [result key, child name, command, argv]
 const children = [['ours', 'ours_bf16', node, ['benchmarks/run.js', '--precision', 'bf16', '--runs', runs, ...sizes]]];
 if (!skip.includes('int8')) children.push(['oursInt8', 'ours_int8', node, ['benchmarks/run.js', '--precision', 'bf16', '--quantize', 'int8', '--runs', runs, '--only', 'decode,prefill', '--prefill', prefill]]);
+if (!skip.includes('q4')) children.push(['oursQ4', 'ours_q4', node, ['benchmarks/run.js', '--precision', 'bf16', '--quantize', 'q4', '--runs', runs, '--only', 'decode']]);
 if (!skip.includes('torch')) children.push(['torch', 'torch_bf16', py, ['benchmarks/torch_peer.py', '--dtype', 'bf16', '--runs', runs, ...sizes]]);
 if (!skip.includes('llama')) {
   if (fs.existsSync(ggufF16)) children.push(['llamaF16', 'llama_cpp_f16', node, ['benchmarks/llama_cpp_peer.js', '--gguf', ggufF16, '--runs', runs, '--prefill', prefill, '--greedy', '0']]);
@@ -101,6 +102,7 @@ const rows = [
   ['decode, tok/s (bf16 vs F16)', R.ours, 'decodeTokPerS', 'llama.cpp F16', R.llamaF16, 'decodeTokPerS', true],
   ['decode, tok/s (bf16)', R.ours, 'decodeTokPerS', 'torch bf16', R.torch, 'decodeTokPerS', true],
   ['decode, tok/s (int8 vs Q8_0)', R.oursInt8, 'decodeTokPerS', 'llama.cpp Q8_0', R.llamaQ8, 'decodeTokPerS', true],
+  ['decode, tok/s (q4 vs our bf16)', R.oursQ4, 'decodeTokPerS', 'ours bf16', R.ours, 'decodeTokPerS', true],
 ];
 for (const n of P) {
   rows.push(
