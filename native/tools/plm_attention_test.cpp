@@ -64,6 +64,10 @@ int main(int argc, char** argv) {
       {17, 40, 4, 2, 64, true, 23},        {130, 130, 8, 2, 64, true, 0},  // causal GQA
       {77, 177, 4, 1, 128, true, 100},     {500, 500, 32, 8, 64, true, 0}, {33, 33, 4, 4, 32, true, 0},
       {200, 200, 4, 2, 64, false, 0, 10.f, 4e-2},  {90, 150, 4, 4, 32, true, 60, 10.f, 4e-2},  // online fallback
+      // grouped heads over several 512-key chunks (a partial last one, causal rows ending mid-chunk, a padded
+      // last row block); x10: some rows fall back to online
+      {300, 2500, 8, 2, 64, true, 2200},    {97, 2100, 12, 3, 64, false, 0},
+      {40, 2300, 8, 2, 64, true, 2260, 10.f, 4e-2},
   };
   int passed = 0, failed = 0;
   for (const Case& c : cases) {
