@@ -437,63 +437,47 @@ bool attention_amx_bf16(const float* q, const float* k, const float* v, float* o
     write_out_rows(out, s, h, i0, f.rows, o, sum);
     return true;
   };
-  // Grouped KV heads (the decoder): a task is (16 rows, kv head), and the group's query heads take turns
-  // over each chunk of kKeyChunk keys (128 KiB of K and V, L2-resident), their O parked in memory between
-  // chunks. Per head it was one task streaming all of K and V (2.4 MB per kv head at 9238 keys, beyond L2)
-  // once per query head. Same arithmetic per head as the ungrouped tasks (bit-identical output); A/B,
-  // causal 32/8 heads: 1.16-1.19x at 512-2048 keys, 1.21-1.37x at 4096, 1.18-1.26x at 9238.
-  constexpr int kMaxGroup = 8;
-  constexpr int64_t kKeyChunk = 512;
-  const bool grouped = fixed_ref && group > 1 && group <= kMaxGroup;
-  auto task_fixed_group = [&](int64_t t) {
-    const int kvh = static_cast<int>(t % s.kv_heads);
-    const int64_t i0 = (t / s.kv_heads) * 16;
-    FixedRows f[kMaxGroup];
-    alignas(64) float o[kMaxGroup][16 * 64];
-    for (int g = 0; g < group; ++g) prepare_rows(kvh * group + g, i0, f[g]);
+  // A fixed-reference task: 16 rows (from i0) of the n query heads h0 .. h0+n-1 under one tile configuration.
+  // Keys go in chunks of `chunk`, each visited by all n heads in turn, their O parked in memory between
+  // chunks; the sums are checked after the tiles are released, a failing head redone by the online kernel.
+  constexpr int kMaxHeadsPerTask = 8;
+  auto task_heads = [&](int64_t i0, int h0, int n, int64_t chunk) {
+    FixedRows f[kMaxHeadsPerTask];
+    alignas(64) float o[kMaxHeadsPerTask][16 * 64];  // [head][16][hd] f32 output
+    for (int g = 0; g < n; ++g) prepare_rows(h0 + g, i0, f[g]);
     const int64_t kmax = f[0].kmax;  // the limits depend on the rows only, not on the head
     configure_tiles();
-    for (int64_t c0 = 0; c0 < kmax; c0 += kKeyChunk)
-      for (int g = 0; g < group; ++g) {
+    for (int64_t c0 = 0; c0 < kmax; c0 += chunk)
+      for (int g = 0; g < n; ++g) {
         if (c0 == 0) zero_o();
         else load_o(o[g]);
-        run_keys(f[g], kvh, c0, std::min(kmax, c0 + kKeyChunk));
+        run_keys(f[g], (h0 + g) / group, c0, std::min(kmax, c0 + chunk));
         store_o(o[g]);
       }
     _tile_release();
-    for (int g = 0; g < group; ++g) {
-      const int h = kvh * group + g;
-      if (!finish_rows(f[g], h, i0, o[g])) task_online((i0 / 16) * s.heads + h);
-    }
+    for (int g = 0; g < n; ++g)
+      if (!finish_rows(f[g], h0 + g, i0, o[g])) task_online((i0 / 16) * s.heads + h0 + g);
   };
-  if (grouped) {
-    run_tasks(pool, qblocks * s.kv_heads, task_fixed_group);
+  if (fixed_ref && group > 1 && group <= kMaxHeadsPerTask) {
+    // Grouped KV heads (the decoder): a task is (16 rows, kv head), the group's query heads taking turns over
+    // each 512-key chunk (128 KiB of K and V, L2-resident). Per head it was one task streaming all of K and
+    // V (2.4 MB per kv head at 9238 keys, beyond L2) once per query head. Bit-identical output; A/B, causal
+    // 32/8 heads: 1.16-1.19x at 512-2048 keys, 1.21-1.37x at 4096, 1.18-1.26x at 9238.
+    run_tasks(pool, qblocks * s.kv_heads, [&](int64_t t) {
+      const int kvh = static_cast<int>(t % s.kv_heads);
+      task_heads((t / s.kv_heads) * 16, kvh * group, group, 512);
+    });
     return true;
   }
-  // Ungrouped heads (the ViT): a task is 16 rows of up to kHeadsPerTask consecutive heads, one tile
-  // configuration for all of them (1040 tasks per PE-L tile and layer otherwise, each setting up and
-  // releasing the tiles: 1.05x on 2 threads, in-process A/B). Without the fixed reference (head_dim > 64):
-  // one task per head, online softmax.
-  constexpr int kHeadsPerTask = 4;
-  const int per_task = fixed_ref && s.heads % kHeadsPerTask == 0 ? kHeadsPerTask : 1;
+  // Ungrouped heads (the ViT): a task is 16 rows of 4 consecutive heads, all keys in one chunk (1040 tasks
+  // per PE-L tile and layer otherwise, each setting up and releasing the tiles: 1.05x on 2 threads, in-process
+  // A/B). Without the fixed reference (head_dim > 64): one task per head, online softmax.
+  const int per_task = fixed_ref && s.heads % 4 == 0 ? 4 : 1;
   run_tasks(pool, qblocks * (s.heads / per_task), [&](int64_t t) {
     const int h0 = static_cast<int>(t % (s.heads / per_task)) * per_task;
     const int64_t i0 = (t / (s.heads / per_task)) * 16;
-    if (!fixed_ref) return task_online((i0 / 16) * s.heads + h0);
-    FixedRows f;
-    alignas(64) float o[16 * 64];  // [16][hd] f32 output, stored once at the end
-    configure_tiles();
-    for (int h = h0; h < h0 + per_task; ++h) {
-      prepare_rows(h, i0, f);
-      zero_o();
-      run_keys(f, h / group, 0, f.kmax);
-      store_o(o);
-      if (!finish_rows(f, h, i0, o)) {
-        task_online((i0 / 16) * s.heads + h);  // configures the tiles for itself and releases them
-        configure_tiles();
-      }
-    }
-    _tile_release();
+    if (fixed_ref) task_heads(i0, h0, per_task, Tkp);
+    else task_online((i0 / 16) * s.heads + h0);
   });
   return true;
 }

@@ -5,11 +5,13 @@
 // L1 sets and evicted each other). B = the weights, which AMX wants in VNNI pairs ([K/2][N][2]); W is
 // bf16 [N, K] row-major in the mmap, so each 32-row panel of W is repacked into that layout in a
 // thread-local buffer right before use and then reused by every row block of the task (M/32 times), so
-// the mapped weights are never copied as a whole and resident memory stays at the weight bytes.
+// the mapped weights are never copied as a whole; or, where the caller prepacked the matrix once
+// (WeightMatrix::bf16_tiles: the vision tower), the panels are read from that copy.
 // C tiles come out row-major [16 m][16 n] and are written to y with the bias added, no transposes.
 //
 // Blocking: 32x32 outputs per step (2 A tiles x 2 B tiles, 4 accumulators), K in slices of 1024. Tasks
 // are (M chunk of ~512 rows, N range); the chunk's bf16 rows of a slice and the packed W slice stay in L2.
+// matmul_amx_bf16_group runs several matrices over one x: x converted once, all tasks in one region.
 #include <cstdint>
 #include <immintrin.h>
 

@@ -39,6 +39,19 @@ inline float dot(const float* a, const float* b, int64_t n) {
 
 namespace {
 void matmul_portable(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
+
+#if defined(__x86_64__) || defined(_M_X64)
+bool avx512_usable() {
+  static const CpuFeatures& f = cpu_features();
+  static const bool avx512 = f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq;
+  return avx512;
+}
+// The AMX kernels (gemm_amx.cpp) run: AMX-BF16 and AVX512-BF16 granted, and the AVX-512 they also use.
+bool amx_usable() {
+  static const bool amx = bf16_matmul_available() && avx512_usable();
+  return amx;
+}
+#endif
 }  // namespace
 
 bool bf16_matmul_available() {
@@ -67,9 +80,7 @@ const void* PackedTiles::data() const {
 
 bool prepack_bf16_tiles(WeightMatrix* w, PackedTiles* out, ThreadPool* pool) {
 #if defined(__x86_64__) || defined(_M_X64)
-  static const CpuFeatures& f = cpu_features();
-  static const bool amx = bf16_matmul_available() && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq;
-  if (!amx || w->quant != Quant::kNone || w->dtype != DType::kBF16 || w->rows % 32 != 0 || w->cols % 32 != 0 ||
+  if (!amx_usable() || w->quant != Quant::kNone || w->dtype != DType::kBF16 || w->rows % 32 != 0 || w->cols % 32 != 0 ||
       w->rows == 0 || w->cols == 0)
     return false;
   out->bytes.resize(static_cast<size_t>(w->rows * w->cols * 2 + 64));
@@ -84,10 +95,7 @@ bool prepack_bf16_tiles(WeightMatrix* w, PackedTiles* out, ThreadPool* pool) {
 
 void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool, Precision precision) {
 #if defined(__x86_64__) || defined(_M_X64)
-  static const CpuFeatures& f = cpu_features();
-  static const bool amx = bf16_matmul_available() && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq;
-  if (precision == Precision::kBF16 && amx && M >= 32 && count <= 8 &&
-      kernels::matmul_amx_bf16_group(x, M, outs, count, pool))
+  if (precision == Precision::kBF16 && amx_usable() && M >= 32 && kernels::matmul_amx_bf16_group(x, M, outs, count, pool))
     return;
 #endif
   for (int i = 0; i < count; ++i) matmul(x, M, *outs[i].w, outs[i].bias, outs[i].y, pool, precision);
@@ -102,11 +110,10 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
   if (w.quant != Quant::kNone) return matmul_quantized(x, M, w, bias, y, pool, precision);
 #if defined(__x86_64__) || defined(_M_X64)
   static const CpuFeatures& f = cpu_features();
-  static const bool avx512 = f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq;
   static const bool avx2 = f.avx2 && f.fma && f.f16c;
-  static const bool amx = bf16_matmul_available() && avx512;
-  if (precision == Precision::kBF16 && amx && M >= 32 && kernels::matmul_amx_bf16(x, M, w, bias, y, pool)) return;
-  if (avx512 && kernels::matmul_avx512_f32(x, M, w, bias, y, pool)) return;
+  if (precision == Precision::kBF16 && amx_usable() && M >= 32 && kernels::matmul_amx_bf16(x, M, w, bias, y, pool))
+    return;
+  if (avx512_usable() && kernels::matmul_avx512_f32(x, M, w, bias, y, pool)) return;
   if (avx2 && kernels::matmul_avx2_f32(x, M, w, bias, y, pool)) return;
 #elif defined(__aarch64__)
   (void)precision;  // no bf16-activation kernel on ARM yet: kBF16 runs in f32

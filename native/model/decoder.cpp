@@ -5,7 +5,6 @@
 #include <cmath>
 #include <cstring>
 
-
 #include "core/error.h"
 #include "core/op_profile.h"
 #include "cpu/activations.h"
