@@ -11,7 +11,8 @@
 //
 // Blocking: 32x32 outputs per step (2 A tiles x 2 B tiles, 4 accumulators), K in slices of 1024. Tasks
 // are (M chunk of ~512 rows, N range); the chunk's bf16 rows of a slice and the packed W slice stay in L2.
-// matmul_amx_bf16_group runs several matrices over one x: x converted once, all tasks in one region.
+// matmul_amx_bf16_group runs several matrices over one x: x converted once, all tasks in one region; an
+// output's GELU (MatmulOut::act) is fused into the tile epilogue, overlapped with the next block's k-loop.
 #include <cstdint>
 #include <immintrin.h>
 
@@ -21,6 +22,7 @@
 
 #include "core/half.h"
 #include "cpu/amx_tiles.h"
+#include "cpu/gelu_avx512.h"
 #include "cpu/gemm_kernels.h"
 
 namespace plm::cpu::kernels {
@@ -73,8 +75,28 @@ inline void store_tile(const float* c, float* y, int64_t N, int64_t m0, int64_t 
 // With the panels outermost instead, a K = 4096 or 8192 task re-read all its rows from L3 for each panel.
 constexpr int64_t kKSlice = 1024;
 
+// The GELU epilogue (kGelu) of a finished 32x32 block: its 4 C tiles wait here while the next block's
+// k-loop runs, which computes a few of their 64 row vectors (bias, GELU, store) per k step on the vector
+// units as the matrix unit works; GELU (a division and an exp per 16 values) was a separate pass over y.
+struct GeluEpilogue {
+  alignas(64) float c[4][256];
+  int64_t m = 0, n = 0;
+  int next = 64;  // next of the 64 row vectors (tile * 16 + row) to write; 64: nothing pending
+
+  void run(int upto, const float* bias, float* y, int64_t N, int64_t M) {
+    for (; next < upto; ++next) {
+      const int t = next >> 4, r = next & 15;
+      const int64_t row = m + (t >> 1) * 16 + r, col = n + (t & 1) * 16;
+      if (row >= M) continue;
+      const __m512 b = bias ? _mm512_loadu_ps(bias + col) : _mm512_setzero_ps();
+      _mm512_storeu_ps(y + row * N + col, gelu16(_mm512_add_ps(_mm512_load_ps(c[t] + r * 16), b)));
+    }
+  }
+};
+
 // W panels come from the weights (packed here per call) or, when `packed` is set, from the prepacked
-// copy ([N/32][K/32][2 KiB], WeightMatrix::bf16_tiles).
+// copy ([N/32][K/32][2 KiB], WeightMatrix::bf16_tiles). kGelu: y = gelu(x·W^T + bias).
+template <bool kGelu>
 void compute(const uint8_t* W, const uint8_t* packed, int64_t K, int64_t N, const uint16_t* xb, int64_t M, const float* bias, float* y,
              int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   const int64_t ks = std::min(K, kKSlice), mblocks = (m1 - m0) / 32;
@@ -88,6 +110,7 @@ void compute(const uint8_t* W, const uint8_t* packed, int64_t K, int64_t N, cons
   if (sliced) partial.resize(static_cast<size_t>(panels * mblocks * 1024 + 16));
   float* cbuf = sliced ? reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(partial.data()) + 63) & ~uintptr_t(63))
                        : nullptr;  // [panels][mblocks][4 tiles][16][16] f32
+  GeluEpilogue epi;
   configure_tiles();
   for (int64_t k0 = 0; k0 < K; k0 += ks) {
     const bool first = k0 == 0, last = k0 + ks >= K;
@@ -111,6 +134,7 @@ void compute(const uint8_t* W, const uint8_t* packed, int64_t K, int64_t N, cons
           _tile_loadd(2, cb + 512, 64);
           _tile_loadd(3, cb + 768, 64);
         }
+        const int epi_step = static_cast<int>((64 + kl / 32 - 1) / (kl / 32));  // pending vectors per k step
         for (int64_t kc = 0; kc < kl / 32; ++kc) {
           _tile_loadd(4, a0 + kc * 1024, 64);
           _tile_loadd(5, a1 + kc * 1024, 64);
@@ -120,6 +144,18 @@ void compute(const uint8_t* W, const uint8_t* packed, int64_t K, int64_t N, cons
           _tile_dpbf16ps(1, 4, 7);
           _tile_dpbf16ps(2, 5, 6);
           _tile_dpbf16ps(3, 5, 7);
+          if (kGelu) epi.run(std::min(64, epi.next + epi_step), bias, y, N, M);
+        }
+        if (kGelu && last) {
+          epi.run(64, bias, y, N, M);
+          _tile_stored(0, epi.c[0], 64);
+          _tile_stored(1, epi.c[1], 64);
+          _tile_stored(2, epi.c[2], 64);
+          _tile_stored(3, epi.c[3], 64);
+          epi.m = m;
+          epi.n = n;
+          epi.next = 0;
+          continue;
         }
         if (!last) {
           _tile_stored(0, cb, 64);
@@ -142,6 +178,7 @@ void compute(const uint8_t* W, const uint8_t* packed, int64_t K, int64_t N, cons
     }
   }
   _tile_release();
+  if (kGelu) epi.run(64, bias, y, N, M);
 }
 
 // Column chunks (whole 32-wide panels) for mchunks row chunks on `threads` threads: at least 4 tasks per
@@ -173,6 +210,7 @@ bool matmul_amx_bf16_group(const float* x, int64_t M, const MatmulOut* outs, int
   const int64_t K = outs[0].w->cols;
   for (int i = 0; i < count; ++i) {
     const WeightMatrix& w = *outs[i].w;
+    if (outs[i].act != Activation::kNone && outs[i].act != Activation::kGeluErf) return false;
     if (w.quant != Quant::kNone || w.dtype != DType::kBF16 || w.cols != K || K % 32 != 0 || w.rows % 32 != 0 || K == 0)
       return false;
   }
@@ -205,8 +243,9 @@ bool matmul_amx_bf16_group(const float* x, int64_t M, const MatmulOut* outs, int
     while (i + 1 < count && t >= plans[i + 1].first) ++i;
     const WeightMatrix& w = *outs[i].w;
     const int64_t N = w.rows, local = t - plans[i].first, mi = local / plans[i].nchunks, ni = local % plans[i].nchunks;
-    compute(static_cast<const uint8_t*>(w.data), static_cast<const uint8_t*>(w.bf16_tiles), K, N, xb, M, outs[i].bias,
-            outs[i].y, mi * mc, std::min(Mp, (mi + 1) * mc), ni * plans[i].ncols, std::min(N, (ni + 1) * plans[i].ncols));
+    auto* run = outs[i].act == Activation::kGeluErf ? &compute<true> : &compute<false>;
+    run(static_cast<const uint8_t*>(w.data), static_cast<const uint8_t*>(w.bf16_tiles), K, N, xb, M, outs[i].bias,
+        outs[i].y, mi * mc, std::min(Mp, (mi + 1) * mc), ni * plans[i].ncols, std::min(N, (ni + 1) * plans[i].ncols));
   };
   run_tasks(pool, tasks, fn);
   return true;

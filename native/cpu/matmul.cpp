@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/half.h"
+#include "cpu/activations.h"
 #include "cpu/cpu_features.h"
 #include "cpu/gemm_kernels.h"
 #include "cpu/quant.h"
@@ -98,7 +99,20 @@ void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, T
   if (precision == Precision::kBF16 && amx_usable() && M >= 32 && kernels::matmul_amx_bf16_group(x, M, outs, count, pool))
     return;
 #endif
-  for (int i = 0; i < count; ++i) matmul(x, M, *outs[i].w, outs[i].bias, outs[i].y, pool, precision);
+  for (int i = 0; i < count; ++i) matmul(x, M, *outs[i].w, outs[i].bias, outs[i].y, pool, precision, outs[i].act);
+}
+
+void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool,
+            Precision precision, Activation act) {
+  if (act == Activation::kNone) return matmul(x, M, w, bias, y, pool, precision);
+#if defined(__x86_64__) || defined(_M_X64)
+  const MatmulOut out{&w, bias, y, act};
+  if (precision == Precision::kBF16 && amx_usable() && M >= 32 && w.quant == Quant::kNone &&
+      kernels::matmul_amx_bf16_group(x, M, &out, 1, pool))
+    return;
+#endif
+  matmul(x, M, w, bias, y, pool, precision);
+  gelu_erf(y, M * w.rows, pool);
 }
 
 void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool) {

@@ -54,11 +54,19 @@ enum class Precision { kF32, kBF16 };
 void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool,
             Precision precision);
 
-// One output of matmul_group: y[M, w.rows] = x · w^T + bias (bias may be null).
+// Applied to each output of a matmul after the bias: kGeluErf is gelu_erf (cpu/activations.h), the same
+// bits whether the AMX kernel fuses it into its tile epilogue or it runs as a pass over y afterwards.
+enum class Activation { kNone, kGeluErf };
+// y = act(x · W^T + bias), as matmul() then the activation over y; on AMX (kBF16) the activation is computed
+// while the matrix unit works on the next 32x32 block, so it costs no pass over y.
+void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool,
+            Precision precision, Activation act);
+// One output of matmul_group: y[M, w.rows] = act(x · w^T + bias) (bias may be null).
 struct MatmulOut {
   const WeightMatrix* w;
   const float* bias;
   float* y;
+  Activation act = Activation::kNone;
 };
 
 // The matmuls of several matrices that read the same x (q/k/v, gate/up), each as matmul() computes it. On the

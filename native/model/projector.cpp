@@ -22,9 +22,13 @@ Projector::Projector(const LoadedModel& model, ThreadPool* pool)
 void Projector::forward(const float* patches, int64_t tiles, float* out, const DumpFn& dump) {
   const int64_t P = int64_t(grid_) * grid_, D = hidden_, M = tiles * P;
   std::vector<float> f1(M * D), f2(M * D);  // [tiles, P, D]
-  cpu::matmul(patches, M, linear1_, bias1_.data(), f1.data(), pool_, precision_);
-  if (dump) dump("projector.linear_1", f1.data(), {tiles, P, D});
-  cpu::gelu_erf(f1.data(), M * D, pool_);
+  if (dump) {  // the stage before GELU is dumped on its own
+    cpu::matmul(patches, M, linear1_, bias1_.data(), f1.data(), pool_, precision_);
+    dump("projector.linear_1", f1.data(), {tiles, P, D});
+    cpu::gelu_erf(f1.data(), M * D, pool_);
+  } else {
+    cpu::matmul(patches, M, linear1_, bias1_.data(), f1.data(), pool_, precision_, cpu::Activation::kGeluErf);
+  }
   cpu::matmul(f1.data(), M, linear2_, bias2_.data(), f2.data(), pool_, precision_);
   const int r = pool_ratio_ > 0 ? pool_ratio_ : 1;
   const int og = grid_ / r;

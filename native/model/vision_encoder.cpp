@@ -8,7 +8,6 @@
 
 #include "core/error.h"
 #include "core/op_profile.h"
-#include "cpu/activations.h"
 #include "cpu/attention.h"
 #include "cpu/norms.h"
 #include "cpu/rope.h"
@@ -156,8 +155,10 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
     const bool ls = !blk.gamma1.empty();
     { OpTimer t("vision.residual"); add_residual(x, h.data(), ls ? blk.gamma1.data() : nullptr); }
     { OpTimer t("vision.layer_norm"); cpu::layer_norm(x, blk.norm2_w.data(), blk.norm2_b.data(), h.data(), M, C, cfg_.layer_norm_eps, pool_); }
-    { OpTimer t("vision.matmul_fc1"); cpu::matmul(h.data(), M, blk.fc1, blk.fc1_b.data(), f.data(), pool_, precision_); }
-    { OpTimer t("vision.gelu"); cpu::gelu_erf(f.data(), M * mlp, pool_); }
+    {
+      OpTimer t("vision.matmul_fc1_gelu");
+      cpu::matmul(h.data(), M, blk.fc1, blk.fc1_b.data(), f.data(), pool_, precision_, cpu::Activation::kGeluErf);
+    }
     { OpTimer t("vision.matmul_fc2"); cpu::matmul(f.data(), M, blk.fc2, blk.fc2_b.data(), h.data(), pool_, precision_); }
     { OpTimer t("vision.residual"); add_residual(x, h.data(), ls ? blk.gamma2.data() : nullptr); }
     if (dump) dump("vision.blocks." + std::to_string(b), x, {tiles, N, C});

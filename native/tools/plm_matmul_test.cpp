@@ -24,6 +24,7 @@
 #include "core/half.h"
 #include "core/thread_pool.h"
 #include "cpu/cpu_features.h"
+#include "cpu/activations.h"
 #include "cpu/matmul.h"
 #include "cpu/quant.h"
 
@@ -256,6 +257,45 @@ int main(int argc, char** argv) {
     std::printf("  matmul_group %s, 3 matrices M=%" PRId64 " K=%" PRId64 ": %s\n", prec == Precision::kBF16 ? "bf16" : "f32",
                 M, K, same ? "bit-identical to one matmul each" : "DIFFERS from one matmul each  FAIL");
   }
+  // Activation::kGeluErf must equal the matmul followed by gelu_erf over y, bit for bit: fused into the AMX
+  // epilogue (bf16, prepacked or not, K in one or several slices, partial row blocks, with and without bias,
+  // inside a group next to an output without activation), or as the pass afterwards (f32).
+  const Case gelu_cases[] = {{37, 64, 96}, {300, 1056, 64}, {1025, 1024, 128}, {64, 4096, 32}};
+  for (Precision prec : {Precision::kF32, Precision::kBF16})
+    for (const Case& c : gelu_cases)
+      for (int variant = 0; variant < 3; ++variant) {  // 0: bias, 1: no bias, 2: prepacked + bias, in a group
+        std::vector<uint16_t> w16(static_cast<size_t>(c.N * c.K));
+        for (auto& v : w16) v = f32_to_bf16(uni(rng));
+        std::vector<float> x(static_cast<size_t>(c.M * c.K)), bias(static_cast<size_t>(c.N));
+        for (auto& v : x) v = uni(rng);
+        for (auto& v : bias) v = uni(rng);
+        WeightMatrix w;
+        w.dtype = DType::kBF16;
+        w.data = w16.data();
+        w.rows = c.N;
+        w.cols = c.K;
+        PackedTiles tiles;
+        if (variant == 2 && prec == Precision::kBF16) prepack_bf16_tiles(&w, &tiles, &pool);
+        const float* b = variant == 1 ? nullptr : bias.data();
+        std::vector<float> ref(static_cast<size_t>(c.M * c.N)), fused(ref.size()), plain(ref.size()), plain2(ref.size());
+        matmul(x.data(), c.M, w, b, ref.data(), &pool, prec);
+        gelu_erf(ref.data(), c.M * c.N, &pool);
+        if (variant == 2) {
+          MatmulOut outs[2] = {{&w, b, plain.data()}, {&w, b, fused.data(), Activation::kGeluErf}};
+          matmul_group(x.data(), c.M, outs, 2, &pool, prec);
+          matmul(x.data(), c.M, w, b, plain2.data(), &pool, prec);
+        } else {
+          matmul(x.data(), c.M, w, b, fused.data(), &pool, prec, Activation::kGeluErf);
+        }
+        bool same = std::memcmp(ref.data(), fused.data(), ref.size() * sizeof(float)) == 0;
+        if (variant == 2) same = same && std::memcmp(plain.data(), plain2.data(), plain.size() * sizeof(float)) == 0;
+        ++total;
+        if (!same) ++failures;
+        std::printf("  gelu epilogue %s M=%-4" PRId64 " K=%-4" PRId64 " N=%-3" PRId64 " %-17s %s\n",
+                    prec == Precision::kBF16 ? "bf16" : "f32 ", c.M, c.K, c.N,
+                    variant == 0 ? "bias" : variant == 1 ? "no bias" : "group, prepacked",
+                    same ? "bit-identical to matmul + gelu_erf" : "DIFFERS from matmul + gelu_erf  FAIL");
+      }
   if (failures) {
     std::printf("FAILED: %d of %d cases\n", failures, total);
     return 1;
