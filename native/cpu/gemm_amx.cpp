@@ -24,6 +24,7 @@
 #include "cpu/amx_tiles.h"
 #include "cpu/gelu_avx512.h"
 #include "cpu/gemm_kernels.h"
+#include "cpu/norms.h"
 
 namespace plm::cpu::kernels {
 namespace {
@@ -31,12 +32,20 @@ namespace {
 // Offset (in bf16 elements) of A tile (row block m / 16, k chunk kc) in the tile-ordered scratch.
 inline int64_t a_tile_offset(int64_t m, int64_t kc, int64_t K) { return ((m / 16) * (K / 32) + kc) * 512; }
 
-// x [M, K] f32 -> xb [Mp/16][K/32][16][32] bf16 (round to nearest even), rows M..Mp-1 zero.
-void convert_x(const float* x, int64_t M, int64_t Mp, int64_t K, uint16_t* xb, ThreadPool* pool) {
+// x [M, K] f32 -> xb [Mp/16][K/32][16][32] bf16 (round to nearest even), rows M..Mp-1 zero. With `norm`,
+// each row is normed first by the same function the separate pass uses, so the bits are the same.
+void convert_x(const float* x, int64_t M, int64_t Mp, int64_t K, uint16_t* xb, ThreadPool* pool, const RowNorm* norm) {
   auto fn = [&](int64_t r0, int64_t r1) {
+    thread_local std::vector<float> row;
+    if (norm) row.resize(static_cast<size_t>(K));
     for (int64_t m = r0; m < r1; ++m) {
       uint16_t* dst = xb + a_tile_offset(m, 0, K) + (m % 16) * 32;
       const float* src = x + m * K;
+      if (norm && m < M) {
+        if (norm->kind == RowNorm::kLayerNorm) layer_norm(src, norm->weight, norm->bias, row.data(), 1, K, norm->eps);
+        else rms_norm(src, norm->weight, row.data(), 1, K, norm->eps);
+        src = row.data();
+      }
       for (int64_t kc = 0; kc < K / 32; ++kc) {
         __m512i v = _mm512_setzero_si512();
         if (m < M)
@@ -204,7 +213,8 @@ bool matmul_amx_bf16(const float* x, int64_t M, const WeightMatrix& w, const flo
   return matmul_amx_bf16_group(x, M, &out, 1, pool);
 }
 
-bool matmul_amx_bf16_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool) {
+bool matmul_amx_bf16_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool,
+                           const RowNorm* norm) {
   if (count <= 0) return true;
   if (count > 8) return false;
   const int64_t K = outs[0].w->cols;
@@ -219,7 +229,7 @@ bool matmul_amx_bf16_group(const float* x, int64_t M, const MatmulOut* outs, int
   thread_local std::vector<uint16_t> scratch;
   scratch.resize(static_cast<size_t>(Mp * K) + 32);
   uint16_t* xb = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t(63));
-  convert_x(x, M, Mp, K, xb, pool);
+  convert_x(x, M, Mp, K, xb, pool, norm);
 
   const int threads = pool ? pool->size() : 1;
   // Row chunks of about 512 rows (equal sizes): a chunk's bf16 rows of one K slice stay in L2 (<= 1 MiB)

@@ -55,8 +55,10 @@ bool matmul_avx2_f32(const float* x, int64_t M, const WeightMatrix& w, const flo
 // Needs K % 32 == 0, N % 32 == 0; returns false otherwise.
 bool matmul_amx_bf16(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y,
                      ThreadPool* pool);
-// Several matrices over the same x (MatmulOut, cpu/matmul.h): x converted once, one parallel region.
-bool matmul_amx_bf16_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool);
+// Several matrices over the same x (MatmulOut, cpu/matmul.h): x converted once, one parallel region; with
+// `norm`, each row of x is normed (cpu/norms.h, one row at a time) right before its conversion.
+bool matmul_amx_bf16_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool,
+                           const RowNorm* norm = nullptr);
 // w (bf16, rows and cols multiples of 32) -> out in WeightMatrix::bf16_tiles order (64-byte aligned).
 void pack_bf16_tiles_amx(const WeightMatrix& w, uint8_t* out, ThreadPool* pool);
 #if defined(__aarch64__)

@@ -13,6 +13,7 @@
 #include "cpu/activations.h"
 #include "cpu/cpu_features.h"
 #include "cpu/gemm_kernels.h"
+#include "cpu/norms.h"
 #include "cpu/quant.h"
 
 namespace plm::cpu {
@@ -100,6 +101,19 @@ void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, T
     return;
 #endif
   for (int i = 0; i < count; ++i) matmul(x, M, *outs[i].w, outs[i].bias, outs[i].y, pool, precision, outs[i].act);
+}
+
+void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool, Precision precision,
+                  const RowNorm& norm, float* normed) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (precision == Precision::kBF16 && amx_usable() && M >= 32 &&
+      kernels::matmul_amx_bf16_group(x, M, outs, count, pool, &norm))
+    return;
+#endif
+  const int64_t K = outs[0].w->cols;
+  if (norm.kind == RowNorm::kLayerNorm) layer_norm(x, norm.weight, norm.bias, normed, M, K, norm.eps, pool);
+  else rms_norm(x, norm.weight, normed, M, K, norm.eps, pool);
+  matmul_group(normed, M, outs, count, pool, precision);
 }
 
 void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool,

@@ -73,6 +73,19 @@ struct MatmulOut {
 // AMX path x is rounded to bf16 once and all the products share one parallel region (no idle thread at
 // the end of each); elsewhere they run one after another. At most 8 outputs.
 void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool, Precision precision);
+// A normalization of each row of x before the matmuls (LayerNorm with weight and bias, or RMSNorm with weight),
+// computed by cpu/norms.h's functions.
+struct RowNorm {
+  enum Kind { kLayerNorm, kRmsNorm } kind;
+  const float* weight;
+  const float* bias;  // LayerNorm only
+  float eps;
+};
+// matmul_group over norm(x), the same results as norming x into `normed` first: on the AMX path each row is
+// normed as it is rounded to bf16 (no [M, K] f32 pass written and read back) and `normed` is not touched;
+// elsewhere `normed` ([M, K], must not alias x) receives the normed rows and the matmuls read it.
+void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool, Precision precision,
+                  const RowNorm& norm, float* normed);
 
 // True when kBF16 has a fast kernel on this CPU (AMX-BF16 granted by the OS).
 bool bf16_matmul_available();

@@ -109,11 +109,12 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
     Layer& L = layers_[l];
     float* kc = cache_.keys(l) + pos0 * kvw;    // [n, nkv, hd] slice of the cache
     float* vc = cache_.values(l) + pos0 * kvw;
-    { OpTimer t("decoder.rms_norm"); cpu::rms_norm(x, L.input_norm.data(), h.data(), n, H, cfg_.rms_norm_eps, pool_); }
     {
-      OpTimer t("decoder.matmul_qkv");
+      // RMSNorm fused into the matmuls' bf16 conversion on AMX (prefill); elsewhere normed into h first.
+      OpTimer t("decoder.norm+matmul_qkv");
       const cpu::MatmulOut outs[3] = {{&L.q, nullptr, q.data()}, {&L.k, nullptr, kc}, {&L.v, nullptr, vc}};
-      cpu::matmul_group(h.data(), n, outs, 3, pool_, precision_);
+      const cpu::RowNorm norm{cpu::RowNorm::kRmsNorm, L.input_norm.data(), nullptr, cfg_.rms_norm_eps};
+      cpu::matmul_group(x, n, outs, 3, pool_, precision_, norm, h.data());
     }
     {
       OpTimer t("decoder.rope+attention");
@@ -139,11 +140,11 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
     }
     { OpTimer t("decoder.matmul_o"); cpu::matmul(attn.data(), n, L.o, nullptr, proj.data(), pool_, precision_); }
     add_residual(x, proj.data());
-    { OpTimer t("decoder.rms_norm"); cpu::rms_norm(x, L.post_norm.data(), h.data(), n, H, cfg_.rms_norm_eps, pool_); }
     {
-      OpTimer t("decoder.matmul_gate_up");
+      OpTimer t("decoder.norm+matmul_gate_up");
       const cpu::MatmulOut outs[2] = {{&L.gate, nullptr, gate.data()}, {&L.up, nullptr, up.data()}};
-      cpu::matmul_group(h.data(), n, outs, 2, pool_, precision_);
+      const cpu::RowNorm norm{cpu::RowNorm::kRmsNorm, L.post_norm.data(), nullptr, cfg_.rms_norm_eps};
+      cpu::matmul_group(x, n, outs, 2, pool_, precision_, norm, h.data());
     }
     { OpTimer t("decoder.silu_mul"); cpu::silu_mul(gate.data(), up.data(), gate.data(), n * I, pool_); }
     { OpTimer t("decoder.matmul_down"); cpu::matmul(gate.data(), n, L.down, nullptr, proj.data(), pool_, precision_); }

@@ -119,8 +119,13 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
   for (size_t b = 0; b < blocks_.size(); ++b) {
     if (cancel && cancel->is_cancelled()) throw Error(ErrorCode::kCancelled, "cancelled");
     Block& blk = blocks_[b];
-    { OpTimer t("vision.layer_norm"); cpu::layer_norm(x, blk.norm1_w.data(), blk.norm1_b.data(), h.data(), M, C, cfg_.layer_norm_eps, pool_); }
-    { OpTimer t("vision.matmul_qkv"); cpu::matmul(h.data(), M, blk.qkv, blk.qkv_b.data(), qkv.data(), pool_, precision_); }
+    {
+      // LayerNorm fused into the matmul's bf16 conversion on AMX; elsewhere normed into h first.
+      OpTimer t("vision.norm+matmul_qkv");
+      const cpu::MatmulOut out{&blk.qkv, blk.qkv_b.data(), qkv.data()};
+      const cpu::RowNorm norm{cpu::RowNorm::kLayerNorm, blk.norm1_w.data(), blk.norm1_b.data(), cfg_.layer_norm_eps};
+      cpu::matmul_group(x, M, &out, 1, pool_, precision_, norm, h.data());
+    }
     {
       // q, k and v stay in the qkv rows ([M, 3, heads, hd]): RoPE rotates q and k in place, attention
       // reads them with a row stride of 3C.
@@ -154,10 +159,11 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
     { OpTimer t("vision.matmul_proj"); cpu::matmul(a.data(), M, blk.proj, blk.proj_b.data(), h.data(), pool_, precision_); }
     const bool ls = !blk.gamma1.empty();
     { OpTimer t("vision.residual"); add_residual(x, h.data(), ls ? blk.gamma1.data() : nullptr); }
-    { OpTimer t("vision.layer_norm"); cpu::layer_norm(x, blk.norm2_w.data(), blk.norm2_b.data(), h.data(), M, C, cfg_.layer_norm_eps, pool_); }
     {
-      OpTimer t("vision.matmul_fc1_gelu");
-      cpu::matmul(h.data(), M, blk.fc1, blk.fc1_b.data(), f.data(), pool_, precision_, cpu::Activation::kGeluErf);
+      OpTimer t("vision.norm+matmul_fc1_gelu");
+      const cpu::MatmulOut out{&blk.fc1, blk.fc1_b.data(), f.data(), cpu::Activation::kGeluErf};
+      const cpu::RowNorm norm{cpu::RowNorm::kLayerNorm, blk.norm2_w.data(), blk.norm2_b.data(), cfg_.layer_norm_eps};
+      cpu::matmul_group(x, M, &out, 1, pool_, precision_, norm, h.data());
     }
     { OpTimer t("vision.matmul_fc2"); cpu::matmul(f.data(), M, blk.fc2, blk.fc2_b.data(), h.data(), pool_, precision_); }
     { OpTimer t("vision.residual"); add_residual(x, h.data(), ls ? blk.gamma2.data() : nullptr); }

@@ -26,6 +26,7 @@
 #include "cpu/cpu_features.h"
 #include "cpu/activations.h"
 #include "cpu/matmul.h"
+#include "cpu/norms.h"
 #include "cpu/quant.h"
 
 using namespace plm;
@@ -296,6 +297,48 @@ int main(int argc, char** argv) {
                     variant == 0 ? "bias" : variant == 1 ? "no bias" : "group, prepacked",
                     same ? "bit-identical to matmul + gelu_erf" : "DIFFERS from matmul + gelu_erf  FAIL");
       }
+  // matmul_group with a RowNorm must equal norming x first (cpu/norms.h) and then the group, bit for bit: on AMX
+  // the rows are normed inside the bf16 conversion, elsewhere into the caller's buffer.
+  for (Precision prec : {Precision::kF32, Precision::kBF16})
+    for (RowNorm::Kind kind : {RowNorm::kLayerNorm, RowNorm::kRmsNorm}) {
+      const int64_t M = 301, K = 1024, Ns[2] = {96, 64};
+      std::vector<float> x(static_cast<size_t>(M * K)), nw(static_cast<size_t>(K)), nb(static_cast<size_t>(K));
+      for (auto& v : x) v = uni(rng) * 3.f + 0.5f;
+      for (auto& v : nw) v = 1.f + uni(rng) * 0.2f;
+      for (auto& v : nb) v = uni(rng) * 0.1f;
+      std::vector<uint16_t> w16[2];
+      WeightMatrix ws[2];
+      std::vector<float> ref[2], fused[2], bias(static_cast<size_t>(Ns[0]));
+      for (auto& v : bias) v = uni(rng);
+      MatmulOut ref_outs[2], fused_outs[2];
+      for (int i = 0; i < 2; ++i) {
+        w16[i].resize(static_cast<size_t>(Ns[i] * K));
+        for (auto& v : w16[i]) v = f32_to_bf16(uni(rng));
+        ws[i].dtype = DType::kBF16;
+        ws[i].data = w16[i].data();
+        ws[i].rows = Ns[i];
+        ws[i].cols = K;
+        ref[i].resize(static_cast<size_t>(M * Ns[i]));
+        fused[i].resize(ref[i].size());
+        const Activation act = i == 0 ? Activation::kGeluErf : Activation::kNone;
+        ref_outs[i] = {&ws[i], i == 0 ? bias.data() : nullptr, ref[i].data(), act};
+        fused_outs[i] = {&ws[i], i == 0 ? bias.data() : nullptr, fused[i].data(), act};
+      }
+      const RowNorm norm{kind, nw.data(), nb.data(), 1e-5f};
+      std::vector<float> normed(x.size()), scratch(x.size());
+      if (kind == RowNorm::kLayerNorm) layer_norm(x.data(), nw.data(), nb.data(), normed.data(), M, K, 1e-5f, &pool);
+      else rms_norm(x.data(), nw.data(), normed.data(), M, K, 1e-5f, &pool);
+      matmul_group(normed.data(), M, ref_outs, 2, &pool, prec);
+      matmul_group(x.data(), M, fused_outs, 2, &pool, prec, norm, scratch.data());
+      bool same = true;
+      for (int i = 0; i < 2; ++i)
+        same = same && std::memcmp(ref[i].data(), fused[i].data(), ref[i].size() * sizeof(float)) == 0;
+      ++total;
+      if (!same) ++failures;
+      std::printf("  norm+matmul_group %s %-10s M=%" PRId64 " K=%" PRId64 " (gelu output + plain output): %s\n",
+                  prec == Precision::kBF16 ? "bf16" : "f32 ", kind == RowNorm::kLayerNorm ? "LayerNorm" : "RMSNorm", M, K,
+                  same ? "bit-identical to norm, then matmul_group" : "DIFFERS from norm, then matmul_group  FAIL");
+    }
   if (failures) {
     std::printf("FAILED: %d of %d cases\n", failures, total);
     return 1;
