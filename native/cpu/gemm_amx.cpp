@@ -12,7 +12,8 @@
 // Blocking: 32x32 outputs per step (2 A tiles x 2 B tiles, 4 accumulators), K in slices of 1024. Tasks
 // are (M chunk of ~512 rows, N range); the chunk's bf16 rows of a slice and the packed W slice stay in L2.
 // matmul_amx_bf16_group runs several matrices over one x: x converted once, all tasks in one region; an
-// output's GELU (MatmulOut::act) is fused into the tile epilogue, overlapped with the next block's k-loop.
+// output's GELU or residual add (MatmulOut::epilogue) runs in the tile epilogue, overlapped with the next
+// block's k-loop.
 #include <cstdint>
 #include <immintrin.h>
 
@@ -84,30 +85,41 @@ inline void store_tile(const float* c, float* y, int64_t N, int64_t m0, int64_t 
 // With the panels outermost instead, a K = 4096 or 8192 task re-read all its rows from L3 for each panel.
 constexpr int64_t kKSlice = 1024;
 
-// The GELU epilogue (kGelu) of a finished 32x32 block: its 4 C tiles wait here while the next block's
-// k-loop runs, which computes a few of their 64 row vectors (bias, GELU, store) per k step on the vector
-// units as the matrix unit works; GELU (a division and an exp per 16 values) was a separate pass over y.
-struct GeluEpilogue {
+// The epilogue (Epilogue::kGeluErf, kAccumulate) of a finished 32x32 block: its 4 C tiles wait here while
+// the next block's k-loop runs, which finishes a few of their 64 row vectors per k step on the vector units
+// as the matrix unit works. GELU (a division and an exp per 16 values) and the residual add were separate
+// passes over y. The accumulate rounds the product and the sum apart (the _round forms are never fused into
+// an FMA), as the pass did.
+template <Epilogue E>
+struct PendingBlock {
   alignas(64) float c[4][256];
   int64_t m = 0, n = 0;
-  int next = 64;  // next of the 64 row vectors (tile * 16 + row) to write; 64: nothing pending
+  int next = 64;  // next of the 64 row vectors (tile * 16 + row) to finish; 64: nothing pending
 
-  void run(int upto, const float* bias, float* y, int64_t N, int64_t M) {
+  void run(int upto, const float* bias, const float* scale, float* y, int64_t N, int64_t M) {
     for (; next < upto; ++next) {
       const int t = next >> 4, r = next & 15;
       const int64_t row = m + (t >> 1) * 16 + r, col = n + (t & 1) * 16;
       if (row >= M) continue;
       const __m512 b = bias ? _mm512_loadu_ps(bias + col) : _mm512_setzero_ps();
-      _mm512_storeu_ps(y + row * N + col, gelu16(_mm512_add_ps(_mm512_load_ps(c[t] + r * 16), b)));
+      const __m512 v = _mm512_add_ps(_mm512_load_ps(c[t] + r * 16), b);
+      float* dst = y + row * N + col;
+      if constexpr (E == Epilogue::kGeluErf) {
+        _mm512_storeu_ps(dst, gelu16(v));
+      } else {
+        const __m512 add = scale ? _mm512_mul_round_ps(_mm512_loadu_ps(scale + col), v, _MM_FROUND_CUR_DIRECTION) : v;
+        _mm512_storeu_ps(dst, _mm512_add_round_ps(_mm512_loadu_ps(dst), add, _MM_FROUND_CUR_DIRECTION));
+      }
     }
   }
 };
 
 // W panels come from the weights (packed here per call) or, when `packed` is set, from the prepacked
-// copy ([N/32][K/32][2 KiB], WeightMatrix::bf16_tiles). kGelu: y = gelu(x·W^T + bias).
-template <bool kGelu>
-void compute(const uint8_t* W, const uint8_t* packed, int64_t K, int64_t N, const uint16_t* xb, int64_t M, const float* bias, float* y,
-             int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+// copy ([N/32][K/32][2 KiB], WeightMatrix::bf16_tiles). E: what is done with x·W^T + bias (cpu/matmul.h).
+template <Epilogue E>
+void compute(const uint8_t* W, const uint8_t* packed, int64_t K, int64_t N, const uint16_t* xb, int64_t M, const float* bias,
+             const float* scale, float* y, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  constexpr bool kPending = E != Epilogue::kStore;
   const int64_t ks = std::min(K, kKSlice), mblocks = (m1 - m0) / 32;
   alignas(64) float c[4][256];
   thread_local std::vector<uint8_t> panel;
@@ -119,7 +131,7 @@ void compute(const uint8_t* W, const uint8_t* packed, int64_t K, int64_t N, cons
   if (sliced) partial.resize(static_cast<size_t>(panels * mblocks * 1024 + 16));
   float* cbuf = sliced ? reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(partial.data()) + 63) & ~uintptr_t(63))
                        : nullptr;  // [panels][mblocks][4 tiles][16][16] f32
-  GeluEpilogue epi;
+  PendingBlock<E> epi;
   configure_tiles();
   for (int64_t k0 = 0; k0 < K; k0 += ks) {
     const bool first = k0 == 0, last = k0 + ks >= K;
@@ -153,10 +165,10 @@ void compute(const uint8_t* W, const uint8_t* packed, int64_t K, int64_t N, cons
           _tile_dpbf16ps(1, 4, 7);
           _tile_dpbf16ps(2, 5, 6);
           _tile_dpbf16ps(3, 5, 7);
-          if (kGelu) epi.run(std::min(64, epi.next + epi_step), bias, y, N, M);
+          if (kPending) epi.run(std::min(64, epi.next + epi_step), bias, scale, y, N, M);
         }
-        if (kGelu && last) {
-          epi.run(64, bias, y, N, M);
+        if (kPending && last) {
+          epi.run(64, bias, scale, y, N, M);
           _tile_stored(0, epi.c[0], 64);
           _tile_stored(1, epi.c[1], 64);
           _tile_stored(2, epi.c[2], 64);
@@ -187,7 +199,7 @@ void compute(const uint8_t* W, const uint8_t* packed, int64_t K, int64_t N, cons
     }
   }
   _tile_release();
-  if (kGelu) epi.run(64, bias, y, N, M);
+  if (kPending) epi.run(64, bias, scale, y, N, M);
 }
 
 // Column chunks (whole 32-wide panels) for mchunks row chunks on `threads` threads: at least 4 tasks per
@@ -220,7 +232,6 @@ bool matmul_amx_bf16_group(const float* x, int64_t M, const MatmulOut* outs, int
   const int64_t K = outs[0].w->cols;
   for (int i = 0; i < count; ++i) {
     const WeightMatrix& w = *outs[i].w;
-    if (outs[i].act != Activation::kNone && outs[i].act != Activation::kGeluErf) return false;
     if (w.quant != Quant::kNone || w.dtype != DType::kBF16 || w.cols != K || K % 32 != 0 || w.rows % 32 != 0 || K == 0)
       return false;
   }
@@ -253,9 +264,12 @@ bool matmul_amx_bf16_group(const float* x, int64_t M, const MatmulOut* outs, int
     while (i + 1 < count && t >= plans[i + 1].first) ++i;
     const WeightMatrix& w = *outs[i].w;
     const int64_t N = w.rows, local = t - plans[i].first, mi = local / plans[i].nchunks, ni = local % plans[i].nchunks;
-    auto* run = outs[i].act == Activation::kGeluErf ? &compute<true> : &compute<false>;
+    auto* run = outs[i].epilogue == Epilogue::kGeluErf      ? &compute<Epilogue::kGeluErf>
+                : outs[i].epilogue == Epilogue::kAccumulate ? &compute<Epilogue::kAccumulate>
+                                                            : &compute<Epilogue::kStore>;
     run(static_cast<const uint8_t*>(w.data), static_cast<const uint8_t*>(w.bf16_tiles), K, N, xb, M, outs[i].bias,
-        outs[i].y, mi * mc, std::min(Mp, (mi + 1) * mc), ni * plans[i].ncols, std::min(N, (ni + 1) * plans[i].ncols));
+        outs[i].scale, outs[i].y, mi * mc, std::min(Mp, (mi + 1) * mc), ni * plans[i].ncols,
+        std::min(N, (ni + 1) * plans[i].ncols));
   };
   run_tasks(pool, tasks, fn);
   return true;

@@ -100,7 +100,7 @@ void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, T
   if (precision == Precision::kBF16 && amx_usable() && M >= 32 && kernels::matmul_amx_bf16_group(x, M, outs, count, pool))
     return;
 #endif
-  for (int i = 0; i < count; ++i) matmul(x, M, *outs[i].w, outs[i].bias, outs[i].y, pool, precision, outs[i].act);
+  for (int i = 0; i < count; ++i) matmul(x, M, *outs[i].w, outs[i].bias, outs[i].y, pool, precision, outs[i].epilogue, outs[i].scale);
 }
 
 void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool, Precision precision,
@@ -117,16 +117,35 @@ void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, T
 }
 
 void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool,
-            Precision precision, Activation act) {
-  if (act == Activation::kNone) return matmul(x, M, w, bias, y, pool, precision);
+            Precision precision, Epilogue epilogue, const float* scale, float* scratch) {
+  if (epilogue == Epilogue::kStore) return matmul(x, M, w, bias, y, pool, precision);
 #if defined(__x86_64__) || defined(_M_X64)
-  const MatmulOut out{&w, bias, y, act};
+  const MatmulOut out{&w, bias, y, epilogue, scale};
   if (precision == Precision::kBF16 && amx_usable() && M >= 32 && w.quant == Quant::kNone &&
       kernels::matmul_amx_bf16_group(x, M, &out, 1, pool))
     return;
 #endif
-  matmul(x, M, w, bias, y, pool, precision);
-  gelu_erf(y, M * w.rows, pool);
+  const int64_t N = w.rows;
+  if (epilogue == Epilogue::kGeluErf) {
+    matmul(x, M, w, bias, y, pool, precision);
+    gelu_erf(y, M * N, pool);
+    return;
+  }
+  std::vector<float> own;
+  if (!scratch) {
+    own.resize(static_cast<size_t>(M * N));
+    scratch = own.data();
+  }
+  matmul(x, M, w, bias, scratch, pool, precision);
+  const float* h = scratch;
+  parallel_for(pool, M, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* yr = y + r * N;
+      const float* hr = h + r * N;
+      if (scale) for (int64_t c = 0; c < N; ++c) yr[c] += scale[c] * hr[c];
+      else for (int64_t c = 0; c < N; ++c) yr[c] += hr[c];
+    }
+  });
 }
 
 void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool) {

@@ -54,21 +54,26 @@ enum class Precision { kF32, kBF16 };
 void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool,
             Precision precision);
 
-// Applied to each output of a matmul after the bias: kGeluErf is gelu_erf (cpu/activations.h), the same
-// bits whether the AMX kernel fuses it into its tile epilogue or it runs as a pass over y afterwards.
-enum class Activation { kNone, kGeluErf };
-// y = act(x · W^T + bias), as matmul() then the activation over y; on AMX (kBF16) the activation is computed
-// while the matrix unit works on the next 32x32 block, so it costs no pass over y.
+// What a matmul does with each output value v = (x · W^T)[r][c] + bias[c]:
+//   kStore: y = v.
+//   kGeluErf: y = gelu_erf(v) (cpu/activations.h), the same bits as the pass over y afterwards.
+//   kAccumulate: y += scale[c] · v, or y += v when scale is null: a transformer block's residual add, the
+//     product and the sum rounded separately (as the separate pass over y did).
+// On AMX (kBF16) the non-store epilogues run on a finished 32x32 block while the matrix unit works on the
+// next one, so they cost no pass over y; elsewhere the matmul runs first and a pass over y follows.
+enum class Epilogue { kStore, kGeluErf, kAccumulate };
+// matmul() with an epilogue. scale: kAccumulate's per-column factors (may be null). scratch: [M, w.rows] for
+// the unfused kAccumulate (null: allocated here).
 void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool,
-            Precision precision, Activation act);
-// One output of matmul_group: y[M, w.rows] = act(x · w^T + bias) (bias may be null).
+            Precision precision, Epilogue epilogue, const float* scale = nullptr, float* scratch = nullptr);
+// One output of matmul_group: y[M, w.rows] = x · w^T + bias (bias may be null), through `epilogue`.
 struct MatmulOut {
   const WeightMatrix* w;
   const float* bias;
   float* y;
-  Activation act = Activation::kNone;
+  Epilogue epilogue = Epilogue::kStore;
+  const float* scale = nullptr;  // kAccumulate only
 };
-
 // The matmuls of several matrices that read the same x (q/k/v, gate/up), each as matmul() computes it. On the
 // AMX path x is rounded to bf16 once and all the products share one parallel region (no idle thread at
 // the end of each); elsewhere they run one after another. At most 8 outputs.

@@ -94,16 +94,6 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
   std::vector<float> gate(n * I), up(n * I);     // [n, I]
   std::vector<float> cos(n * hd / 2), sin(n * hd / 2);  // [n, hd/2]
   cpu::rope_llama_table(inv_freq_.data(), static_cast<int>(hd), pos0, n, cos.data(), sin.data());
-  // x += r, rows split over the pool when there are many (prefill)
-  auto add_residual = [&](float* xr, const float* r) {
-    OpTimer t("decoder.residual");
-    auto fn = [&](int64_t r0, int64_t r1) {
-      for (int64_t i = r0 * H; i < r1 * H; ++i) xr[i] += r[i];
-    };
-    if (pool_ && n >= 64) pool_->parallel_for(n, 16, fn);
-    else fn(0, n);
-  };
-
   for (int l = 0; l < cfg_.num_layers; ++l) {
     if (cancel && cancel->is_cancelled()) throw Error(ErrorCode::kCancelled, "cancelled");
     Layer& L = layers_[l];
@@ -138,8 +128,11 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
       s.q_offset = pos0;
       cpu::attention(q.data(), cache_.keys(l), cache_.values(l), attn.data(), s, pool_, precision_);
     }
-    { OpTimer t("decoder.matmul_o"); cpu::matmul(attn.data(), n, L.o, nullptr, proj.data(), pool_, precision_); }
-    add_residual(x, proj.data());
+    {
+      // x += o(attn): the residual add in the matmul's epilogue on AMX (prefill), a pass over x elsewhere.
+      OpTimer t("decoder.matmul_o+residual");
+      cpu::matmul(attn.data(), n, L.o, nullptr, x, pool_, precision_, cpu::Epilogue::kAccumulate, nullptr, proj.data());
+    }
     {
       OpTimer t("decoder.norm+matmul_gate_up");
       const cpu::MatmulOut outs[2] = {{&L.gate, nullptr, gate.data()}, {&L.up, nullptr, up.data()}};
@@ -147,8 +140,10 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
       cpu::matmul_group(x, n, outs, 2, pool_, precision_, norm, h.data());
     }
     { OpTimer t("decoder.silu_mul"); cpu::silu_mul(gate.data(), up.data(), gate.data(), n * I, pool_); }
-    { OpTimer t("decoder.matmul_down"); cpu::matmul(gate.data(), n, L.down, nullptr, proj.data(), pool_, precision_); }
-    add_residual(x, proj.data());
+    {
+      OpTimer t("decoder.matmul_down+residual");
+      cpu::matmul(gate.data(), n, L.down, nullptr, x, pool_, precision_, cpu::Epilogue::kAccumulate, nullptr, proj.data());
+    }
     if (dump) dump("hidden.layers." + std::to_string(l), x, {n, H});
   }
   cache_.set_length(pos0 + n);

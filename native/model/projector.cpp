@@ -1,5 +1,6 @@
 #include "model/projector.h"
 
+#include "core/op_profile.h"
 #include "cpu/activations.h"
 #include "model/weights_f32.h"
 #include <cstdint>
@@ -27,9 +28,11 @@ void Projector::forward(const float* patches, int64_t tiles, float* out, const D
     dump("projector.linear_1", f1.data(), {tiles, P, D});
     cpu::gelu_erf(f1.data(), M * D, pool_);
   } else {
-    cpu::matmul(patches, M, linear1_, bias1_.data(), f1.data(), pool_, precision_, cpu::Activation::kGeluErf);
+    OpTimer t("projector.linear_1_gelu");
+    cpu::matmul(patches, M, linear1_, bias1_.data(), f1.data(), pool_, precision_, cpu::Epilogue::kGeluErf);
   }
-  cpu::matmul(f1.data(), M, linear2_, bias2_.data(), f2.data(), pool_, precision_);
+  { OpTimer t("projector.linear_2"); cpu::matmul(f1.data(), M, linear2_, bias2_.data(), f2.data(), pool_, precision_); }
+  OpTimer t_pool("projector.pool");
   const int r = pool_ratio_ > 0 ? pool_ratio_ : 1;
   const int og = grid_ / r;
   const float inv = 1.0f / static_cast<float>(r * r);

@@ -90,15 +90,18 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
   patches = std::vector<float>();
 
   float* x = out;  // [tiles, N, C] residual stream, written in place in the output
-  for (int64_t t = 0; t < tiles; ++t) {
-    float* xt = x + t * N * C;
-    if (prefix) std::memcpy(xt, cls_.data(), C * sizeof(float));
-    std::memcpy(xt + prefix * C, embedded.data() + t * P * C, P * C * sizeof(float));
-    for (int64_t i = 0; i < N * C; ++i) xt[i] += pos_[i];
+  {
+    OpTimer t_embed("vision.embed_pos+norm_pre");
+    for (int64_t t = 0; t < tiles; ++t) {
+      float* xt = x + t * N * C;
+      if (prefix) std::memcpy(xt, cls_.data(), C * sizeof(float));
+      std::memcpy(xt + prefix * C, embedded.data() + t * P * C, P * C * sizeof(float));
+      for (int64_t i = 0; i < N * C; ++i) xt[i] += pos_[i];
+    }
+    embedded = std::vector<float>();
+    if (dump) dump("vision.embed", x, {tiles, N, C});
+    if (!pre_w_.empty()) cpu::layer_norm(x, pre_w_.data(), pre_b_.data(), x, M, C, cfg_.layer_norm_eps, pool_);
   }
-  embedded = std::vector<float>();
-  if (dump) dump("vision.embed", x, {tiles, N, C});
-  if (!pre_w_.empty()) cpu::layer_norm(x, pre_w_.data(), pre_b_.data(), x, M, C, cfg_.layer_norm_eps, pool_);
   if (dump) dump("vision.norm_pre", x, {tiles, N, C});
 
   std::vector<float> h(M * C);          // [M, C]
@@ -108,13 +111,6 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
   // Row-parallel helpers for the elementwise steps (they were serial and ~5% of a tile on 2 cores).
   auto parallel_rows = [&](int64_t rows, const std::function<void(int64_t, int64_t)>& fn) {
     parallel_for(pool_, rows, 64, fn);
-  };
-  // x += gamma ⊙ h (gamma null: x += h), same arithmetic as before, rows split over the pool.
-  auto add_residual = [&](float* xr, const float* hr, const float* gamma) {
-    parallel_rows(M, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t c = 0; c < C; ++c) xr[r * C + c] += gamma ? gamma[c] * hr[r * C + c] : hr[r * C + c];
-    });
   };
   for (size_t b = 0; b < blocks_.size(); ++b) {
     if (cancel && cancel->is_cancelled()) throw Error(ErrorCode::kCancelled, "cancelled");
@@ -156,20 +152,30 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
         cpu::attention(tile_qkv, tile_qkv + C, tile_qkv + 2 * C, a.data() + t * N * C, s, pool_, precision_);
       }
     }
-    { OpTimer t("vision.matmul_proj"); cpu::matmul(a.data(), M, blk.proj, blk.proj_b.data(), h.data(), pool_, precision_); }
     const bool ls = !blk.gamma1.empty();
-    { OpTimer t("vision.residual"); add_residual(x, h.data(), ls ? blk.gamma1.data() : nullptr); }
+    {
+      // x += gamma1 ⊙ proj(a): the residual add in the matmul's epilogue on AMX, a pass over x elsewhere.
+      OpTimer t("vision.matmul_proj+residual");
+      cpu::matmul(a.data(), M, blk.proj, blk.proj_b.data(), x, pool_, precision_, cpu::Epilogue::kAccumulate,
+                  ls ? blk.gamma1.data() : nullptr, h.data());
+    }
     {
       OpTimer t("vision.norm+matmul_fc1_gelu");
-      const cpu::MatmulOut out{&blk.fc1, blk.fc1_b.data(), f.data(), cpu::Activation::kGeluErf};
+      const cpu::MatmulOut out{&blk.fc1, blk.fc1_b.data(), f.data(), cpu::Epilogue::kGeluErf};
       const cpu::RowNorm norm{cpu::RowNorm::kLayerNorm, blk.norm2_w.data(), blk.norm2_b.data(), cfg_.layer_norm_eps};
       cpu::matmul_group(x, M, &out, 1, pool_, precision_, norm, h.data());
     }
-    { OpTimer t("vision.matmul_fc2"); cpu::matmul(f.data(), M, blk.fc2, blk.fc2_b.data(), h.data(), pool_, precision_); }
-    { OpTimer t("vision.residual"); add_residual(x, h.data(), ls ? blk.gamma2.data() : nullptr); }
+    {
+      OpTimer t("vision.matmul_fc2+residual");
+      cpu::matmul(f.data(), M, blk.fc2, blk.fc2_b.data(), x, pool_, precision_, cpu::Epilogue::kAccumulate,
+                  ls ? blk.gamma2.data() : nullptr, h.data());
+    }
     if (dump) dump("vision.blocks." + std::to_string(b), x, {tiles, N, C});
   }
-  if (!post_w_.empty()) cpu::layer_norm(x, post_w_.data(), post_b_.data(), x, M, C, cfg_.layer_norm_eps, pool_);
+  if (!post_w_.empty()) {
+    OpTimer t("vision.norm_post");
+    cpu::layer_norm(x, post_w_.data(), post_b_.data(), x, M, C, cfg_.layer_norm_eps, pool_);
+  }
 }
 
 }  // namespace plm

@@ -258,45 +258,61 @@ int main(int argc, char** argv) {
     std::printf("  matmul_group %s, 3 matrices M=%" PRId64 " K=%" PRId64 ": %s\n", prec == Precision::kBF16 ? "bf16" : "f32",
                 M, K, same ? "bit-identical to one matmul each" : "DIFFERS from one matmul each  FAIL");
   }
-  // Activation::kGeluErf must equal the matmul followed by gelu_erf over y, bit for bit: fused into the AMX
-  // epilogue (bf16, prepacked or not, K in one or several slices, partial row blocks, with and without bias,
-  // inside a group next to an output without activation), or as the pass afterwards (f32).
-  const Case gelu_cases[] = {{37, 64, 96}, {300, 1056, 64}, {1025, 1024, 128}, {64, 4096, 32}};
-  for (Precision prec : {Precision::kF32, Precision::kBF16})
-    for (const Case& c : gelu_cases)
-      for (int variant = 0; variant < 3; ++variant) {  // 0: bias, 1: no bias, 2: prepacked + bias, in a group
-        std::vector<uint16_t> w16(static_cast<size_t>(c.N * c.K));
-        for (auto& v : w16) v = f32_to_bf16(uni(rng));
-        std::vector<float> x(static_cast<size_t>(c.M * c.K)), bias(static_cast<size_t>(c.N));
-        for (auto& v : x) v = uni(rng);
-        for (auto& v : bias) v = uni(rng);
-        WeightMatrix w;
-        w.dtype = DType::kBF16;
-        w.data = w16.data();
-        w.rows = c.N;
-        w.cols = c.K;
-        PackedTiles tiles;
-        if (variant == 2 && prec == Precision::kBF16) prepack_bf16_tiles(&w, &tiles, &pool);
-        const float* b = variant == 1 ? nullptr : bias.data();
-        std::vector<float> ref(static_cast<size_t>(c.M * c.N)), fused(ref.size()), plain(ref.size()), plain2(ref.size());
-        matmul(x.data(), c.M, w, b, ref.data(), &pool, prec);
-        gelu_erf(ref.data(), c.M * c.N, &pool);
-        if (variant == 2) {
-          MatmulOut outs[2] = {{&w, b, plain.data()}, {&w, b, fused.data(), Activation::kGeluErf}};
-          matmul_group(x.data(), c.M, outs, 2, &pool, prec);
-          matmul(x.data(), c.M, w, b, plain2.data(), &pool, prec);
-        } else {
-          matmul(x.data(), c.M, w, b, fused.data(), &pool, prec, Activation::kGeluErf);
+  // Epilogue::kGeluErf must equal the matmul followed by gelu_erf over y, and kAccumulate the matmul followed by
+  // y += scale * v (y += v without scale), bit for bit: in the AMX tile epilogue (bf16, prepacked or not, K in
+  // one or several slices, partial row blocks, with and without bias, inside a group next to a plain output),
+  // or as the pass afterwards (f32).
+  const Case epi_cases[] = {{37, 64, 96}, {300, 1056, 64}, {1025, 1024, 128}, {64, 4096, 32}};
+  for (Epilogue epi : {Epilogue::kGeluErf, Epilogue::kAccumulate})
+    for (Precision prec : {Precision::kF32, Precision::kBF16})
+      for (const Case& c : epi_cases)
+        for (int variant = 0; variant < 3; ++variant) {  // 0: bias (+ scale), 1: neither, 2: prepacked, in a group
+          std::vector<uint16_t> w16(static_cast<size_t>(c.N * c.K));
+          for (auto& v : w16) v = f32_to_bf16(uni(rng));
+          std::vector<float> x(static_cast<size_t>(c.M * c.K)), bias(static_cast<size_t>(c.N)), scale(bias.size());
+          for (auto& v : x) v = uni(rng);
+          for (auto& v : bias) v = uni(rng);
+          for (auto& v : scale) v = uni(rng) * 0.1f;
+          WeightMatrix w;
+          w.dtype = DType::kBF16;
+          w.data = w16.data();
+          w.rows = c.N;
+          w.cols = c.K;
+          PackedTiles tiles;
+          if (variant == 2 && prec == Precision::kBF16) prepack_bf16_tiles(&w, &tiles, &pool);
+          const float* b = variant == 1 ? nullptr : bias.data();
+          const float* sc = epi == Epilogue::kAccumulate && variant != 1 ? scale.data() : nullptr;
+          std::vector<float> start(static_cast<size_t>(c.M * c.N));  // y before an accumulate
+          for (auto& v : start) v = uni(rng) * 4.f;
+          std::vector<float> ref = start, fused = start, plain(start.size()), plain2(start.size()), v(start.size());
+          matmul(x.data(), c.M, w, b, v.data(), &pool, prec);
+          if (epi == Epilogue::kGeluErf) {
+            ref = v;
+            gelu_erf(ref.data(), c.M * c.N, &pool);
+          } else {
+            for (int64_t r = 0; r < c.M; ++r)
+              for (int64_t n = 0; n < c.N; ++n) {
+                const size_t i = static_cast<size_t>(r * c.N + n);
+                volatile float add = sc ? sc[n] * v[i] : v[i];  // rounded apart from the sum
+                ref[i] = ref[i] + add;
+              }
+          }
+          if (variant == 2) {
+            MatmulOut outs[2] = {{&w, b, plain.data()}, {&w, b, fused.data(), epi, sc}};
+            matmul_group(x.data(), c.M, outs, 2, &pool, prec);
+            matmul(x.data(), c.M, w, b, plain2.data(), &pool, prec);
+          } else {
+            matmul(x.data(), c.M, w, b, fused.data(), &pool, prec, epi, sc);
+          }
+          bool same = std::memcmp(ref.data(), fused.data(), ref.size() * sizeof(float)) == 0;
+          if (variant == 2) same = same && std::memcmp(plain.data(), plain2.data(), plain.size() * sizeof(float)) == 0;
+          ++total;
+          if (!same) ++failures;
+          std::printf("  %s epilogue %s M=%-4" PRId64 " K=%-4" PRId64 " N=%-3" PRId64 " %-17s %s\n",
+                      epi == Epilogue::kGeluErf ? "gelu      " : "accumulate", prec == Precision::kBF16 ? "bf16" : "f32 ", c.M,
+                      c.K, c.N, variant == 0 ? "bias" : variant == 1 ? "no bias" : "group, prepacked",
+                      same ? "bit-identical to matmul, then the pass" : "DIFFERS from matmul, then the pass  FAIL");
         }
-        bool same = std::memcmp(ref.data(), fused.data(), ref.size() * sizeof(float)) == 0;
-        if (variant == 2) same = same && std::memcmp(plain.data(), plain2.data(), plain.size() * sizeof(float)) == 0;
-        ++total;
-        if (!same) ++failures;
-        std::printf("  gelu epilogue %s M=%-4" PRId64 " K=%-4" PRId64 " N=%-3" PRId64 " %-17s %s\n",
-                    prec == Precision::kBF16 ? "bf16" : "f32 ", c.M, c.K, c.N,
-                    variant == 0 ? "bias" : variant == 1 ? "no bias" : "group, prepacked",
-                    same ? "bit-identical to matmul + gelu_erf" : "DIFFERS from matmul + gelu_erf  FAIL");
-      }
   // matmul_group with a RowNorm must equal norming x first (cpu/norms.h) and then the group, bit for bit: on AMX
   // the rows are normed inside the bf16 conversion, elsewhere into the caller's buffer.
   for (Precision prec : {Precision::kF32, Precision::kBF16})
@@ -320,7 +336,7 @@ int main(int argc, char** argv) {
         ws[i].cols = K;
         ref[i].resize(static_cast<size_t>(M * Ns[i]));
         fused[i].resize(ref[i].size());
-        const Activation act = i == 0 ? Activation::kGeluErf : Activation::kNone;
+        const Epilogue act = i == 0 ? Epilogue::kGeluErf : Epilogue::kStore;
         ref_outs[i] = {&ws[i], i == 0 ? bias.data() : nullptr, ref[i].data(), act};
         fused_outs[i] = {&ws[i], i == 0 ? bias.data() : nullptr, fused[i].data(), act};
       }
