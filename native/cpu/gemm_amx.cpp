@@ -96,17 +96,26 @@ struct PendingBlock {
   int64_t m = 0, n = 0;
   int next = 64;  // next of the 64 row vectors (tile * 16 + row) to finish; 64: nothing pending
 
-  void run(int upto, const float* bias, const float* scale, float* y, int64_t N, int64_t M) {
+  // tiles (kGeluErf only): write bf16 in A-tile order for a next matmul with K = N, padding rows as zeros.
+  void run(int upto, const float* bias, const float* scale, float* y, uint16_t* tiles, int64_t N, int64_t M) {
     for (; next < upto; ++next) {
       const int t = next >> 4, r = next & 15;
       const int64_t row = m + (t >> 1) * 16 + r, col = n + (t & 1) * 16;
-      if (row >= M) continue;
+      if (row >= M) {
+        if (tiles) _mm256_storeu_si256(reinterpret_cast<__m256i*>(tiles + a_tile_offset(row, col / 32, N) + r * 32 + col % 32),
+                                       _mm256_setzero_si256());
+        continue;
+      }
       const __m512 b = bias ? _mm512_loadu_ps(bias + col) : _mm512_setzero_ps();
       const __m512 v = _mm512_add_ps(_mm512_load_ps(c[t] + r * 16), b);
-      float* dst = y + row * N + col;
       if constexpr (E == Epilogue::kGeluErf) {
-        _mm512_storeu_ps(dst, gelu16(v));
+        if (tiles)
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(tiles + a_tile_offset(row, col / 32, N) + r * 32 + col % 32),
+                              (__m256i)_mm512_cvtneps_pbh(gelu16(v)));
+        else
+          _mm512_storeu_ps(y + row * N + col, gelu16(v));
       } else {
+        float* dst = y + row * N + col;
         const __m512 add = scale ? _mm512_mul_round_ps(_mm512_loadu_ps(scale + col), v, _MM_FROUND_CUR_DIRECTION) : v;
         _mm512_storeu_ps(dst, _mm512_add_round_ps(_mm512_loadu_ps(dst), add, _MM_FROUND_CUR_DIRECTION));
       }
@@ -118,7 +127,7 @@ struct PendingBlock {
 // copy ([N/32][K/32][2 KiB], WeightMatrix::bf16_tiles). E: what is done with x·W^T + bias (cpu/matmul.h).
 template <Epilogue E>
 void compute(const uint8_t* W, const uint8_t* packed, int64_t K, int64_t N, const uint16_t* xb, int64_t M, const float* bias,
-             const float* scale, float* y, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+             const float* scale, float* y, uint16_t* ytiles, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   constexpr bool kPending = E != Epilogue::kStore;
   const int64_t ks = std::min(K, kKSlice), mblocks = (m1 - m0) / 32;
   alignas(64) float c[4][256];
@@ -165,10 +174,10 @@ void compute(const uint8_t* W, const uint8_t* packed, int64_t K, int64_t N, cons
           _tile_dpbf16ps(1, 4, 7);
           _tile_dpbf16ps(2, 5, 6);
           _tile_dpbf16ps(3, 5, 7);
-          if (kPending) epi.run(std::min(64, epi.next + epi_step), bias, scale, y, N, M);
+          if (kPending) epi.run(std::min(64, epi.next + epi_step), bias, scale, y, ytiles, N, M);
         }
         if (kPending && last) {
-          epi.run(64, bias, scale, y, N, M);
+          epi.run(64, bias, scale, y, ytiles, N, M);
           _tile_stored(0, epi.c[0], 64);
           _tile_stored(1, epi.c[1], 64);
           _tile_stored(2, epi.c[2], 64);
@@ -199,7 +208,7 @@ void compute(const uint8_t* W, const uint8_t* packed, int64_t K, int64_t N, cons
     }
   }
   _tile_release();
-  if (kPending) epi.run(64, bias, scale, y, N, M);
+  if (kPending) epi.run(64, bias, scale, y, ytiles, N, M);
 }
 
 // Column chunks (whole 32-wide panels) for mchunks row chunks on `threads` threads: at least 4 tasks per
@@ -225,30 +234,31 @@ bool matmul_amx_bf16(const float* x, int64_t M, const WeightMatrix& w, const flo
   return matmul_amx_bf16_group(x, M, &out, 1, pool);
 }
 
-bool matmul_amx_bf16_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool,
-                           const RowNorm* norm) {
-  if (count <= 0) return true;
-  if (count > 8) return false;
+namespace {
+
+// Shapes and epilogues the kernel covers: bf16 weights with a common K, K and every N multiples of 32, at
+// most 8 outputs, tile output only after GELU.
+bool group_supported(const MatmulOut* outs, int count) {
+  if (count <= 0 || count > 8) return false;
   const int64_t K = outs[0].w->cols;
   for (int i = 0; i < count; ++i) {
     const WeightMatrix& w = *outs[i].w;
     if (w.quant != Quant::kNone || w.dtype != DType::kBF16 || w.cols != K || K % 32 != 0 || w.rows % 32 != 0 || K == 0)
       return false;
+    if (outs[i].tiles && outs[i].epilogue != Epilogue::kGeluErf) return false;
   }
-  if (M <= 0) return true;
-  const int64_t Mp = (M + 31) / 32 * 32;  // rows padded to whole 32-row blocks (zeros)
-  thread_local std::vector<uint16_t> scratch;
-  scratch.resize(static_cast<size_t>(Mp * K) + 32);
-  uint16_t* xb = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t(63));
-  convert_x(x, M, Mp, K, xb, pool, norm);
+  return true;
+}
 
+// All outputs' tasks over xb ([Mp/16][K/32][16][32] bf16) in one parallel region.
+void run_group(const uint16_t* xb, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool) {
+  const int64_t K = outs[0].w->cols, Mp = (M + 31) / 32 * 32;
   const int threads = pool ? pool->size() : 1;
   // Row chunks of about 512 rows (equal sizes): a chunk's bf16 rows of one K slice stay in L2 (<= 1 MiB)
   // and each packed W slice serves 16 row blocks.
   const int64_t mchunks = (Mp + 511) / 512;
   const int64_t mc = ((Mp / 32 + mchunks - 1) / mchunks) * 32;
-  // All matrices' tasks in one parallel region: task t belongs to the matrix whose range [first, first +
-  // mchunks * nchunks) holds it.
+  // Task t belongs to the matrix whose range [first, first + mchunks * nchunks) holds it.
   struct Plan {
     int64_t first, ncols, nchunks;
   };
@@ -268,10 +278,32 @@ bool matmul_amx_bf16_group(const float* x, int64_t M, const MatmulOut* outs, int
                 : outs[i].epilogue == Epilogue::kAccumulate ? &compute<Epilogue::kAccumulate>
                                                             : &compute<Epilogue::kStore>;
     run(static_cast<const uint8_t*>(w.data), static_cast<const uint8_t*>(w.bf16_tiles), K, N, xb, M, outs[i].bias,
-        outs[i].scale, outs[i].y, mi * mc, std::min(Mp, (mi + 1) * mc), ni * plans[i].ncols,
+        outs[i].scale, outs[i].y, outs[i].tiles, mi * mc, std::min(Mp, (mi + 1) * mc), ni * plans[i].ncols,
         std::min(N, (ni + 1) * plans[i].ncols));
   };
   run_tasks(pool, tasks, fn);
+}
+
+}  // namespace
+
+bool matmul_amx_bf16_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool,
+                           const RowNorm* norm) {
+  if (count == 0) return true;
+  if (!group_supported(outs, count)) return false;
+  if (M <= 0) return true;
+  const int64_t K = outs[0].w->cols, Mp = (M + 31) / 32 * 32;  // rows padded to whole 32-row blocks (zeros)
+  thread_local std::vector<uint16_t> scratch;
+  scratch.resize(static_cast<size_t>(Mp * K) + 32);
+  uint16_t* xb = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t(63));
+  convert_x(x, M, Mp, K, xb, pool, norm);
+  run_group(xb, M, outs, count, pool);
+  return true;
+}
+
+bool matmul_amx_bf16_group_tiles(const uint16_t* xb, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool) {
+  if (count == 0) return true;
+  if (!group_supported(outs, count) || (reinterpret_cast<uintptr_t>(xb) & 63) != 0) return false;
+  if (M > 0) run_group(xb, M, outs, count, pool);
   return true;
 }
 

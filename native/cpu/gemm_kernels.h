@@ -59,6 +59,8 @@ bool matmul_amx_bf16(const float* x, int64_t M, const WeightMatrix& w, const flo
 // `norm`, each row of x is normed (cpu/norms.h, one row at a time) right before its conversion.
 bool matmul_amx_bf16_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool,
                            const RowNorm* norm = nullptr);
+// The same over x already in the kernel's bf16 tile order (MatmulOut::tiles of an earlier call).
+bool matmul_amx_bf16_group_tiles(const uint16_t* xb, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool);
 // w (bf16, rows and cols multiples of 32) -> out in WeightMatrix::bf16_tiles order (64-byte aligned).
 void pack_bf16_tiles_amx(const WeightMatrix& w, uint8_t* out, ThreadPool* pool);
 #if defined(__aarch64__)

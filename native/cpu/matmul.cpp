@@ -100,7 +100,11 @@ void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, T
   if (precision == Precision::kBF16 && amx_usable() && M >= 32 && kernels::matmul_amx_bf16_group(x, M, outs, count, pool))
     return;
 #endif
-  for (int i = 0; i < count; ++i) matmul(x, M, *outs[i].w, outs[i].bias, outs[i].y, pool, precision, outs[i].epilogue, outs[i].scale);
+  for (int i = 0; i < count; ++i) {
+    if (outs[i].tiles)
+      throw Error(ErrorCode::kInternal, "matmul_group: a tile-ordered output needs the AMX kernel (check tile_chain_available)");
+    matmul(x, M, *outs[i].w, outs[i].bias, outs[i].y, pool, precision, outs[i].epilogue, outs[i].scale);
+  }
 }
 
 void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool, Precision precision,
@@ -114,6 +118,28 @@ void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, T
   if (norm.kind == RowNorm::kLayerNorm) layer_norm(x, norm.weight, norm.bias, normed, M, K, norm.eps, pool);
   else rms_norm(x, norm.weight, normed, M, K, norm.eps, pool);
   matmul_group(normed, M, outs, count, pool, precision);
+}
+
+bool tile_chain_available(Precision precision, int64_t M, const WeightMatrix& w) {
+#if defined(__x86_64__) || defined(_M_X64)
+  return precision == Precision::kBF16 && amx_usable() && M >= 32 && w.quant == Quant::kNone &&
+         w.dtype == DType::kBF16 && w.rows % 32 == 0 && w.cols % 32 == 0 && w.cols > 0;
+#else
+  (void)precision, (void)M, (void)w;
+  return false;
+#endif
+}
+
+int64_t tile_activation_elems(int64_t M, int64_t cols) { return (M + 31) / 32 * 32 * cols; }
+
+void matmul_from_tiles(const uint16_t* x_tiles, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool) {
+  bool ok = false;
+#if defined(__x86_64__) || defined(_M_X64)
+  ok = amx_usable() && kernels::matmul_amx_bf16_group_tiles(x_tiles, M, outs, count, pool);
+#else
+  (void)x_tiles, (void)M, (void)outs, (void)count, (void)pool;
+#endif
+  if (!ok) throw Error(ErrorCode::kInternal, "matmul_from_tiles: no AMX tile kernel for this shape (check tile_chain_available)");
 }
 
 void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool,

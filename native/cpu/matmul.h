@@ -73,7 +73,19 @@ struct MatmulOut {
   float* y;
   Epilogue epilogue = Epilogue::kStore;
   const float* scale = nullptr;  // kAccumulate only
+  // AMX only (see tile_chain_available), with kGeluErf: the output goes here instead of y, rounded to bf16 in
+  // the tile order the next matmul reads (matmul_from_tiles), tile_activation_elems(M, w.rows) elements,
+  // 64-byte aligned. Saves the next matmul's f32 read and conversion pass (the ViT's fc1 -> fc2).
+  uint16_t* tiles = nullptr;
 };
+// True when a matmul of M rows at `precision` over these bf16 weights runs on AMX, so MatmulOut::tiles and
+// matmul_from_tiles can be used.
+bool tile_chain_available(Precision precision, int64_t M, const WeightMatrix& w);
+// Elements of a tile-ordered bf16 activation of [M, cols] (rows padded to 32 with zeros).
+int64_t tile_activation_elems(int64_t M, int64_t cols);
+// matmul_group over x given as tile-ordered bf16 (written by a MatmulOut::tiles output), K = outs[0].w->cols.
+// Only where tile_chain_available; the results are those of matmul_group over the f32 values x came from.
+void matmul_from_tiles(const uint16_t* x_tiles, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool);
 // The matmuls of several matrices that read the same x (q/k/v, gate/up), each as matmul() computes it. On the
 // AMX path x is rounded to bf16 once and all the products share one parallel region (no idle thread at
 // the end of each); elsewhere they run one after another. At most 8 outputs.

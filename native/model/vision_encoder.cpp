@@ -107,7 +107,14 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
   std::vector<float> h(M * C);          // [M, C]
   std::vector<float> qkv(M * 3 * C);    // [M, 3C]
   std::vector<float> a(M * C);          // [tiles, N, heads, hd] attention output
-  std::vector<float> f(M * mlp);        // [M, mlp]
+  // fc1 -> fc2 activations: f32 [M, mlp], or bf16 in the AMX tile order where fc1 and fc2 both run on AMX.
+  const bool use_tiles = std::all_of(blocks_.begin(), blocks_.end(), [&](const Block& blk) {
+    return cpu::tile_chain_available(precision_, M, blk.fc1) && cpu::tile_chain_available(precision_, M, blk.fc2);
+  });
+  std::vector<float> f(use_tiles ? 0 : M * mlp);
+  std::vector<uint16_t> f_tiles_buf(use_tiles ? cpu::tile_activation_elems(M, mlp) + 32 : 0);
+  uint16_t* f_tiles = use_tiles ? reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(f_tiles_buf.data()) + 63) & ~uintptr_t(63))
+                                : nullptr;
   // Row-parallel helpers for the elementwise steps (they were serial and ~5% of a tile on 2 cores).
   auto parallel_rows = [&](int64_t rows, const std::function<void(int64_t, int64_t)>& fn) {
     parallel_for(pool_, rows, 64, fn);
@@ -159,16 +166,24 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
       cpu::matmul(a.data(), M, blk.proj, blk.proj_b.data(), x, pool_, precision_, cpu::Epilogue::kAccumulate,
                   ls ? blk.gamma1.data() : nullptr, h.data());
     }
+    // On AMX the GELU output goes to fc2 as bf16 tiles (fc2 rounds its input to bf16 anyway), not as f32.
+    const bool chain = f_tiles != nullptr;
     {
       OpTimer t("vision.norm+matmul_fc1_gelu");
-      const cpu::MatmulOut out{&blk.fc1, blk.fc1_b.data(), f.data(), cpu::Epilogue::kGeluErf};
+      cpu::MatmulOut out{&blk.fc1, blk.fc1_b.data(), f.data(), cpu::Epilogue::kGeluErf};
+      if (chain) out.tiles = f_tiles;
       const cpu::RowNorm norm{cpu::RowNorm::kLayerNorm, blk.norm2_w.data(), blk.norm2_b.data(), cfg_.layer_norm_eps};
       cpu::matmul_group(x, M, &out, 1, pool_, precision_, norm, h.data());
     }
     {
       OpTimer t("vision.matmul_fc2+residual");
-      cpu::matmul(f.data(), M, blk.fc2, blk.fc2_b.data(), x, pool_, precision_, cpu::Epilogue::kAccumulate,
-                  ls ? blk.gamma2.data() : nullptr, h.data());
+      if (chain) {
+        const cpu::MatmulOut out{&blk.fc2, blk.fc2_b.data(), x, cpu::Epilogue::kAccumulate, ls ? blk.gamma2.data() : nullptr};
+        cpu::matmul_from_tiles(f_tiles, M, &out, 1, pool_);
+      } else {
+        cpu::matmul(f.data(), M, blk.fc2, blk.fc2_b.data(), x, pool_, precision_, cpu::Epilogue::kAccumulate,
+                    ls ? blk.gamma2.data() : nullptr, h.data());
+      }
     }
     if (dump) dump("vision.blocks." + std::to_string(b), x, {tiles, N, C});
   }

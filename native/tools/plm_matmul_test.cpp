@@ -313,6 +313,48 @@ int main(int argc, char** argv) {
                       c.K, c.N, variant == 0 ? "bias" : variant == 1 ? "no bias" : "group, prepacked",
                       same ? "bit-identical to matmul, then the pass" : "DIFFERS from matmul, then the pass  FAIL");
         }
+  // fc1 (GELU) -> fc2 (accumulate) through bf16 tiles (MatmulOut::tiles, matmul_from_tiles) must equal the same
+  // two matmuls through an f32 [M, mlp], bit for bit, where the AMX kernel runs (partial row blocks, sliced K).
+  for (const Case& c : {Case{37, 64, 96}, Case{1025, 1024, 4096}, Case{300, 2048, 1056}}) {
+    const int64_t M = c.M, C = c.K, mlp = c.N;
+    std::vector<uint16_t> w1(static_cast<size_t>(mlp * C)), w2(static_cast<size_t>(C * mlp));
+    for (auto& v : w1) v = f32_to_bf16(uni(rng) * 0.1f);
+    for (auto& v : w2) v = f32_to_bf16(uni(rng) * 0.1f);
+    WeightMatrix fc1, fc2;
+    fc1.dtype = fc2.dtype = DType::kBF16;
+    fc1.data = w1.data();
+    fc1.rows = mlp;
+    fc1.cols = C;
+    fc2.data = w2.data();
+    fc2.rows = C;
+    fc2.cols = mlp;
+    if (!tile_chain_available(Precision::kBF16, M, fc1) || !tile_chain_available(Precision::kBF16, M, fc2)) {
+      std::printf("  fc1 -> fc2 through bf16 tiles M=%" PRId64 ": not run (no AMX-BF16 here)\n", M);
+      continue;
+    }
+    std::vector<float> x(static_cast<size_t>(M * C)), b1(static_cast<size_t>(mlp)), b2(static_cast<size_t>(C)), g(b2.size());
+    for (auto& v : x) v = uni(rng);
+    for (auto& v : b1) v = uni(rng);
+    for (auto& v : b2) v = uni(rng);
+    for (auto& v : g) v = uni(rng);
+    std::vector<float> f(static_cast<size_t>(M * mlp)), ref(x.size()), out(x.size());
+    for (size_t i = 0; i < ref.size(); ++i) ref[i] = out[i] = uni(rng);
+    matmul(x.data(), M, fc1, b1.data(), f.data(), &pool, Precision::kBF16, Epilogue::kGeluErf);
+    matmul(f.data(), M, fc2, b2.data(), ref.data(), &pool, Precision::kBF16, Epilogue::kAccumulate, g.data());
+    std::vector<uint16_t> buf(static_cast<size_t>(tile_activation_elems(M, mlp)) + 32);
+    uint16_t* tiles = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+    std::fill(buf.begin(), buf.end(), uint16_t(0x7fc0));  // NaN: nothing left over may reach a real row
+    MatmulOut o1{&fc1, b1.data(), nullptr, Epilogue::kGeluErf};
+    o1.tiles = tiles;
+    matmul_group(x.data(), M, &o1, 1, &pool, Precision::kBF16);
+    const MatmulOut o2{&fc2, b2.data(), out.data(), Epilogue::kAccumulate, g.data()};
+    matmul_from_tiles(tiles, M, &o2, 1, &pool);
+    const bool same = std::memcmp(ref.data(), out.data(), ref.size() * sizeof(float)) == 0;
+    ++total;
+    if (!same) ++failures;
+    std::printf("  fc1 -> fc2 through bf16 tiles M=%-4" PRId64 " C=%-4" PRId64 " mlp=%-4" PRId64 ": %s\n", M, C, mlp,
+                same ? "bit-identical to the f32 hand-over" : "DIFFERS from the f32 hand-over  FAIL");
+  }
   // matmul_group with a RowNorm must equal norming x first (cpu/norms.h) and then the group, bit for bit: on AMX
   // the rows are normed inside the bf16 conversion, elsewhere into the caller's buffer.
   for (Precision prec : {Precision::kF32, Precision::kBF16})
