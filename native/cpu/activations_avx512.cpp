@@ -1,23 +1,13 @@
-// AVX-512 elementwise activations. GELU(erf) uses the Numerical Recipes erfc approximation
-// (erfc(z) = t·exp(-z² + P(t)), t = 1/(1 + z/2), fractional error < 1.2e-7 for all z) with a Cephes-accurate
+// AVX-512 elementwise activations over arrays (the 16-lane functions are in activations16_avx512.h). GELU(erf)
+// uses the Numerical Recipes erfc approximation (fractional error < 1.2e-7 for all z) with a Cephes-accurate
 // exp, so it matches std::erf to f32 rounding level while running 16 lanes at a time.
 #include <immintrin.h>
 
 #include <cstdint>
 
-#include "cpu/exp_avx512.h"
-#include "cpu/gelu_avx512.h"
+#include "cpu/activations16_avx512.h"
 
 namespace plm::cpu::kernels {
-namespace {
-
-inline __m512 silu_mul16(__m512 g, __m512 u) {
-  // silu(g) = g / (1 + exp(-g))
-  const __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
-  return _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), e)), u);
-}
-
-}  // namespace
 
 void silu_mul_avx512(const float* gate, const float* up, float* out, int64_t n) {
   int64_t i = 0;

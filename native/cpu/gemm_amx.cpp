@@ -23,7 +23,7 @@
 
 #include "core/half.h"
 #include "cpu/amx_tiles.h"
-#include "cpu/gelu_avx512.h"
+#include "cpu/activations16_avx512.h"
 #include "cpu/gemm_kernels.h"
 #include "cpu/norms.h"
 
@@ -305,6 +305,26 @@ bool matmul_amx_bf16_group_tiles(const uint16_t* xb, int64_t M, const MatmulOut*
   if (!group_supported(outs, count) || (reinterpret_cast<uintptr_t>(xb) & 63) != 0) return false;
   if (M > 0) run_group(xb, M, outs, count, pool);
   return true;
+}
+
+void silu_mul_tiles_amx(const float* gate, const float* up, int64_t M, int64_t cols, uint16_t* tiles, ThreadPool* pool) {
+  const int64_t Mp = (M + 31) / 32 * 32;
+  parallel_for(pool, Mp, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t m = r0; m < r1; ++m) {
+      uint16_t* dst = tiles + a_tile_offset(m, 0, cols) + (m % 16) * 32;
+      const float* g = gate + m * cols;
+      const float* u = up + m * cols;
+      for (int64_t kc = 0; kc < cols / 32; ++kc) {
+        __m512i v = _mm512_setzero_si512();
+        if (m < M) {
+          const __m512 lo = silu_mul16(_mm512_loadu_ps(g + kc * 32), _mm512_loadu_ps(u + kc * 32));
+          const __m512 hi = silu_mul16(_mm512_loadu_ps(g + kc * 32 + 16), _mm512_loadu_ps(u + kc * 32 + 16));
+          v = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+        }
+        _mm512_store_si512(dst + kc * 512, v);
+      }
+    }
+  });
 }
 
 void pack_bf16_tiles_amx(const WeightMatrix& w, uint8_t* out, ThreadPool* pool) {

@@ -61,6 +61,8 @@ bool matmul_amx_bf16_group(const float* x, int64_t M, const MatmulOut* outs, int
                            const RowNorm* norm = nullptr);
 // The same over x already in the kernel's bf16 tile order (MatmulOut::tiles of an earlier call).
 bool matmul_amx_bf16_group_tiles(const uint16_t* xb, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool);
+// bf16(silu(gate) · up) [M, cols] into the tile order above (cols % 32 == 0, rows up to 32-padding zero).
+void silu_mul_tiles_amx(const float* gate, const float* up, int64_t M, int64_t cols, uint16_t* tiles, ThreadPool* pool);
 // w (bf16, rows and cols multiples of 32) -> out in WeightMatrix::bf16_tiles order (64-byte aligned).
 void pack_bf16_tiles_amx(const WeightMatrix& w, uint8_t* out, ThreadPool* pool);
 #if defined(__aarch64__)

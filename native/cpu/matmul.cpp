@@ -132,6 +132,16 @@ bool tile_chain_available(Precision precision, int64_t M, const WeightMatrix& w)
 
 int64_t tile_activation_elems(int64_t M, int64_t cols) { return (M + 31) / 32 * 32 * cols; }
 
+void silu_mul_to_tiles(const float* gate, const float* up, int64_t M, int64_t cols, uint16_t* tiles, ThreadPool* pool) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (amx_usable() && cols % 32 == 0 && (reinterpret_cast<uintptr_t>(tiles) & 63) == 0)
+    return kernels::silu_mul_tiles_amx(gate, up, M, cols, tiles, pool);
+#else
+  (void)gate, (void)up, (void)M, (void)cols, (void)tiles, (void)pool;
+#endif
+  throw Error(ErrorCode::kInternal, "silu_mul_to_tiles: no AMX tile kernel (check tile_chain_available)");
+}
+
 void matmul_from_tiles(const uint16_t* x_tiles, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool) {
   bool ok = false;
 #if defined(__x86_64__) || defined(_M_X64)

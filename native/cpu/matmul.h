@@ -83,6 +83,10 @@ struct MatmulOut {
 bool tile_chain_available(Precision precision, int64_t M, const WeightMatrix& w);
 // Elements of a tile-ordered bf16 activation of [M, cols] (rows padded to 32 with zeros).
 int64_t tile_activation_elems(int64_t M, int64_t cols);
+// tiles = bf16(silu(gate) · up) in tile order for a matmul with K = cols (the decoder's down projection): the
+// bits silu_mul (cpu/activations.h) and that matmul's own conversion would give, with no f32 [M, cols]
+// written and read back. gate, up: [M, cols]. Only where tile_chain_available for that matmul.
+void silu_mul_to_tiles(const float* gate, const float* up, int64_t M, int64_t cols, uint16_t* tiles, ThreadPool* pool);
 // matmul_group over x given as tile-ordered bf16 (written by a MatmulOut::tiles output), K = outs[0].w->cols.
 // Only where tile_chain_available; the results are those of matmul_group over the f32 values x came from.
 void matmul_from_tiles(const uint16_t* x_tiles, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool);

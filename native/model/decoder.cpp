@@ -93,6 +93,13 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
   std::vector<float> proj(n * H);                // [n, H]
   std::vector<float> gate(n * I), up(n * I);     // [n, I]
   std::vector<float> cos(n * hd / 2), sin(n * hd / 2);  // [n, hd/2]
+  // SwiGLU output handed to the down projection as bf16 tiles where that matmul runs on AMX (prefill).
+  const bool swiglu_tiles = std::all_of(layers_.begin(), layers_.end(), [&](const Layer& L) {
+    return cpu::tile_chain_available(precision_, n, L.down);
+  });
+  std::vector<uint16_t> act_buf(swiglu_tiles ? cpu::tile_activation_elems(n, I) + 32 : 0);
+  uint16_t* act_tiles = swiglu_tiles ? reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(act_buf.data()) + 63) & ~uintptr_t(63))
+                                     : nullptr;
   cpu::rope_llama_table(inv_freq_.data(), static_cast<int>(hd), pos0, n, cos.data(), sin.data());
   for (int l = 0; l < cfg_.num_layers; ++l) {
     if (cancel && cancel->is_cancelled()) throw Error(ErrorCode::kCancelled, "cancelled");
@@ -139,8 +146,13 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
       const cpu::RowNorm norm{cpu::RowNorm::kRmsNorm, L.post_norm.data(), nullptr, cfg_.rms_norm_eps};
       cpu::matmul_group(x, n, outs, 2, pool_, precision_, norm, h.data());
     }
-    { OpTimer t("decoder.silu_mul"); cpu::silu_mul(gate.data(), up.data(), gate.data(), n * I, pool_); }
-    {
+    if (act_tiles) {
+      { OpTimer t("decoder.silu_mul"); cpu::silu_mul_to_tiles(gate.data(), up.data(), n, I, act_tiles, pool_); }
+      OpTimer t("decoder.matmul_down+residual");
+      const cpu::MatmulOut out{&L.down, nullptr, x, cpu::Epilogue::kAccumulate};
+      cpu::matmul_from_tiles(act_tiles, n, &out, 1, pool_);
+    } else {
+      { OpTimer t("decoder.silu_mul"); cpu::silu_mul(gate.data(), up.data(), gate.data(), n * I, pool_); }
       OpTimer t("decoder.matmul_down+residual");
       cpu::matmul(gate.data(), n, L.down, nullptr, x, pool_, precision_, cpu::Epilogue::kAccumulate, nullptr, proj.data());
     }

@@ -355,6 +355,39 @@ int main(int argc, char** argv) {
     std::printf("  fc1 -> fc2 through bf16 tiles M=%-4" PRId64 " C=%-4" PRId64 " mlp=%-4" PRId64 ": %s\n", M, C, mlp,
                 same ? "bit-identical to the f32 hand-over" : "DIFFERS from the f32 hand-over  FAIL");
   }
+  // SwiGLU -> down through bf16 tiles (silu_mul_to_tiles, matmul_from_tiles) must equal silu_mul and the matmul
+  // over the f32 product, bit for bit.
+  for (const Case& c : {Case{45, 2048, 256}, Case{512, 8192, 2048}}) {
+    const int64_t M = c.M, H = c.N, I = c.K;
+    std::vector<uint16_t> wd(static_cast<size_t>(H * I));
+    for (auto& v : wd) v = f32_to_bf16(uni(rng) * 0.1f);
+    WeightMatrix down;
+    down.dtype = DType::kBF16;
+    down.data = wd.data();
+    down.rows = H;
+    down.cols = I;
+    if (!tile_chain_available(Precision::kBF16, M, down)) {
+      std::printf("  SwiGLU -> down through bf16 tiles M=%" PRId64 ": not run (no AMX-BF16 here)\n", M);
+      continue;
+    }
+    std::vector<float> gate(static_cast<size_t>(M * I)), up(gate.size()), prod(gate.size());
+    for (auto& v : gate) v = uni(rng) * 4.f;
+    for (auto& v : up) v = uni(rng) * 4.f;
+    std::vector<float> ref(static_cast<size_t>(M * H)), out(ref.size());
+    for (size_t i = 0; i < ref.size(); ++i) ref[i] = out[i] = uni(rng);
+    silu_mul(gate.data(), up.data(), prod.data(), M * I, &pool);
+    matmul(prod.data(), M, down, nullptr, ref.data(), &pool, Precision::kBF16, Epilogue::kAccumulate);
+    std::vector<uint16_t> buf(static_cast<size_t>(tile_activation_elems(M, I)) + 32);
+    uint16_t* tiles = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+    silu_mul_to_tiles(gate.data(), up.data(), M, I, tiles, &pool);
+    const MatmulOut o{&down, nullptr, out.data(), Epilogue::kAccumulate};
+    matmul_from_tiles(tiles, M, &o, 1, &pool);
+    const bool same = std::memcmp(ref.data(), out.data(), ref.size() * sizeof(float)) == 0;
+    ++total;
+    if (!same) ++failures;
+    std::printf("  SwiGLU -> down through bf16 tiles M=%-4" PRId64 " I=%-4" PRId64 " H=%-4" PRId64 ": %s\n", M, I, H,
+                same ? "bit-identical to silu_mul, then the matmul" : "DIFFERS from silu_mul, then the matmul  FAIL");
+  }
   // matmul_group with a RowNorm must equal norming x first (cpu/norms.h) and then the group, bit for bit: on AMX
   // the rows are normed inside the bf16 conversion, elsewhere into the caller's buffer.
   for (Precision prec : {Precision::kF32, Precision::kBF16})

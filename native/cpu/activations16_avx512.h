@@ -1,6 +1,7 @@
-// GELU (erf form, nn.GELU()) on 16 floats for AVX-512 (include only from *_avx512.cpp / *_amx.cpp files):
-// shared by the elementwise pass (activations_avx512.cpp) and the AMX matmul's fused epilogue, so both give
-// the same bits. erfc(z) = t·exp(-z² + P(t)), t = 1/(1 + z/2) (Numerical Recipes, < 1.2e-7 relative).
+// Activations on 16 floats for AVX-512 (include only from *_avx512.cpp / *_amx.cpp files), shared by the
+// elementwise passes (activations_avx512.cpp) and the AMX matmul's fused steps, so both give the same bits.
+// GELU (erf form, nn.GELU()): erfc(z) = t·exp(-z² + P(t)), t = 1/(1 + z/2) (Numerical Recipes, < 1.2e-7
+// relative). SwiGLU: silu(g) · u with the Cephes exp.
 #pragma once
 #include <immintrin.h>
 
@@ -30,6 +31,12 @@ inline __m512 gelu16(__m512 x) {
   const __m512 half_y = _mm512_mul_ps(y, _mm512_set1_ps(0.5f));
   const __m512 f = _mm512_mask_blend_ps(neg, _mm512_sub_ps(one, half_y), half_y);
   return _mm512_mul_ps(x, f);
+}
+
+// silu(g) · u = g / (1 + exp(-g)) · u
+inline __m512 silu_mul16(__m512 g, __m512 u) {
+  const __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+  return _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), e)), u);
 }
 
 }  // namespace
