@@ -1,8 +1,9 @@
-// AVX-512 GEMV (M <= 8 rows of x) on weight-only quantized matrices, f32 activations and accumulation.
+// AVX-512 GEMV (M <= 8 rows of x) on weight-only quantized matrices, f32 accumulation. With f32 activations:
 // int8: 16 weights per step widened (vpmovsxbd) and converted to f32, one scale per row applied at the end.
 // q4: 32 weights per group from 16 bytes; the nibbles index a 16-entry f32 table (q - 8) with vpermps, the
 // group's partial dot is scaled by its f32 scale into per-lane accumulators. Four W rows are processed
-// together so each x vector load serves four FMAs, with two k steps in flight per row.
+// together so each x vector load serves four FMAs, with two k steps in flight per row. With VNNI (the default
+// where present): x rounded to int8 per block of 32 and vpdpbusd, for int8 (gemv_q8_vnni) and q4 (gemv_q4_vnni).
 #include <cstdint>
 #include <immintrin.h>
 
@@ -93,7 +94,7 @@ void q8_rows_vnni(const int8_t* w, const float* scales, int64_t K, const XQ& xq,
       const __mmask64 neg = _cvtu64_mask64(ng[k / 64]);
       const __m512 xs = _mm512_loadu_ps(ls + k / 4);
       for (int r = 0; r < R; ++r) {
-        _mm_prefetch(reinterpret_cast<const char*>(w + r * K + k) + 1024, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w + r * K + k) + R * K, _MM_HINT_T0);  // the next R rows
         __m512i b = _mm512_loadu_si512(w + r * K + k);
         b = _mm512_mask_sub_epi8(b, neg, _mm512_setzero_si512(), b);
         const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), a, b);
@@ -127,7 +128,105 @@ void quantize_x(const float* x, int64_t M, int64_t K, uint8_t* q, uint64_t* neg,
     }
 }
 
+// q4 x int8 with VNNI (llama.cpp's Q4_0 x Q8_0 idea): x is quantized per row in blocks of 32 (the q4
+// groups) to signed int8, laid out per 128-element chunk as the 64 bytes the low nibbles of 4 groups pair
+// with, then the 64 the high nibbles pair with. vpdpbusd multiplies the unsigned nibbles q (0..15) by x;
+// 8 * sum(x) per lane, precomputed, turns sum(q * x) into sum((q - 8) * x); each lane's int32 (4 low and 4
+// high products of one group) is scaled by that group's weight scale times its x scale. About 12 vector
+// ops per 128 weights per row against ~32 for the f32 table lookup, which was compute-bound (~12 GB/s).
+struct X4 {
+  const int8_t* q;         // [M][K/128][128]: per chunk, low-nibble partners of 4 groups, then high-nibble
+  const int32_t* sum8;     // [M][K/128][16]: 8 * the sum of each lane's 8 x values
+  const float* lane_scale; // [M][K/128][16]: x scale of each lane's group
+};
+
+void quantize_x_q4(const float* x, int64_t M, int64_t K, int8_t* q, int32_t* sum8, float* lane_scale) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t c = 0; c < K / 128; ++c) {
+      int8_t* qc = q + (m * (K / 128) + c) * 128;
+      int32_t* sc = sum8 + (m * (K / 128) + c) * 16;
+      float* lc = lane_scale + (m * (K / 128) + c) * 16;
+      for (int g = 0; g < 4; ++g) {
+        const float* xb = x + m * K + c * 128 + g * 32;
+        const __m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        const float inv = amax > 0 ? 127.f / amax : 0.f;
+        const __m512i i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(inv)));
+        const __m512i i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(inv)));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(qc + g * 16), _mm512_cvtsepi32_epi8(i0));       // elements 0..15
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(qc + 64 + g * 16), _mm512_cvtsepi32_epi8(i1));  // 16..31
+        alignas(64) int32_t a[16], b[16];
+        _mm512_store_si512(a, i0);
+        _mm512_store_si512(b, i1);
+        for (int l = 0; l < 4; ++l) {
+          sc[g * 4 + l] = 8 * (a[4 * l] + a[4 * l + 1] + a[4 * l + 2] + a[4 * l + 3] + b[4 * l] + b[4 * l + 1] +
+                               b[4 * l + 2] + b[4 * l + 3]);
+          lc[g * 4 + l] = amax / 127.f;
+        }
+      }
+    }
+}
+
+template <int R>
+void q4_rows_vnni(const uint8_t* w, const float* scales, int64_t K, const X4& xq, int64_t M, int64_t N, int64_t n,
+                  const float* bias, float* y) {
+  const int64_t chunks = K / 128, groups = K / kQ4Group;
+  const __m512i nib = _mm512_set1_epi8(15);
+  const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  for (int64_t m = 0; m < M; ++m) {
+    __m512 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int8_t* xc = xq.q + (m * chunks + c) * 128;
+      const __m512i xlo = _mm512_loadu_si512(xc), xhi = _mm512_loadu_si512(xc + 64);
+      const __m512i s8 = _mm512_loadu_si512(xq.sum8 + (m * chunks + c) * 16);
+      const __m512 xs = _mm512_loadu_ps(xq.lane_scale + (m * chunks + c) * 16);
+      for (int r = 0; r < R; ++r) {
+        const uint8_t* wr = w + r * (K / 2) + c * 64;
+        _mm_prefetch(reinterpret_cast<const char*>(wr) + R * (K / 2), _MM_HINT_T0);  // the next R rows
+        const __m512i b = _mm512_loadu_si512(wr);
+        const __m512i lo = _mm512_and_si512(b, nib), hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), nib);
+        __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xlo);
+        d = _mm512_sub_epi32(_mm512_dpbusd_epi32(d, hi, xhi), s8);
+        const __m512 ws = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(scales + r * groups + c * 4)));
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(ws, xs), acc[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) y[m * N + n + r] = _mm512_reduce_add_ps(acc[r]) + (bias ? bias[n + r] : 0.f);
+  }
+}
+
 }  // namespace
+
+bool gemv_q4_vnni(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool) {
+  const int64_t N = w.rows, K = w.cols;
+  if (K % 128 != 0 || w.quant != Quant::kQ4) return false;
+  thread_local std::vector<int8_t> qbuf;
+  thread_local std::vector<int32_t> sbuf;
+  thread_local std::vector<float> lbuf;
+  qbuf.resize(static_cast<size_t>(M * K));
+  sbuf.resize(static_cast<size_t>(M * K / 8));
+  lbuf.resize(static_cast<size_t>(M * K / 8));
+  quantize_x_q4(x, M, K, qbuf.data(), sbuf.data(), lbuf.data());
+  const X4 xq{qbuf.data(), sbuf.data(), lbuf.data()};  // the caller's buffers, shared with the workers
+  // Long runs of rows per task (up to 512 rows, 512 KiB of contiguous q4 weights at K = 2048) and the next R
+  // rows prefetched: 69% of the read bandwidth against 45% with 64 rows and a 1 KiB prefetch distance (in
+  // process, 0.6 GB of q4 matrices); at least 4 tasks per thread for the small matrices (k, v).
+  const int threads = pool ? pool->size() : 1;
+  const int64_t kRows = std::clamp<int64_t>(N / (4 * threads) / 8 * 8, 64, 512);
+  const int64_t tasks = (N + kRows - 1) / kRows;
+  const uint8_t* W = static_cast<const uint8_t*>(w.data);
+  const int64_t groups = K / kQ4Group;
+  auto fn = [&](int64_t t) {
+    const int64_t n0 = t * kRows, n1 = std::min(N, n0 + kRows);
+    int64_t n = n0;
+    for (; n + 8 <= n1; n += 8) q4_rows_vnni<8>(W + n * (K / 2), w.scales + n * groups, K, xq, M, N, n, bias, y);
+    for (; n + 4 <= n1; n += 4) q4_rows_vnni<4>(W + n * (K / 2), w.scales + n * groups, K, xq, M, N, n, bias, y);
+    for (; n < n1; ++n) q4_rows_vnni<1>(W + n * (K / 2), w.scales + n * groups, K, xq, M, N, n, bias, y);
+  };
+  run_tasks(pool, tasks, fn);
+  return true;
+}
 
 bool gemv_q8_vnni(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool) {
   const int64_t N = w.rows, K = w.cols;
@@ -140,7 +239,10 @@ bool gemv_q8_vnni(const float* x, int64_t M, const WeightMatrix& w, const float*
   sbuf.resize(static_cast<size_t>(M * K / 4));
   quantize_x(x, M, K, qbuf.data(), nbuf.data(), sbuf.data());
   const XQ xq{qbuf.data(), nbuf.data(), sbuf.data()};  // the caller's buffers, shared with the workers
-  constexpr int64_t kRows = 64;
+  // As in gemv_q4_vnni: long runs of rows per task, the next R rows prefetched (88-91% -> 98-100% of the
+  // read bandwidth, 1.10-1.13x, in-process A/B over 1.2 GB of int8 matrices).
+  const int threads = pool ? pool->size() : 1;
+  const int64_t kRows = std::clamp<int64_t>(N / (4 * threads) / 8 * 8, 64, 512);
   const int64_t tasks = (N + kRows - 1) / kRows;
   const int8_t* W = static_cast<const int8_t*>(w.data);
   auto fn = [&](int64_t t) {

@@ -14,6 +14,7 @@ namespace plm::cpu {
 namespace kernels {
 bool gemv_quant_avx512(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
 bool gemv_q8_vnni(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
+bool gemv_q4_vnni(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
 #if defined(__aarch64__)
 bool gemv_quant_neon(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
 #endif
@@ -116,13 +117,16 @@ void matmul_quantized(const float* x, int64_t M, const WeightMatrix& w, const fl
 #if defined(__x86_64__) || defined(_M_X64)
   static const bool avx512 = cpu_features().avx512f && cpu_features().avx512bw && cpu_features().avx512dq;
   static const bool vnni = avx512 && cpu_features().avx512_vnni && cpu_features().avx512vl;
-  // int8 with VNNI quantizes x to int8 per block of 32 (like llama.cpp's Q8_0 x Q8_0); PLM_Q8_EXACT_X=1
-  // keeps f32 activations (slower: the int8 -> f32 widening is compute-bound on 2 cores).
-  static const bool q8_exact_x = [] {
-    const char* e = std::getenv("PLM_Q8_EXACT_X");
+  // int8 and q4 with VNNI quantize x to int8 per block of 32 (like llama.cpp's Q8_0 / Q4_0 x Q8_0);
+  // PLM_Q8_EXACT_X=1 / PLM_Q4_EXACT_X=1 keep f32 activations (slower: widening the weights to f32 is
+  // compute-bound on 2 cores).
+  auto env_on = [](const char* name) {
+    const char* e = std::getenv(name);
     return e && *e == '1';
-  }();
-  if (M <= 8 && vnni && !q8_exact_x && kernels::gemv_q8_vnni(x, M, w, bias, y, pool)) return;
+  };
+  static const bool q8_exact_x = env_on("PLM_Q8_EXACT_X"), q4_exact_x = env_on("PLM_Q4_EXACT_X");
+  if (M <= 8 && vnni && w.quant == Quant::kQ8 && !q8_exact_x && kernels::gemv_q8_vnni(x, M, w, bias, y, pool)) return;
+  if (M <= 8 && vnni && w.quant == Quant::kQ4 && !q4_exact_x && kernels::gemv_q4_vnni(x, M, w, bias, y, pool)) return;
   if (M <= 8 && avx512 && kernels::gemv_quant_avx512(x, M, w, bias, y, pool)) return;
 #elif defined(__aarch64__)
   if (M <= 8 && kernels::gemv_quant_neon(x, M, w, bias, y, pool)) return;

@@ -147,6 +147,13 @@ Result run_case(WType t, const Case& c, bool use_bias, ThreadPool* pool, std::mt
 
 }  // namespace
 
+#if defined(__x86_64__) || defined(_M_X64)
+namespace plm::cpu::kernels {  // quant.cpp's decode kernels (gemm_quant_avx512.cpp), called directly here
+bool gemv_q8_vnni(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
+bool gemv_q4_vnni(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
+}  // namespace plm::cpu::kernels
+#endif
+
 int main(int argc, char** argv) {
   int threads = 2;
   for (int i = 1; i < argc; ++i) {
@@ -158,9 +165,11 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  // The default int8 path on AVX-512 VNNI CPUs rounds x to int8 blocks (an approximation by design, see
-  // quant.cpp); this test checks the exact-activation kernels against the tolerance above.
+  // The default int8 and q4 paths on AVX-512 VNNI CPUs round x to int8 blocks (an approximation by design, see
+  // quant.cpp); the cases below check the exact-activation kernels against the tolerance above, and the VNNI
+  // kernels are checked against those further down.
   setenv("PLM_Q8_EXACT_X", "1", 1);
+  setenv("PLM_Q4_EXACT_X", "1", 1);
 
   std::string feats;
   for (const std::string& f : cpu_feature_names()) feats += (feats.empty() ? "" : " ") + f;
@@ -258,6 +267,57 @@ int main(int argc, char** argv) {
     std::printf("  matmul_group %s, 3 matrices M=%" PRId64 " K=%" PRId64 ": %s\n", prec == Precision::kBF16 ? "bf16" : "f32",
                 M, K, same ? "bit-identical to one matmul each" : "DIFFERS from one matmul each  FAIL");
   }
+  // The decode kernels that round x to int8 per block of 32 (VNNI, the default on such CPUs: int8 and q4), against
+  // the exact-activation result: |y - y_exact| <= sum_k |w_k| * amax(x's block of k) / 254 (x's rounding error)
+  // + 1e-5 * sum|x*w|, per output; M 1..8 and K multiples of 128 (the q4 kernel's chunk).
+#if defined(__x86_64__) || defined(_M_X64)
+  const bool vnni_here = cpu_features().avx512f && cpu_features().avx512bw && cpu_features().avx512dq &&
+                         cpu_features().avx512_vnni && cpu_features().avx512vl;
+  for (Quant qk : {Quant::kQ8, Quant::kQ4})
+    for (const Case& c : {Case{1, 128, 40}, Case{3, 2048, 72}, Case{8, 1024, 67}}) {
+      if (!vnni_here) {
+        std::printf("  %s x int8 VNNI GEMV: not run (no AVX-512 VNNI here)\n", quant_name(qk));
+        break;
+      }
+      std::vector<float> wf(static_cast<size_t>(c.N * c.K)), x(static_cast<size_t>(c.M * c.K)), bias(static_cast<size_t>(c.N));
+      for (auto& v : wf) v = uni(rng);
+      for (auto& v : x) v = uni(rng) * (uni(rng) > 0.8f ? 8.f : 1.f);  // a few large values per block
+      for (auto& v : bias) v = uni(rng);
+      WeightMatrix wsrc;
+      wsrc.dtype = DType::kF32;
+      wsrc.data = wf.data();
+      wsrc.rows = c.N;
+      wsrc.cols = c.K;
+      const QuantizedMatrix qm = quantize_matrix(wsrc, qk, nullptr);
+      const WeightMatrix w = qm.view();
+      std::vector<float> exact(static_cast<size_t>(c.M * c.N)), fast(exact.size()), row(static_cast<size_t>(c.K));
+      matmul(x.data(), c.M, w, bias.data(), exact.data(), &pool);  // exact-activation kernel (env set above)
+      const bool ran = qk == Quant::kQ8 ? kernels::gemv_q8_vnni(x.data(), c.M, w, bias.data(), fast.data(), &pool)
+                                        : kernels::gemv_q4_vnni(x.data(), c.M, w, bias.data(), fast.data(), &pool);
+      int64_t bad = 0;
+      double worst = 0;
+      for (int64_t n = 0; n < c.N; ++n) {
+        dequantize_row(w, n, row.data());
+        for (int64_t m = 0; m < c.M; ++m) {
+          double bound = 0, mag = 0;
+          for (int64_t k = 0; k < c.K; ++k) {
+            float amax = 0;
+            for (int64_t j = k / 32 * 32; j < k / 32 * 32 + 32; ++j) amax = std::max(amax, std::fabs(x[static_cast<size_t>(m * c.K + j)]));
+            bound += std::fabs(row[static_cast<size_t>(k)]) * amax / 254.0;
+            mag += std::fabs(row[static_cast<size_t>(k)] * x[static_cast<size_t>(m * c.K + k)]);
+          }
+          const double err = std::fabs(double(fast[static_cast<size_t>(m * c.N + n)]) - exact[static_cast<size_t>(m * c.N + n)]);
+          const double lim = bound * 1.01 + 1e-5 * mag;
+          if (!(err <= lim)) ++bad;
+          worst = std::max(worst, err / lim);
+        }
+      }
+      ++total;
+      if (!ran || bad) ++failures;
+      std::printf("  %s x int8 VNNI GEMV M=%" PRId64 " K=%-4" PRId64 " N=%-3" PRId64 ": worst error %.2f of its bound%s\n",
+                  quant_name(qk), c.M, c.K, c.N, worst, !ran ? "  NOT RUN  FAIL" : bad ? "  FAIL" : "");
+    }
+#endif
   // Epilogue::kGeluErf must equal the matmul followed by gelu_erf over y, and kAccumulate the matmul followed by
   // y += scale * v (y += v without scale), bit for bit: in the AMX tile epilogue (bf16, prepacked or not, K in
   // one or several slices, partial row blocks, with and without bias, inside a group next to a plain output),
