@@ -178,6 +178,8 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
     for (int64_t r = r0; r < r1; ++r) {
       float* yr = y + r * N;
       const float* hr = h + r * N;
+      // Product and sum rounded apart, as in the AMX epilogue: this file is built with -ffp-contract=off
+      // (CMakeLists.txt), so no compiler fuses them into an FMA (GCC on aarch64 would by default).
       if (scale) for (int64_t c = 0; c < N; ++c) yr[c] += scale[c] * hr[c];
       else for (int64_t c = 0; c < N; ++c) yr[c] += hr[c];
     }
