@@ -130,7 +130,10 @@ bool tile_chain_available(Precision precision, int64_t M, const WeightMatrix& w)
 #endif
 }
 
-int64_t tile_activation_elems(int64_t M, int64_t cols) { return (M + 31) / 32 * 32 * cols; }
+void TileActivations::resize(int64_t M, int64_t cols) {
+  storage_.resize(static_cast<size_t>((M + 31) / 32 * 32 * cols + 32));
+  data_ = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(storage_.data()) + 63) & ~uintptr_t(63));
+}
 
 void silu_mul_to_tiles(const float* gate, const float* up, int64_t M, int64_t cols, uint16_t* tiles, ThreadPool* pool) {
 #if defined(__x86_64__) || defined(_M_X64)

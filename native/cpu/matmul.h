@@ -74,15 +74,23 @@ struct MatmulOut {
   Epilogue epilogue = Epilogue::kStore;
   const float* scale = nullptr;  // kAccumulate only
   // AMX only (see tile_chain_available), with kGeluErf: the output goes here instead of y, rounded to bf16 in
-  // the tile order the next matmul reads (matmul_from_tiles), tile_activation_elems(M, w.rows) elements,
-  // 64-byte aligned. Saves the next matmul's f32 read and conversion pass (the ViT's fc1 -> fc2).
+  // the tile order the next matmul reads (matmul_from_tiles), a TileActivations of [M, w.rows]. Saves the next matmul's f32 read and conversion pass (the ViT's fc1 -> fc2).
   uint16_t* tiles = nullptr;
 };
 // True when a matmul of M rows at `precision` over these bf16 weights runs on AMX, so MatmulOut::tiles and
 // matmul_from_tiles can be used.
 bool tile_chain_available(Precision precision, int64_t M, const WeightMatrix& w);
-// Elements of a tile-ordered bf16 activation of [M, cols] (rows padded to 32 with zeros).
-int64_t tile_activation_elems(int64_t M, int64_t cols);
+// Storage for a tile-ordered bf16 activation of [M, cols] (rows padded to 32 with zeros): data() is 64-byte
+// aligned. Empty (data() null) until resized.
+class TileActivations {
+ public:
+  void resize(int64_t M, int64_t cols);
+  uint16_t* data() { return data_; }
+
+ private:
+  std::vector<uint16_t> storage_;
+  uint16_t* data_ = nullptr;
+};
 // tiles = bf16(silu(gate) · up) in tile order for a matmul with K = cols (the decoder's down projection): the
 // bits silu_mul (cpu/activations.h) and that matmul's own conversion would give, with no f32 [M, cols]
 // written and read back. gate, up: [M, cols]. Only where tile_chain_available for that matmul.

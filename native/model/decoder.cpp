@@ -97,9 +97,9 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
   const bool swiglu_tiles = std::all_of(layers_.begin(), layers_.end(), [&](const Layer& L) {
     return cpu::tile_chain_available(precision_, n, L.down);
   });
-  std::vector<uint16_t> act_buf(swiglu_tiles ? cpu::tile_activation_elems(n, I) + 32 : 0);
-  uint16_t* act_tiles = swiglu_tiles ? reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(act_buf.data()) + 63) & ~uintptr_t(63))
-                                     : nullptr;
+  cpu::TileActivations act;
+  if (swiglu_tiles) act.resize(n, I);
+  uint16_t* act_tiles = act.data();
   cpu::rope_llama_table(inv_freq_.data(), static_cast<int>(hd), pos0, n, cos.data(), sin.data());
   for (int l = 0; l < cfg_.num_layers; ++l) {
     if (cancel && cancel->is_cancelled()) throw Error(ErrorCode::kCancelled, "cancelled");

@@ -112,9 +112,9 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
     return cpu::tile_chain_available(precision_, M, blk.fc1) && cpu::tile_chain_available(precision_, M, blk.fc2);
   });
   std::vector<float> f(use_tiles ? 0 : M * mlp);
-  std::vector<uint16_t> f_tiles_buf(use_tiles ? cpu::tile_activation_elems(M, mlp) + 32 : 0);
-  uint16_t* f_tiles = use_tiles ? reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(f_tiles_buf.data()) + 63) & ~uintptr_t(63))
-                                : nullptr;
+  cpu::TileActivations f_act;
+  if (use_tiles) f_act.resize(M, mlp);
+  uint16_t* f_tiles = f_act.data();
   // Row-parallel helpers for the elementwise steps (they were serial and ~5% of a tile on 2 cores).
   auto parallel_rows = [&](int64_t rows, const std::function<void(int64_t, int64_t)>& fn) {
     parallel_for(pool_, rows, 64, fn);

@@ -145,6 +145,19 @@ Result run_case(WType t, const Case& c, bool use_bias, ThreadPool* pool, std::mt
   return r;
 }
 
+// A bf16 [rows, cols] matrix with values uniform in [-scale, scale], stored in `storage`.
+WeightMatrix random_bf16(std::vector<uint16_t>& storage, int64_t rows, int64_t cols, std::mt19937& rng, float scale = 1.f) {
+  std::uniform_real_distribution<float> uni(-scale, scale);
+  storage.resize(static_cast<size_t>(rows * cols));
+  for (auto& v : storage) v = f32_to_bf16(uni(rng));
+  WeightMatrix w;
+  w.dtype = DType::kBF16;
+  w.data = storage.data();
+  w.rows = rows;
+  w.cols = cols;
+  return w;
+}
+
 }  // namespace
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -188,6 +201,11 @@ int main(int argc, char** argv) {
   const WType types[] = {WType::kF32, WType::kBF16, WType::kF16, WType::kQ8, WType::kQ4};
 
   int failures = 0, total = 0;
+  auto record = [&](bool ok) {  // counts one case
+    ++total;
+    if (!ok) ++failures;
+    return ok;
+  };
   for (WType t : types) {
     double type_abs = 0, type_scaled = 0;
     for (const Case& c : cases) {
@@ -213,16 +231,11 @@ int main(int argc, char** argv) {
   const Case packed_cases[] = {{37, 64, 96}, {300, 1056, 64}, {1025, 2048, 96}, {64, 4096, 32}};
   std::uniform_real_distribution<float> uni(-1.f, 1.f);
   for (const Case& c : packed_cases) {
-    std::vector<uint16_t> w16(static_cast<size_t>(c.N * c.K));
-    for (auto& v : w16) v = f32_to_bf16(uni(rng));
+    std::vector<uint16_t> w16;
+    WeightMatrix w = random_bf16(w16, c.N, c.K, rng);
     std::vector<float> x(static_cast<size_t>(c.M * c.K)), bias(static_cast<size_t>(c.N));
     for (auto& v : x) v = uni(rng);
     for (auto& v : bias) v = uni(rng);
-    WeightMatrix w;
-    w.dtype = DType::kBF16;
-    w.data = w16.data();
-    w.rows = c.N;
-    w.cols = c.K;
     std::vector<float> plain(static_cast<size_t>(c.M * c.N)), packed(plain.size());
     matmul(x.data(), c.M, w, bias.data(), plain.data(), &pool, Precision::kBF16);
     PackedTiles tiles;
@@ -247,12 +260,7 @@ int main(int argc, char** argv) {
     std::vector<float> one[3], grouped[3];
     MatmulOut outs[3];
     for (int i = 0; i < 3; ++i) {
-      w16[i].resize(static_cast<size_t>(Ns[i] * K));
-      for (auto& v : w16[i]) v = f32_to_bf16(uni(rng));
-      ws[i].dtype = DType::kBF16;
-      ws[i].data = w16[i].data();
-      ws[i].rows = Ns[i];
-      ws[i].cols = K;
+      ws[i] = random_bf16(w16[i], Ns[i], K, rng);
       one[i].resize(static_cast<size_t>(M * Ns[i]));
       grouped[i].resize(one[i].size());
       matmul(x.data(), M, ws[i], nullptr, one[i].data(), &pool, prec);
@@ -327,17 +335,12 @@ int main(int argc, char** argv) {
     for (Precision prec : {Precision::kF32, Precision::kBF16})
       for (const Case& c : epi_cases)
         for (int variant = 0; variant < 3; ++variant) {  // 0: bias (+ scale), 1: neither, 2: prepacked, in a group
-          std::vector<uint16_t> w16(static_cast<size_t>(c.N * c.K));
-          for (auto& v : w16) v = f32_to_bf16(uni(rng));
+          std::vector<uint16_t> w16;
+          WeightMatrix w = random_bf16(w16, c.N, c.K, rng);
           std::vector<float> x(static_cast<size_t>(c.M * c.K)), bias(static_cast<size_t>(c.N)), scale(bias.size());
           for (auto& v : x) v = uni(rng);
           for (auto& v : bias) v = uni(rng);
           for (auto& v : scale) v = uni(rng) * 0.1f;
-          WeightMatrix w;
-          w.dtype = DType::kBF16;
-          w.data = w16.data();
-          w.rows = c.N;
-          w.cols = c.K;
           PackedTiles tiles;
           if (variant == 2 && prec == Precision::kBF16) prepack_bf16_tiles(&w, &tiles, &pool);
           const float* b = variant == 1 ? nullptr : bias.data();
@@ -377,17 +380,8 @@ int main(int argc, char** argv) {
   // two matmuls through an f32 [M, mlp], bit for bit, where the AMX kernel runs (partial row blocks, sliced K).
   for (const Case& c : {Case{37, 64, 96}, Case{1025, 1024, 4096}, Case{300, 2048, 1056}}) {
     const int64_t M = c.M, C = c.K, mlp = c.N;
-    std::vector<uint16_t> w1(static_cast<size_t>(mlp * C)), w2(static_cast<size_t>(C * mlp));
-    for (auto& v : w1) v = f32_to_bf16(uni(rng) * 0.1f);
-    for (auto& v : w2) v = f32_to_bf16(uni(rng) * 0.1f);
-    WeightMatrix fc1, fc2;
-    fc1.dtype = fc2.dtype = DType::kBF16;
-    fc1.data = w1.data();
-    fc1.rows = mlp;
-    fc1.cols = C;
-    fc2.data = w2.data();
-    fc2.rows = C;
-    fc2.cols = mlp;
+    std::vector<uint16_t> w1, w2;
+    const WeightMatrix fc1 = random_bf16(w1, mlp, C, rng, 0.1f), fc2 = random_bf16(w2, C, mlp, rng, 0.1f);
     if (!tile_chain_available(Precision::kBF16, M, fc1) || !tile_chain_available(Precision::kBF16, M, fc2)) {
       std::printf("  fc1 -> fc2 through bf16 tiles M=%" PRId64 ": not run (no AMX-BF16 here)\n", M);
       continue;
@@ -401,17 +395,16 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < ref.size(); ++i) ref[i] = out[i] = uni(rng);
     matmul(x.data(), M, fc1, b1.data(), f.data(), &pool, Precision::kBF16, Epilogue::kGeluErf);
     matmul(f.data(), M, fc2, b2.data(), ref.data(), &pool, Precision::kBF16, Epilogue::kAccumulate, g.data());
-    std::vector<uint16_t> buf(static_cast<size_t>(tile_activation_elems(M, mlp)) + 32);
-    uint16_t* tiles = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
-    std::fill(buf.begin(), buf.end(), uint16_t(0x7fc0));  // NaN: nothing left over may reach a real row
+    TileActivations act;
+    act.resize(M, mlp);
+    uint16_t* tiles = act.data();
+    std::fill(tiles, tiles + (M + 31) / 32 * 32 * mlp, uint16_t(0x7fc0));  // NaN: nothing left over may reach a real row
     MatmulOut o1{&fc1, b1.data(), nullptr, Epilogue::kGeluErf};
     o1.tiles = tiles;
     matmul_group(x.data(), M, &o1, 1, &pool, Precision::kBF16);
     const MatmulOut o2{&fc2, b2.data(), out.data(), Epilogue::kAccumulate, g.data()};
     matmul_from_tiles(tiles, M, &o2, 1, &pool);
-    const bool same = std::memcmp(ref.data(), out.data(), ref.size() * sizeof(float)) == 0;
-    ++total;
-    if (!same) ++failures;
+    const bool same = record(std::memcmp(ref.data(), out.data(), ref.size() * sizeof(float)) == 0);
     std::printf("  fc1 -> fc2 through bf16 tiles M=%-4" PRId64 " C=%-4" PRId64 " mlp=%-4" PRId64 ": %s\n", M, C, mlp,
                 same ? "bit-identical to the f32 hand-over" : "DIFFERS from the f32 hand-over  FAIL");
   }
@@ -419,13 +412,8 @@ int main(int argc, char** argv) {
   // over the f32 product, bit for bit.
   for (const Case& c : {Case{45, 2048, 256}, Case{512, 8192, 2048}}) {
     const int64_t M = c.M, H = c.N, I = c.K;
-    std::vector<uint16_t> wd(static_cast<size_t>(H * I));
-    for (auto& v : wd) v = f32_to_bf16(uni(rng) * 0.1f);
-    WeightMatrix down;
-    down.dtype = DType::kBF16;
-    down.data = wd.data();
-    down.rows = H;
-    down.cols = I;
+    std::vector<uint16_t> wd;
+    const WeightMatrix down = random_bf16(wd, H, I, rng, 0.1f);
     if (!tile_chain_available(Precision::kBF16, M, down)) {
       std::printf("  SwiGLU -> down through bf16 tiles M=%" PRId64 ": not run (no AMX-BF16 here)\n", M);
       continue;
@@ -437,14 +425,13 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < ref.size(); ++i) ref[i] = out[i] = uni(rng);
     silu_mul(gate.data(), up.data(), prod.data(), M * I, &pool);
     matmul(prod.data(), M, down, nullptr, ref.data(), &pool, Precision::kBF16, Epilogue::kAccumulate);
-    std::vector<uint16_t> buf(static_cast<size_t>(tile_activation_elems(M, I)) + 32);
-    uint16_t* tiles = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+    TileActivations act;
+    act.resize(M, I);
+    uint16_t* tiles = act.data();
     silu_mul_to_tiles(gate.data(), up.data(), M, I, tiles, &pool);
     const MatmulOut o{&down, nullptr, out.data(), Epilogue::kAccumulate};
     matmul_from_tiles(tiles, M, &o, 1, &pool);
-    const bool same = std::memcmp(ref.data(), out.data(), ref.size() * sizeof(float)) == 0;
-    ++total;
-    if (!same) ++failures;
+    const bool same = record(std::memcmp(ref.data(), out.data(), ref.size() * sizeof(float)) == 0);
     std::printf("  SwiGLU -> down through bf16 tiles M=%-4" PRId64 " I=%-4" PRId64 " H=%-4" PRId64 ": %s\n", M, I, H,
                 same ? "bit-identical to silu_mul, then the matmul" : "DIFFERS from silu_mul, then the matmul  FAIL");
   }
@@ -463,12 +450,7 @@ int main(int argc, char** argv) {
       for (auto& v : bias) v = uni(rng);
       MatmulOut ref_outs[2], fused_outs[2];
       for (int i = 0; i < 2; ++i) {
-        w16[i].resize(static_cast<size_t>(Ns[i] * K));
-        for (auto& v : w16[i]) v = f32_to_bf16(uni(rng));
-        ws[i].dtype = DType::kBF16;
-        ws[i].data = w16[i].data();
-        ws[i].rows = Ns[i];
-        ws[i].cols = K;
+        ws[i] = random_bf16(w16[i], Ns[i], K, rng);
         ref[i].resize(static_cast<size_t>(M * Ns[i]));
         fused[i].resize(ref[i].size());
         const Epilogue act = i == 0 ? Epilogue::kGeluErf : Epilogue::kStore;
