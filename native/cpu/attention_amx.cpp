@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/align.h"
 #include "core/half.h"
 #include "cpu/amx_tiles.h"
 #include "cpu/attention.h"
@@ -128,8 +129,8 @@ bool attention_amx_bf16(const float* q, const float* k, const float* v, float* o
   // Not zero-filled: the packing below writes every element up to Tkp (zeros past Tk).
   std::unique_ptr<uint16_t[]> kp(new uint16_t[static_cast<size_t>(s.kv_heads * kv_elems) + 32]);
   std::unique_ptr<uint16_t[]> vp(new uint16_t[static_cast<size_t>(s.kv_heads * kv_elems) + 32]);
-  uint16_t* Kp = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(kp.get()) + 63) & ~uintptr_t(63));
-  uint16_t* Vp = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(vp.get()) + 63) & ~uintptr_t(63));
+  uint16_t* Kp = align64(kp.get());
+  uint16_t* Vp = align64(vp.get());
   // Pack in blocks of 16 key pairs (32 keys): 16 K rows (16 bf16 pairs each per 32-wide d chunk) are
   // transposed into 16 rows of Kp; each pair of V rows is interleaved into one row of Vp.
   const int64_t pblocks = Tkp / 32;

@@ -21,6 +21,7 @@
 #include <cstring>
 #include <vector>
 
+#include "core/align.h"
 #include "core/half.h"
 #include "cpu/amx_tiles.h"
 #include "cpu/activations16_avx512.h"
@@ -33,29 +34,39 @@ namespace {
 // Offset (in bf16 elements) of A tile (row block m / 16, k chunk kc) in the tile-ordered scratch.
 inline int64_t a_tile_offset(int64_t m, int64_t kc, int64_t K) { return ((m / 16) * (K / 32) + kc) * 512; }
 
-// x [M, K] f32 -> xb [Mp/16][K/32][16][32] bf16 (round to nearest even), rows M..Mp-1 zero. With `norm`,
-// each row is normed first by the same function the separate pass uses, so the bits are the same.
-void convert_x(const float* x, int64_t M, int64_t Mp, int64_t K, uint16_t* xb, ThreadPool* pool, const RowNorm* norm) {
-  auto fn = [&](int64_t r0, int64_t r1) {
-    thread_local std::vector<float> row;
-    if (norm) row.resize(static_cast<size_t>(K));
+// Rows into xb [Mp/16][K/32][16][32] bf16 (round to nearest even), rows M..Mp-1 zero. row(m, buf) returns row
+// m as a function of k (a multiple of 16) giving its 16 f32 values at k; buf ([K], thread-local) is there for
+// a row that must be computed whole first.
+template <class Row>
+void rows_to_tiles(int64_t M, int64_t Mp, int64_t K, uint16_t* xb, ThreadPool* pool, const Row& row) {
+  parallel_for(pool, Mp, 16, [&](int64_t r0, int64_t r1) {
+    thread_local std::vector<float> buf;
+    buf.resize(static_cast<size_t>(K));
     for (int64_t m = r0; m < r1; ++m) {
       uint16_t* dst = xb + a_tile_offset(m, 0, K) + (m % 16) * 32;
-      const float* src = x + m * K;
-      if (norm && m < M) {
-        if (norm->kind == RowNorm::kLayerNorm) layer_norm(src, norm->weight, norm->bias, row.data(), 1, K, norm->eps);
-        else rms_norm(src, norm->weight, row.data(), 1, K, norm->eps);
-        src = row.data();
+      if (m >= M) {
+        for (int64_t kc = 0; kc < K / 32; ++kc) _mm512_store_si512(dst + kc * 512, _mm512_setzero_si512());
+        continue;
       }
-      for (int64_t kc = 0; kc < K / 32; ++kc) {
-        __m512i v = _mm512_setzero_si512();
-        if (m < M)
-          v = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + kc * 32 + 16), _mm512_loadu_ps(src + kc * 32));
-        _mm512_store_si512(dst + kc * 512, v);
-      }
+      const auto values = row(m, buf.data());
+      for (int64_t kc = 0; kc < K / 32; ++kc)
+        _mm512_store_si512(dst + kc * 512, (__m512i)_mm512_cvtne2ps_pbh(values(kc * 32 + 16), values(kc * 32)));
     }
-  };
-  parallel_for(pool, Mp, 16, fn);
+  });
+}
+
+// x [M, K] f32 -> xb. With `norm`, each row is normed first by the same function the separate pass uses, so
+// the bits are the same.
+void convert_x(const float* x, int64_t M, int64_t Mp, int64_t K, uint16_t* xb, ThreadPool* pool, const RowNorm* norm) {
+  rows_to_tiles(M, Mp, K, xb, pool, [&](int64_t m, float* buf) {
+    const float* src = x + m * K;
+    if (norm) {
+      if (norm->kind == RowNorm::kLayerNorm) layer_norm(src, norm->weight, norm->bias, buf, 1, K, norm->eps);
+      else rms_norm(src, norm->weight, buf, 1, K, norm->eps);
+      src = buf;
+    }
+    return [src](int64_t k) { return _mm512_loadu_ps(src + k); };
+  });
 }
 
 // W rows [n, n + 32), the ks columns starting at W -> wp: for each 32-wide k chunk, two B tiles (n 0-15, n 16-31), each
@@ -101,17 +112,17 @@ struct PendingBlock {
     for (; next < upto; ++next) {
       const int t = next >> 4, r = next & 15;
       const int64_t row = m + (t >> 1) * 16 + r, col = n + (t & 1) * 16;
+      __m256i* tile_row = tiles ? reinterpret_cast<__m256i*>(tiles + a_tile_offset(row, col / 32, N) + r * 32 + col % 32)
+                                : nullptr;
       if (row >= M) {
-        if (tiles) _mm256_storeu_si256(reinterpret_cast<__m256i*>(tiles + a_tile_offset(row, col / 32, N) + r * 32 + col % 32),
-                                       _mm256_setzero_si256());
+        if (tile_row) _mm256_storeu_si256(tile_row, _mm256_setzero_si256());
         continue;
       }
       const __m512 b = bias ? _mm512_loadu_ps(bias + col) : _mm512_setzero_ps();
       const __m512 v = _mm512_add_ps(_mm512_load_ps(c[t] + r * 16), b);
       if constexpr (E == Epilogue::kGeluErf) {
-        if (tiles)
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(tiles + a_tile_offset(row, col / 32, N) + r * 32 + col % 32),
-                              (__m256i)_mm512_cvtneps_pbh(gelu16(v)));
+        if (tile_row)
+          _mm256_storeu_si256(tile_row, (__m256i)_mm512_cvtneps_pbh(gelu16(v)));
         else
           _mm512_storeu_ps(y + row * N + col, gelu16(v));
       } else {
@@ -134,12 +145,11 @@ void compute(const uint8_t* W, const uint8_t* packed, int64_t K, int64_t N, cons
   thread_local std::vector<uint8_t> panel;
   thread_local std::vector<float> partial;
   panel.resize(static_cast<size_t>(ks / 32 * 2048 + 64));
-  uint8_t* wp = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(panel.data()) + 63) & ~uintptr_t(63));
+  uint8_t* wp = align64(panel.data());
   const bool sliced = ks < K;
   const int64_t panels = (n1 - n0) / 32;
   if (sliced) partial.resize(static_cast<size_t>(panels * mblocks * 1024 + 16));
-  float* cbuf = sliced ? reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(partial.data()) + 63) & ~uintptr_t(63))
-                       : nullptr;  // [panels][mblocks][4 tiles][16][16] f32
+  float* cbuf = sliced ? align64(partial.data()) : nullptr;  // [panels][mblocks][4 tiles][16][16] f32
   PendingBlock<E> epi;
   configure_tiles();
   for (int64_t k0 = 0; k0 < K; k0 += ks) {
@@ -294,7 +304,7 @@ bool matmul_amx_bf16_group(const float* x, int64_t M, const MatmulOut* outs, int
   const int64_t K = outs[0].w->cols, Mp = (M + 31) / 32 * 32;  // rows padded to whole 32-row blocks (zeros)
   thread_local std::vector<uint16_t> scratch;
   scratch.resize(static_cast<size_t>(Mp * K) + 32);
-  uint16_t* xb = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t(63));
+  uint16_t* xb = align64(scratch.data());
   convert_x(x, M, Mp, K, xb, pool, norm);
   run_group(xb, M, outs, count, pool);
   return true;
@@ -308,22 +318,10 @@ bool matmul_amx_bf16_group_tiles(const uint16_t* xb, int64_t M, const MatmulOut*
 }
 
 void silu_mul_tiles_amx(const float* gate, const float* up, int64_t M, int64_t cols, uint16_t* tiles, ThreadPool* pool) {
-  const int64_t Mp = (M + 31) / 32 * 32;
-  parallel_for(pool, Mp, 16, [&](int64_t r0, int64_t r1) {
-    for (int64_t m = r0; m < r1; ++m) {
-      uint16_t* dst = tiles + a_tile_offset(m, 0, cols) + (m % 16) * 32;
-      const float* g = gate + m * cols;
-      const float* u = up + m * cols;
-      for (int64_t kc = 0; kc < cols / 32; ++kc) {
-        __m512i v = _mm512_setzero_si512();
-        if (m < M) {
-          const __m512 lo = silu_mul16(_mm512_loadu_ps(g + kc * 32), _mm512_loadu_ps(u + kc * 32));
-          const __m512 hi = silu_mul16(_mm512_loadu_ps(g + kc * 32 + 16), _mm512_loadu_ps(u + kc * 32 + 16));
-          v = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
-        }
-        _mm512_store_si512(dst + kc * 512, v);
-      }
-    }
+  rows_to_tiles(M, (M + 31) / 32 * 32, cols, tiles, pool, [&](int64_t m, float*) {
+    const float* g = gate + m * cols;
+    const float* u = up + m * cols;
+    return [g, u](int64_t k) { return silu_mul16(_mm512_loadu_ps(g + k), _mm512_loadu_ps(u + k)); };
   });
 }
 

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <vector>
 
+#include "core/align.h"
 #include "cpu/gemm_kernels.h"
 
 namespace plm::cpu::kernels {
@@ -194,7 +195,7 @@ void gemm_block(const float* x, const WeightMatrix& w, const float* bias, float*
   const int64_t K = w.cols, N = w.rows;
   thread_local std::vector<float, std::allocator<float>> buf;
   buf.resize(kKC * kNP + 16);
-  float* wp = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+  float* wp = align64(buf.data());
   for (int64_t kc = 0; kc < K; kc += kKC) {
     const int64_t kb = std::min(kKC, K - kc);
     for (int64_t np = n0; np < n1; np += kNP) {

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "core/align.h"
 #include "core/error.h"
 #include "core/half.h"
 #include "cpu/activations.h"
@@ -53,6 +54,8 @@ bool amx_usable() {
   static const bool amx = bf16_matmul_available() && avx512_usable();
   return amx;
 }
+// A matmul of M rows at `precision` goes to the AMX kernels (which still decline shapes they don't cover).
+bool amx_rows(Precision precision, int64_t M) { return precision == Precision::kBF16 && amx_usable() && M >= 32; }
 #endif
 }  // namespace
 
@@ -77,7 +80,7 @@ const char* matmul_kernel_name() {
 }
 
 const void* PackedTiles::data() const {
-  return reinterpret_cast<const void*>((reinterpret_cast<uintptr_t>(bytes.data()) + 63) & ~uintptr_t(63));
+  return static_cast<const void*>(align64(bytes.data()));
 }
 
 bool prepack_bf16_tiles(WeightMatrix* w, PackedTiles* out, ThreadPool* pool) {
@@ -97,7 +100,7 @@ bool prepack_bf16_tiles(WeightMatrix* w, PackedTiles* out, ThreadPool* pool) {
 
 void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool, Precision precision) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (precision == Precision::kBF16 && amx_usable() && M >= 32 && kernels::matmul_amx_bf16_group(x, M, outs, count, pool))
+  if (amx_rows(precision, M) && kernels::matmul_amx_bf16_group(x, M, outs, count, pool))
     return;
 #endif
   for (int i = 0; i < count; ++i) {
@@ -110,8 +113,7 @@ void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, T
 void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool, Precision precision,
                   const RowNorm& norm, float* normed) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (precision == Precision::kBF16 && amx_usable() && M >= 32 &&
-      kernels::matmul_amx_bf16_group(x, M, outs, count, pool, &norm))
+  if (amx_rows(precision, M) && kernels::matmul_amx_bf16_group(x, M, outs, count, pool, &norm))
     return;
 #endif
   const int64_t K = outs[0].w->cols;
@@ -122,8 +124,8 @@ void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, T
 
 bool tile_chain_available(Precision precision, int64_t M, const WeightMatrix& w) {
 #if defined(__x86_64__) || defined(_M_X64)
-  return precision == Precision::kBF16 && amx_usable() && M >= 32 && w.quant == Quant::kNone &&
-         w.dtype == DType::kBF16 && w.rows % 32 == 0 && w.cols % 32 == 0 && w.cols > 0;
+  return amx_rows(precision, M) && w.quant == Quant::kNone && w.dtype == DType::kBF16 && w.rows % 32 == 0 &&
+         w.cols % 32 == 0 && w.cols > 0;
 #else
   (void)precision, (void)M, (void)w;
   return false;
@@ -132,7 +134,7 @@ bool tile_chain_available(Precision precision, int64_t M, const WeightMatrix& w)
 
 void TileActivations::resize(int64_t M, int64_t cols) {
   storage_.resize(static_cast<size_t>((M + 31) / 32 * 32 * cols + 32));
-  data_ = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(storage_.data()) + 63) & ~uintptr_t(63));
+  data_ = align64(storage_.data());
 }
 
 void silu_mul_to_tiles(const float* gate, const float* up, int64_t M, int64_t cols, uint16_t* tiles, ThreadPool* pool) {
@@ -160,8 +162,7 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
   if (epilogue == Epilogue::kStore) return matmul(x, M, w, bias, y, pool, precision);
 #if defined(__x86_64__) || defined(_M_X64)
   const MatmulOut out{&w, bias, y, epilogue, scale};
-  if (precision == Precision::kBF16 && amx_usable() && M >= 32 && w.quant == Quant::kNone &&
-      kernels::matmul_amx_bf16_group(x, M, &out, 1, pool))
+  if (amx_rows(precision, M) && kernels::matmul_amx_bf16_group(x, M, &out, 1, pool))
     return;
 #endif
   const int64_t N = w.rows;
@@ -199,8 +200,7 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
 #if defined(__x86_64__) || defined(_M_X64)
   static const CpuFeatures& f = cpu_features();
   static const bool avx2 = f.avx2 && f.fma && f.f16c;
-  if (precision == Precision::kBF16 && amx_usable() && M >= 32 && kernels::matmul_amx_bf16(x, M, w, bias, y, pool))
-    return;
+  if (amx_rows(precision, M) && kernels::matmul_amx_bf16(x, M, w, bias, y, pool)) return;
   if (avx512_usable() && kernels::matmul_avx512_f32(x, M, w, bias, y, pool)) return;
   if (avx2 && kernels::matmul_avx2_f32(x, M, w, bias, y, pool)) return;
 #elif defined(__aarch64__)

@@ -74,7 +74,8 @@ struct MatmulOut {
   Epilogue epilogue = Epilogue::kStore;
   const float* scale = nullptr;  // kAccumulate only
   // AMX only (see tile_chain_available), with kGeluErf: the output goes here instead of y, rounded to bf16 in
-  // the tile order the next matmul reads (matmul_from_tiles), a TileActivations of [M, w.rows]. Saves the next matmul's f32 read and conversion pass (the ViT's fc1 -> fc2).
+  // the tile order the next matmul reads (matmul_from_tiles), a TileActivations of [M, w.rows]. Saves the
+  // next matmul's f32 read and conversion pass (the ViT's fc1 -> fc2).
   uint16_t* tiles = nullptr;
 };
 // True when a matmul of M rows at `precision` over these bf16 weights runs on AMX, so MatmulOut::tiles and

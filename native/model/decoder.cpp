@@ -99,7 +99,6 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
   });
   cpu::TileActivations act;
   if (swiglu_tiles) act.resize(n, I);
-  uint16_t* act_tiles = act.data();
   cpu::rope_llama_table(inv_freq_.data(), static_cast<int>(hd), pos0, n, cos.data(), sin.data());
   for (int l = 0; l < cfg_.num_layers; ++l) {
     if (cancel && cancel->is_cancelled()) throw Error(ErrorCode::kCancelled, "cancelled");
@@ -146,11 +145,11 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
       const cpu::RowNorm norm{cpu::RowNorm::kRmsNorm, L.post_norm.data(), nullptr, cfg_.rms_norm_eps};
       cpu::matmul_group(x, n, outs, 2, pool_, precision_, norm, h.data());
     }
-    if (act_tiles) {
-      { OpTimer t("decoder.silu_mul"); cpu::silu_mul_to_tiles(gate.data(), up.data(), n, I, act_tiles, pool_); }
+    if (swiglu_tiles) {
+      { OpTimer t("decoder.silu_mul"); cpu::silu_mul_to_tiles(gate.data(), up.data(), n, I, act.data(), pool_); }
       OpTimer t("decoder.matmul_down+residual");
       const cpu::MatmulOut out{&L.down, nullptr, x, cpu::Epilogue::kAccumulate};
-      cpu::matmul_from_tiles(act_tiles, n, &out, 1, pool_);
+      cpu::matmul_from_tiles(act.data(), n, &out, 1, pool_);
     } else {
       { OpTimer t("decoder.silu_mul"); cpu::silu_mul(gate.data(), up.data(), gate.data(), n * I, pool_); }
       OpTimer t("decoder.matmul_down+residual");

@@ -114,7 +114,6 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
   std::vector<float> f(use_tiles ? 0 : M * mlp);
   cpu::TileActivations f_act;
   if (use_tiles) f_act.resize(M, mlp);
-  uint16_t* f_tiles = f_act.data();
   // Row-parallel helpers for the elementwise steps (they were serial and ~5% of a tile on 2 cores).
   auto parallel_rows = [&](int64_t rows, const std::function<void(int64_t, int64_t)>& fn) {
     parallel_for(pool_, rows, 64, fn);
@@ -167,19 +166,18 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
                   ls ? blk.gamma1.data() : nullptr, h.data());
     }
     // On AMX the GELU output goes to fc2 as bf16 tiles (fc2 rounds its input to bf16 anyway), not as f32.
-    const bool chain = f_tiles != nullptr;
     {
       OpTimer t("vision.norm+matmul_fc1_gelu");
       cpu::MatmulOut out{&blk.fc1, blk.fc1_b.data(), f.data(), cpu::Epilogue::kGeluErf};
-      if (chain) out.tiles = f_tiles;
+      if (use_tiles) out.tiles = f_act.data();
       const cpu::RowNorm norm{cpu::RowNorm::kLayerNorm, blk.norm2_w.data(), blk.norm2_b.data(), cfg_.layer_norm_eps};
       cpu::matmul_group(x, M, &out, 1, pool_, precision_, norm, h.data());
     }
     {
       OpTimer t("vision.matmul_fc2+residual");
-      if (chain) {
+      if (use_tiles) {
         const cpu::MatmulOut out{&blk.fc2, blk.fc2_b.data(), x, cpu::Epilogue::kAccumulate, ls ? blk.gamma2.data() : nullptr};
-        cpu::matmul_from_tiles(f_tiles, M, &out, 1, pool_);
+        cpu::matmul_from_tiles(f_act.data(), M, &out, 1, pool_);
       } else {
         cpu::matmul(f.data(), M, blk.fc2, blk.fc2_b.data(), x, pool_, precision_, cpu::Epilogue::kAccumulate,
                     ls ? blk.gamma2.data() : nullptr, h.data());
