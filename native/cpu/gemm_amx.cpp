@@ -96,18 +96,19 @@ inline void store_tile(const float* c, float* y, int64_t N, int64_t m0, int64_t 
 // With the panels outermost instead, a K = 4096 or 8192 task re-read all its rows from L3 for each panel.
 constexpr int64_t kKSlice = 1024;
 
-// The epilogue (Epilogue::kGeluErf, kAccumulate) of a finished 32x32 block: its 4 C tiles wait here while
-// the next block's k-loop runs, which finishes a few of their 64 row vectors per k step on the vector units
-// as the matrix unit works. GELU (a division and an exp per 16 values) and the residual add were separate
-// passes over y. The accumulate rounds the product and the sum apart (the _round forms are never fused into
-// an FMA), as the pass did.
+// The epilogue (Epilogue::kGeluErf, kAccumulate, kSwiGLU) of a finished 32x32 block: its 4 C tiles wait here
+// while the next block's k-loop runs, which finishes a few of their 64 row vectors per k step on the vector
+// units as the matrix unit works. GELU (a division and an exp per 16 values), the residual add and SwiGLU were
+// separate passes over y. The accumulate rounds the product and the sum apart (the _round forms are never
+// fused into an FMA), as the pass did.
 template <Epilogue E>
 struct PendingBlock {
   alignas(64) float c[4][256];
+  alignas(64) float gate[E == Epilogue::kSwiGLU ? 4 : 1][256];  // kSwiGLU: the gate block; c holds up's
   int64_t m = 0, n = 0;
   int next = 64;  // next of the 64 row vectors (tile * 16 + row) to finish; 64: nothing pending
 
-  // tiles (kGeluErf only): write bf16 in A-tile order for a next matmul with K = N, padding rows as zeros.
+  // tiles (kGeluErf, kSwiGLU): write bf16 in A-tile order for a next matmul with K = N, padding rows as zeros.
   void run(int upto, const float* bias, const float* scale, float* y, uint16_t* tiles, int64_t N, int64_t M) {
     for (; next < upto; ++next) {
       const int t = next >> 4, r = next & 15;
@@ -120,7 +121,11 @@ struct PendingBlock {
       }
       const __m512 b = bias ? _mm512_loadu_ps(bias + col) : _mm512_setzero_ps();
       const __m512 v = _mm512_add_ps(_mm512_load_ps(c[t] + r * 16), b);
-      if constexpr (E == Epilogue::kGeluErf) {
+      if constexpr (E == Epilogue::kSwiGLU) {
+        // As matmul_group's stores (+ 0: no bias) then silu_mul_to_tiles: the same bits.
+        const __m512 g = _mm512_add_ps(_mm512_load_ps(gate[t] + r * 16), _mm512_setzero_ps());
+        _mm256_storeu_si256(tile_row, (__m256i)_mm512_cvtneps_pbh(silu_mul16(g, v)));
+      } else if constexpr (E == Epilogue::kGeluErf) {
         if (tile_row)
           _mm256_storeu_si256(tile_row, (__m256i)_mm512_cvtneps_pbh(gelu16(v)));
         else
@@ -134,85 +139,100 @@ struct PendingBlock {
   }
 };
 
-// W panels come from the weights (packed here per call) or, when `packed` is set, from the prepacked
-// copy ([N/32][K/32][2 KiB], WeightMatrix::bf16_tiles). E: what is done with x·W^T + bias (cpu/matmul.h).
+inline void store_c(float* c) {
+  _tile_stored(0, c, 64);
+  _tile_stored(1, c + 256, 64);
+  _tile_stored(2, c + 512, 64);
+  _tile_stored(3, c + 768, 64);
+}
+
+// One matrix's W panels: from the weights (packed here per call) or, when `packed` is set, from the
+// prepacked copy ([N/32][K/32][2 KiB], WeightMatrix::bf16_tiles).
+struct PanelSource {
+  const uint8_t* W;
+  const uint8_t* packed;
+};
+
+// Kernel tasks: columns [n0, n1) of rows [m0, m1). E: what is done with x·W^T + bias (cpu/matmul.h). kSwiGLU
+// runs two matrices (src[0] gate, src[1] up) over the same columns, each block of gate then of up, so the
+// epilogue has both.
 template <Epilogue E>
-void compute(const uint8_t* W, const uint8_t* packed, int64_t K, int64_t N, const uint16_t* xb, int64_t M, const float* bias,
+void compute(const PanelSource* src, int64_t K, int64_t N, const uint16_t* xb, int64_t M, const float* bias,
              const float* scale, float* y, uint16_t* ytiles, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   constexpr bool kPending = E != Epilogue::kStore;
-  const int64_t ks = std::min(K, kKSlice), mblocks = (m1 - m0) / 32;
+  constexpr int kMatrices = E == Epilogue::kSwiGLU ? 2 : 1;
+  const int64_t ks = std::min(K, kKSlice), mblocks = (m1 - m0) / 32, panel_bytes = ks / 32 * 2048;
   alignas(64) float c[4][256];
   thread_local std::vector<uint8_t> panel;
   thread_local std::vector<float> partial;
-  panel.resize(static_cast<size_t>(ks / 32 * 2048 + 64));
-  uint8_t* wp = align64(panel.data());
+  panel.resize(static_cast<size_t>(kMatrices * panel_bytes + 64));
+  uint8_t* wp[kMatrices];
+  for (int i = 0; i < kMatrices; ++i) wp[i] = align64(panel.data()) + i * panel_bytes;
   const bool sliced = ks < K;
   const int64_t panels = (n1 - n0) / 32;
-  if (sliced) partial.resize(static_cast<size_t>(panels * mblocks * 1024 + 16));
-  float* cbuf = sliced ? align64(partial.data()) : nullptr;  // [panels][mblocks][4 tiles][16][16] f32
+  if (sliced) partial.resize(static_cast<size_t>(panels * mblocks * kMatrices * 1024 + 16));
+  float* cbuf = sliced ? align64(partial.data()) : nullptr;  // [panels][mblocks][kMatrices][4 tiles][16][16] f32
   PendingBlock<E> epi;
   configure_tiles();
   for (int64_t k0 = 0; k0 < K; k0 += ks) {
     const bool first = k0 == 0, last = k0 + ks >= K;
     const int64_t kl = std::min(ks, K - k0);  // this slice's length (a multiple of 32)
+    const int epi_step = static_cast<int>((64 + kl / 32 - 1) / (kl / 32));  // pending vectors per k step
     for (int64_t n = n0; n < n1; n += 32) {
-      if (packed) wp = const_cast<uint8_t*>(packed) + ((n / 32) * (K / 32) + k0 / 32) * 2048;
-      else pack_w_panel(W + k0 * 2, K, kl, n, wp);
+      for (int i = 0; i < kMatrices; ++i) {
+        if (src[i].packed) wp[i] = const_cast<uint8_t*>(src[i].packed) + ((n / 32) * (K / 32) + k0 / 32) * 2048;
+        else pack_w_panel(src[i].W + k0 * 2, K, kl, n, wp[i]);
+      }
       for (int64_t mb = 0; mb < mblocks; ++mb) {
         const int64_t m = m0 + mb * 32;
         const uint8_t* a0 = reinterpret_cast<const uint8_t*>(xb + a_tile_offset(m, k0 / 32, K));
         const uint8_t* a1 = reinterpret_cast<const uint8_t*>(xb + a_tile_offset(m + 16, k0 / 32, K));
-        float* cb = sliced ? cbuf + ((n - n0) / 32 * mblocks + mb) * 1024 : nullptr;
-        if (first) {
-          _tile_zero(0);
-          _tile_zero(1);
-          _tile_zero(2);
-          _tile_zero(3);
-        } else {
-          _tile_loadd(0, cb, 64);
-          _tile_loadd(1, cb + 256, 64);
-          _tile_loadd(2, cb + 512, 64);
-          _tile_loadd(3, cb + 768, 64);
-        }
-        const int epi_step = static_cast<int>((64 + kl / 32 - 1) / (kl / 32));  // pending vectors per k step
-        for (int64_t kc = 0; kc < kl / 32; ++kc) {
-          _tile_loadd(4, a0 + kc * 1024, 64);
-          _tile_loadd(5, a1 + kc * 1024, 64);
-          _tile_loadd(6, wp + kc * 2048, 64);
-          _tile_loadd(7, wp + kc * 2048 + 1024, 64);
-          _tile_dpbf16ps(0, 4, 6);
-          _tile_dpbf16ps(1, 4, 7);
-          _tile_dpbf16ps(2, 5, 6);
-          _tile_dpbf16ps(3, 5, 7);
-          if (kPending) epi.run(std::min(64, epi.next + epi_step), bias, scale, y, ytiles, N, M);
-        }
-        if (kPending && last) {
-          epi.run(64, bias, scale, y, ytiles, N, M);
-          _tile_stored(0, epi.c[0], 64);
-          _tile_stored(1, epi.c[1], 64);
-          _tile_stored(2, epi.c[2], 64);
-          _tile_stored(3, epi.c[3], 64);
-          epi.m = m;
-          epi.n = n;
-          epi.next = 0;
-          continue;
-        }
-        if (!last) {
-          _tile_stored(0, cb, 64);
-          _tile_stored(1, cb + 256, 64);
-          _tile_stored(2, cb + 512, 64);
-          _tile_stored(3, cb + 768, 64);
-          continue;
-        }
-        _tile_stored(0, c[0], 64);
-        _tile_stored(1, c[1], 64);
-        _tile_stored(2, c[2], 64);
-        _tile_stored(3, c[3], 64);
-        store_tile(c[0], y, N, m, M, n, bias);
-        store_tile(c[1], y, N, m, M, n + 16, bias);
-        if (m + 16 < M) {
-          store_tile(c[2], y, N, m + 16, M, n, bias);
-          store_tile(c[3], y, N, m + 16, M, n + 16, bias);
+        for (int i = 0; i < kMatrices; ++i) {
+          float* cb = sliced ? cbuf + (((n - n0) / 32 * mblocks + mb) * kMatrices + i) * 1024 : nullptr;
+          if (first) {
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+          } else {
+            _tile_loadd(0, cb, 64);
+            _tile_loadd(1, cb + 256, 64);
+            _tile_loadd(2, cb + 512, 64);
+            _tile_loadd(3, cb + 768, 64);
+          }
+          const uint8_t* w = wp[i];
+          for (int64_t kc = 0; kc < kl / 32; ++kc) {
+            _tile_loadd(4, a0 + kc * 1024, 64);
+            _tile_loadd(5, a1 + kc * 1024, 64);
+            _tile_loadd(6, w + kc * 2048, 64);
+            _tile_loadd(7, w + kc * 2048 + 1024, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+            if (kPending) epi.run(std::min(64, epi.next + epi_step), bias, scale, y, ytiles, N, M);
+          }
+          if (!last) {
+            store_c(cb);
+          } else if (kPending) {
+            epi.run(64, bias, scale, y, ytiles, N, M);
+            if (kMatrices == 2 && i == 0) {  // gate's block waits for up's
+              store_c(epi.gate[0]);
+              continue;
+            }
+            store_c(epi.c[0]);
+            epi.m = m;
+            epi.n = n;
+            epi.next = 0;
+          } else {
+            store_c(c[0]);
+            store_tile(c[0], y, N, m, M, n, bias);
+            store_tile(c[1], y, N, m, M, n + 16, bias);
+            if (m + 16 < M) {
+              store_tile(c[2], y, N, m + 16, M, n, bias);
+              store_tile(c[3], y, N, m + 16, M, n + 16, bias);
+            }
+          }
         }
       }
     }
@@ -255,7 +275,14 @@ bool group_supported(const MatmulOut* outs, int count) {
     const WeightMatrix& w = *outs[i].w;
     if (w.quant != Quant::kNone || w.dtype != DType::kBF16 || w.cols != K || K % 32 != 0 || w.rows % 32 != 0 || K == 0)
       return false;
-    if (outs[i].tiles && outs[i].epilogue != Epilogue::kGeluErf) return false;
+    if (outs[i].epilogue == Epilogue::kSwiGLU) {
+      const WeightMatrix* u = outs[i].w_up;
+      if (!outs[i].tiles || outs[i].bias || !u || u->quant != Quant::kNone || u->dtype != DType::kBF16 ||
+          u->rows != w.rows || u->cols != K)
+        return false;
+    } else if (outs[i].tiles && outs[i].epilogue != Epilogue::kGeluErf) {
+      return false;
+    }
   }
   return true;
 }
@@ -286,8 +313,14 @@ void run_group(const uint16_t* xb, int64_t M, const MatmulOut* outs, int count, 
     const int64_t N = w.rows, local = t - plans[i].first, mi = local / plans[i].nchunks, ni = local % plans[i].nchunks;
     auto* run = outs[i].epilogue == Epilogue::kGeluErf      ? &compute<Epilogue::kGeluErf>
                 : outs[i].epilogue == Epilogue::kAccumulate ? &compute<Epilogue::kAccumulate>
+                : outs[i].epilogue == Epilogue::kSwiGLU     ? &compute<Epilogue::kSwiGLU>
                                                             : &compute<Epilogue::kStore>;
-    run(static_cast<const uint8_t*>(w.data), static_cast<const uint8_t*>(w.bf16_tiles), K, N, xb, M, outs[i].bias,
+    const auto source = [](const WeightMatrix* m) {
+      return m ? PanelSource{static_cast<const uint8_t*>(m->data), static_cast<const uint8_t*>(m->bf16_tiles)}
+               : PanelSource{};
+    };
+    const PanelSource src[2] = {source(&w), source(outs[i].w_up)};
+    run(src, K, N, xb, M, outs[i].bias,
         outs[i].scale, outs[i].y, outs[i].tiles, mi * mc, std::min(Mp, (mi + 1) * mc), ni * plans[i].ncols,
         std::min(N, (ni + 1) * plans[i].ncols));
   };

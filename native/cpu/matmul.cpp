@@ -104,7 +104,7 @@ void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, T
     return;
 #endif
   for (int i = 0; i < count; ++i) {
-    if (outs[i].tiles)
+    if (outs[i].tiles || outs[i].epilogue == Epilogue::kSwiGLU)
       throw Error(ErrorCode::kInternal, "matmul_group: a tile-ordered output needs the AMX kernel (check tile_chain_available)");
     matmul(x, M, *outs[i].w, outs[i].bias, outs[i].y, pool, precision, outs[i].epilogue, outs[i].scale);
   }
@@ -160,6 +160,7 @@ void matmul_from_tiles(const uint16_t* x_tiles, int64_t M, const MatmulOut* outs
 void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool,
             Precision precision, Epilogue epilogue, const float* scale, float* scratch) {
   if (epilogue == Epilogue::kStore) return matmul(x, M, w, bias, y, pool, precision);
+  if (epilogue == Epilogue::kSwiGLU) throw Error(ErrorCode::kInternal, "matmul: kSwiGLU is a matmul_group output");
 #if defined(__x86_64__) || defined(_M_X64)
   const MatmulOut out{&w, bias, y, epilogue, scale};
   if (amx_rows(precision, M) && kernels::matmul_amx_bf16_group(x, M, &out, 1, pool))

@@ -61,7 +61,9 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
 //     product and the sum rounded separately (as the separate pass over y did).
 // On AMX (kBF16) the non-store epilogues run on a finished 32x32 block while the matrix unit works on the
 // next one, so they cost no pass over y; elsewhere the matmul runs first and a pass over y follows.
-enum class Epilogue { kStore, kGeluErf, kAccumulate };
+// kSwiGLU (matmul_group on AMX only, MatmulOut::tiles and w_up set, no bias): silu(x·w^T) · (x·w_up^T), written
+// as bf16 tiles: the decoder's gate/up with its SwiGLU, the [M, 2 x w.rows] f32 products never stored.
+enum class Epilogue { kStore, kGeluErf, kAccumulate, kSwiGLU };
 // matmul() with an epilogue. scale: kAccumulate's per-column factors (may be null). scratch: [M, w.rows] for
 // the unfused kAccumulate (null: allocated here).
 void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool,
@@ -77,6 +79,7 @@ struct MatmulOut {
   // the tile order the next matmul reads (matmul_from_tiles), a TileActivations of [M, w.rows]. Saves the
   // next matmul's f32 read and conversion pass (the ViT's fc1 -> fc2).
   uint16_t* tiles = nullptr;
+  const WeightMatrix* w_up = nullptr;  // kSwiGLU only: the second matrix, same shape as w
 };
 // True when a matmul of M rows at `precision` over these bf16 weights runs on AMX, so MatmulOut::tiles and
 // matmul_from_tiles can be used.
@@ -94,7 +97,8 @@ class TileActivations {
 };
 // tiles = bf16(silu(gate) · up) in tile order for a matmul with K = cols (the decoder's down projection): the
 // bits silu_mul (cpu/activations.h) and that matmul's own conversion would give, with no f32 [M, cols]
-// written and read back. gate, up: [M, cols]. Only where tile_chain_available for that matmul.
+// written and read back. gate, up: [M, cols]. Only where tile_chain_available for that matmul. The decoder
+// now gets these tiles from Epilogue::kSwiGLU; this is the two-step form that epilogue is tested against.
 void silu_mul_to_tiles(const float* gate, const float* up, int64_t M, int64_t cols, uint16_t* tiles, ThreadPool* pool);
 // matmul_group over x given as tile-ordered bf16 (written by a MatmulOut::tiles output), K = outs[0].w->cols.
 // Only where tile_chain_available; the results are those of matmul_group over the f32 values x came from.

@@ -91,14 +91,21 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
   std::vector<float> q(n * qw);                  // [n, nh, hd]
   std::vector<float> attn(n * qw);               // [n, nh, hd]
   std::vector<float> proj(n * H);                // [n, H]
-  std::vector<float> gate(n * I), up(n * I);     // [n, I]
   std::vector<float> cos(n * hd / 2), sin(n * hd / 2);  // [n, hd/2]
-  // SwiGLU output handed to the down projection as bf16 tiles where that matmul runs on AMX (prefill).
+  // Where the MLP's matmuls run on AMX (prefill), gate/up compute SwiGLU in their epilogue and hand it to the
+  // down projection as bf16 tiles: the f32 gate and up products are never stored.
   const bool swiglu_tiles = std::all_of(layers_.begin(), layers_.end(), [&](const Layer& L) {
-    return cpu::tile_chain_available(precision_, n, L.down);
+    return cpu::tile_chain_available(precision_, n, L.gate) && cpu::tile_chain_available(precision_, n, L.up) &&
+           cpu::tile_chain_available(precision_, n, L.down);
   });
-  cpu::TileActivations act;
-  if (swiglu_tiles) act.resize(n, I);
+  cpu::TileActivations act;                      // [n, I] bf16, tile order
+  std::vector<float> gate, up;                   // [n, I] each, elsewhere
+  if (swiglu_tiles) {
+    act.resize(n, I);
+  } else {
+    gate.resize(static_cast<size_t>(n * I));
+    up.resize(static_cast<size_t>(n * I));
+  }
   cpu::rope_llama_table(inv_freq_.data(), static_cast<int>(hd), pos0, n, cos.data(), sin.data());
   for (int l = 0; l < cfg_.num_layers; ++l) {
     if (cancel && cancel->is_cancelled()) throw Error(ErrorCode::kCancelled, "cancelled");
@@ -139,18 +146,24 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
       OpTimer t("decoder.matmul_o+residual");
       cpu::matmul(attn.data(), n, L.o, nullptr, x, pool_, precision_, cpu::Epilogue::kAccumulate, nullptr, proj.data());
     }
-    {
-      OpTimer t("decoder.norm+matmul_gate_up");
-      const cpu::MatmulOut outs[2] = {{&L.gate, nullptr, gate.data()}, {&L.up, nullptr, up.data()}};
-      const cpu::RowNorm norm{cpu::RowNorm::kRmsNorm, L.post_norm.data(), nullptr, cfg_.rms_norm_eps};
-      cpu::matmul_group(x, n, outs, 2, pool_, precision_, norm, h.data());
-    }
+    const cpu::RowNorm post_norm{cpu::RowNorm::kRmsNorm, L.post_norm.data(), nullptr, cfg_.rms_norm_eps};
     if (swiglu_tiles) {
-      { OpTimer t("decoder.silu_mul"); cpu::silu_mul_to_tiles(gate.data(), up.data(), n, I, act.data(), pool_); }
+      {
+        OpTimer t("decoder.norm+matmul_gate_up+silu_mul");
+        cpu::MatmulOut out{&L.gate, nullptr, nullptr, cpu::Epilogue::kSwiGLU};
+        out.tiles = act.data();
+        out.w_up = &L.up;
+        cpu::matmul_group(x, n, &out, 1, pool_, precision_, post_norm, h.data());
+      }
       OpTimer t("decoder.matmul_down+residual");
       const cpu::MatmulOut out{&L.down, nullptr, x, cpu::Epilogue::kAccumulate};
       cpu::matmul_from_tiles(act.data(), n, &out, 1, pool_);
     } else {
+      {
+        OpTimer t("decoder.norm+matmul_gate_up");
+        const cpu::MatmulOut outs[2] = {{&L.gate, nullptr, gate.data()}, {&L.up, nullptr, up.data()}};
+        cpu::matmul_group(x, n, outs, 2, pool_, precision_, post_norm, h.data());
+      }
       { OpTimer t("decoder.silu_mul"); cpu::silu_mul(gate.data(), up.data(), gate.data(), n * I, pool_); }
       OpTimer t("decoder.matmul_down+residual");
       cpu::matmul(gate.data(), n, L.down, nullptr, x, pool_, precision_, cpu::Epilogue::kAccumulate, nullptr, proj.data());

@@ -435,6 +435,47 @@ int main(int argc, char** argv) {
     std::printf("  SwiGLU -> down through bf16 tiles M=%-4" PRId64 " I=%-4" PRId64 " H=%-4" PRId64 ": %s\n", M, I, H,
                 same ? "bit-identical to silu_mul, then the matmul" : "DIFFERS from silu_mul, then the matmul  FAIL");
   }
+  // gate/up with SwiGLU in the epilogue (Epilogue::kSwiGLU) must write the tiles that matmul_group's two
+  // products and silu_mul_to_tiles write, bit for bit: RMSNorm fused or not, K in one or several slices,
+  // partial row blocks, weights prepacked or packed per call.
+  for (const Case& c : {Case{45, 256, 96}, Case{300, 2048, 512}, Case{64, 1056, 64}})
+    for (int variant = 0; variant < 2; ++variant) {  // 0: RMSNorm, per-call packing; 1: no norm, prepacked
+      const int64_t M = c.M, H = c.K, I = c.N;
+      std::vector<uint16_t> wg, wu;
+      WeightMatrix gate = random_bf16(wg, I, H, rng, 0.1f), up = random_bf16(wu, I, H, rng, 0.1f);
+      if (!tile_chain_available(Precision::kBF16, M, gate)) {
+        std::printf("  gate/up with SwiGLU in the epilogue M=%" PRId64 ": not run (no AMX-BF16 here)\n", M);
+        break;
+      }
+      PackedTiles pg, pu;
+      if (variant == 1) prepack_bf16_tiles(&gate, &pg, &pool), prepack_bf16_tiles(&up, &pu, &pool);
+      std::vector<float> x(static_cast<size_t>(M * H)), nw(static_cast<size_t>(H)), normed(x.size());
+      for (auto& v : x) v = uni(rng) * 3.f;
+      for (auto& v : nw) v = 1.f + uni(rng) * 0.2f;
+      const RowNorm norm{RowNorm::kRmsNorm, nw.data(), nullptr, 1e-5f};
+      std::vector<float> g(static_cast<size_t>(M * I)), u(g.size());
+      const MatmulOut pair[2] = {{&gate, nullptr, g.data()}, {&up, nullptr, u.data()}};
+      TileActivations ref, out;
+      ref.resize(M, I);
+      out.resize(M, I);
+      const size_t elems = static_cast<size_t>((M + 31) / 32 * 32 * I);
+      std::fill(out.data(), out.data() + elems, uint16_t(0x7fc0));  // NaN: every element must be written
+      MatmulOut fused{&gate, nullptr, nullptr, Epilogue::kSwiGLU};
+      fused.tiles = out.data();
+      fused.w_up = &up;
+      if (variant == 0) {
+        matmul_group(x.data(), M, pair, 2, &pool, Precision::kBF16, norm, normed.data());
+        matmul_group(x.data(), M, &fused, 1, &pool, Precision::kBF16, norm, normed.data());
+      } else {
+        matmul_group(x.data(), M, pair, 2, &pool, Precision::kBF16);
+        matmul_group(x.data(), M, &fused, 1, &pool, Precision::kBF16);
+      }
+      silu_mul_to_tiles(g.data(), u.data(), M, I, ref.data(), &pool);
+      const bool same = record(std::memcmp(ref.data(), out.data(), elems * sizeof(uint16_t)) == 0);
+      std::printf("  gate/up with SwiGLU in the epilogue M=%-4" PRId64 " H=%-4" PRId64 " I=%-4" PRId64 " %-20s %s\n", M, H,
+                  I, variant == 0 ? "RMSNorm" : "prepacked", same ? "bit-identical to the products, then silu_mul_to_tiles"
+                                                                   : "DIFFERS from the products, then silu_mul_to_tiles  FAIL");
+    }
   // matmul_group with a RowNorm must equal norming x first (cpu/norms.h) and then the group, bit for bit: on AMX
   // the rows are normed inside the bf16 conversion, elsewhere into the caller's buffer.
   for (Precision prec : {Precision::kF32, Precision::kBF16})
