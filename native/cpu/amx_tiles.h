@@ -9,6 +9,10 @@ namespace plm::cpu::kernels {
 // Internal linkage: these are compiled with per-file ISA flags and must never be merged across files.
 namespace {
 
+// Offset (in bf16 elements) of A tile (row block m / 16, k chunk kc) in a tile-ordered activation
+// [Mp/16][K/32][16 rows][32 k] (cpu::TileActivations; each A tile one contiguous KiB).
+inline int64_t a_tile_offset(int64_t m, int64_t kc, int64_t K) { return ((m / 16) * (K / 32) + kc) * 512; }
+
 // Palette 1, all 8 tiles as 16 rows x 64 bytes (16x16 f32 or 16x32 bf16).
 struct alignas(64) TileConfig {
   uint8_t palette_id;

@@ -19,6 +19,12 @@ struct AttentionShape {
   float scale = 0.f;       // usually head_dim^-0.5
   bool causal = false;     // query row i sees keys 0 .. q_offset + i
   int64_t q_offset = 0;    // position of query row 0 among the keys (cache length before this chunk)
+  // Where set (only where attention_tiles_available): the output goes here instead of out, rounded to bf16 in
+  // the tile order of cpu::TileActivations [rows][heads * head_dim], query row i at row out_tiles_row0 + i, for
+  // a next matmul_from_tiles (the attention projection). The same bits the f32 output and that matmul's own
+  // conversion give.
+  uint16_t* out_tiles = nullptr;
+  int64_t out_tiles_row0 = 0;
 
   int64_t out_row_stride() const { return out_stride ? out_stride : q_stride; }
 };
@@ -32,5 +38,8 @@ void attention(const float* q, const float* k, const float* v, float* out, const
 // head_dim % 32 == 0 where the CPU has AMX-BF16, else the f32 kernels.
 void attention(const float* q, const float* k, const float* v, float* out, const AttentionShape& s, ThreadPool* pool,
                Precision precision);
+
+// True when attention at `precision` over this shape runs the AMX kernel, which can write AttentionShape::out_tiles.
+bool attention_tiles_available(Precision precision, const AttentionShape& s);
 
 }  // namespace plm::cpu

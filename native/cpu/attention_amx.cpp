@@ -104,14 +104,23 @@ std::pair<int64_t, int64_t> load_q_block(const float* q, const AttentionShape& s
   return {kmin, kmax};
 }
 
-// out rows i0 .. i0+rows-1 of head h = o [16][hd] / sum.
+// out rows i0 .. i0+rows-1 of head h = o [16][hd] / sum: f32 into out, or bf16 into s.out_tiles.
 void write_out_rows(float* out, const AttentionShape& s, int h, int64_t i0, int64_t rows, const float* o,
                     const float* sum) {
   const int hd = s.head_dim;
   for (int64_t r = 0; r < rows; ++r) {
-    float* dst = out + (i0 + r) * s.out_row_stride() + int64_t(h) * hd;
     const __m512 inv = _mm512_set1_ps(1.0f / sum[r]);
-    for (int c = 0; c < hd; c += 16) _mm512_storeu_ps(dst + c, _mm512_mul_ps(_mm512_load_ps(o + r * hd + c), inv));
+    const float* src = o + r * hd;
+    if (s.out_tiles) {
+      const int64_t m = s.out_tiles_row0 + i0 + r, K = int64_t(s.heads) * hd;
+      uint16_t* dst = s.out_tiles + a_tile_offset(m, int64_t(h) * hd / 32, K) + (m % 16) * 32;
+      for (int c = 0; c < hd; c += 32)
+        _mm512_store_si512(dst + c / 32 * 512, (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(_mm512_load_ps(src + c + 16), inv),
+                                                                          _mm512_mul_ps(_mm512_load_ps(src + c), inv)));
+      continue;
+    }
+    float* dst = out + (i0 + r) * s.out_row_stride() + int64_t(h) * hd;
+    for (int c = 0; c < hd; c += 16) _mm512_storeu_ps(dst + c, _mm512_mul_ps(_mm512_load_ps(src + c), inv));
   }
 }
 

@@ -31,9 +31,6 @@
 namespace plm::cpu::kernels {
 namespace {
 
-// Offset (in bf16 elements) of A tile (row block m / 16, k chunk kc) in the tile-ordered scratch.
-inline int64_t a_tile_offset(int64_t m, int64_t kc, int64_t K) { return ((m / 16) * (K / 32) + kc) * 512; }
-
 // Rows into xb [Mp/16][K/32][16][32] bf16 (round to nearest even), rows M..Mp-1 zero. row(m, buf) returns row
 // m as a function of k (a multiple of 16) giving its 16 f32 values at k; buf ([K], thread-local) is there for
 // a row that must be computed whole first.

@@ -133,8 +133,12 @@ bool tile_chain_available(Precision precision, int64_t M, const WeightMatrix& w)
 }
 
 void TileActivations::resize(int64_t M, int64_t cols) {
-  storage_.resize(static_cast<size_t>((M + 31) / 32 * 32 * cols + 32));
+  const int64_t Mp = (M + 31) / 32 * 32;
+  storage_.resize(static_cast<size_t>(Mp * cols + 32));
   data_ = align64(storage_.data());
+  for (int64_t m = M; m < Mp; ++m)  // row m's 32 values of each k chunk: 64 bytes at (m / 16, kc) + (m % 16) * 32
+    for (int64_t kc = 0; kc < cols / 32; ++kc)
+      std::memset(data_ + ((m / 16) * (cols / 32) + kc) * 512 + (m % 16) * 32, 0, 64);
 }
 
 void silu_mul_to_tiles(const float* gate, const float* up, int64_t M, int64_t cols, uint16_t* tiles, ThreadPool* pool) {

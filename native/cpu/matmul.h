@@ -84,8 +84,9 @@ struct MatmulOut {
 // True when a matmul of M rows at `precision` over these bf16 weights runs on AMX, so MatmulOut::tiles and
 // matmul_from_tiles can be used.
 bool tile_chain_available(Precision precision, int64_t M, const WeightMatrix& w);
-// Storage for a tile-ordered bf16 activation of [M, cols] (rows padded to 32 with zeros): data() is 64-byte
-// aligned. Empty (data() null) until resized.
+// Storage for a tile-ordered bf16 activation of [M, cols] (rows padded to 32 with zeros: resize zeroes rows
+// M .. Mp-1, so a writer of rows 0 .. M-1 only, like attention's out_tiles, leaves a valid matmul input):
+// data() is 64-byte aligned. Empty (data() null) until resized. cols: a multiple of 32.
 class TileActivations {
  public:
   void resize(int64_t M, int64_t cols);

@@ -89,7 +89,6 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
 
   std::vector<float> h(n * H);                   // [n, H] normed input
   std::vector<float> q(n * qw);                  // [n, nh, hd]
-  std::vector<float> attn(n * qw);               // [n, nh, hd]
   std::vector<float> proj(n * H);                // [n, H]
   std::vector<float> cos(n * hd / 2), sin(n * hd / 2);  // [n, hd/2]
   // Where the MLP's matmuls run on AMX (prefill), gate/up compute SwiGLU in their epilogue and hand it to the
@@ -105,6 +104,28 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
   } else {
     gate.resize(static_cast<size_t>(n * I));
     up.resize(static_cast<size_t>(n * I));
+  }
+  cpu::AttentionShape attn_shape;
+  attn_shape.q_len = n;
+  attn_shape.kv_len = pos0 + n;
+  attn_shape.heads = static_cast<int>(nh);
+  attn_shape.kv_heads = static_cast<int>(nkv);
+  attn_shape.head_dim = static_cast<int>(hd);
+  attn_shape.q_stride = qw;
+  attn_shape.kv_stride = kvw;
+  attn_shape.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  attn_shape.causal = true;
+  attn_shape.q_offset = pos0;
+  // Attention output: f32 [n, nh, hd], or bf16 in the AMX tile order where attention and o both run on AMX.
+  const bool attn_tiles = cpu::attention_tiles_available(precision_, attn_shape) &&
+                          std::all_of(layers_.begin(), layers_.end(), [&](const Layer& L) {
+                            return cpu::tile_chain_available(precision_, n, L.o);
+                          });
+  std::vector<float> attn(attn_tiles ? 0 : n * qw);  // [n, nh, hd]
+  cpu::TileActivations attn_act;
+  if (attn_tiles) {
+    attn_act.resize(n, qw);
+    attn_shape.out_tiles = attn_act.data();
   }
   cpu::rope_llama_table(inv_freq_.data(), static_cast<int>(hd), pos0, n, cos.data(), sin.data());
   for (int l = 0; l < cfg_.num_layers; ++l) {
@@ -128,23 +149,18 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
         cpu::rope_rotate_half(kc + r0 * kvw, r1 - r0, static_cast<int>(nkv), static_cast<int>(hd),
                               cos.data() + r0 * half, sin.data() + r0 * half);
       });
-      cpu::AttentionShape s;
-      s.q_len = n;
-      s.kv_len = pos0 + n;
-      s.heads = static_cast<int>(nh);
-      s.kv_heads = static_cast<int>(nkv);
-      s.head_dim = static_cast<int>(hd);
-      s.q_stride = qw;
-      s.kv_stride = kvw;
-      s.scale = 1.0f / std::sqrt(static_cast<float>(hd));
-      s.causal = true;
-      s.q_offset = pos0;
-      cpu::attention(q.data(), cache_.keys(l), cache_.values(l), attn.data(), s, pool_, precision_);
+      cpu::attention(q.data(), cache_.keys(l), cache_.values(l), attn_tiles ? nullptr : attn.data(), attn_shape, pool_,
+                     precision_);
     }
     {
       // x += o(attn): the residual add in the matmul's epilogue on AMX (prefill), a pass over x elsewhere.
       OpTimer t("decoder.matmul_o+residual");
-      cpu::matmul(attn.data(), n, L.o, nullptr, x, pool_, precision_, cpu::Epilogue::kAccumulate, nullptr, proj.data());
+      if (attn_tiles) {
+        const cpu::MatmulOut out{&L.o, nullptr, x, cpu::Epilogue::kAccumulate};
+        cpu::matmul_from_tiles(attn_act.data(), n, &out, 1, pool_);
+      } else {
+        cpu::matmul(attn.data(), n, L.o, nullptr, x, pool_, precision_, cpu::Epilogue::kAccumulate, nullptr, proj.data());
+      }
     }
     const cpu::RowNorm post_norm{cpu::RowNorm::kRmsNorm, L.post_norm.data(), nullptr, cfg_.rms_norm_eps};
     if (swiglu_tiles) {

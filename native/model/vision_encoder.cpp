@@ -106,7 +106,24 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
 
   std::vector<float> h(M * C);          // [M, C]
   std::vector<float> qkv(M * 3 * C);    // [M, 3C]
-  std::vector<float> a(M * C);          // [tiles, N, heads, hd] attention output
+  cpu::AttentionShape attn_shape;       // one tile's tokens attend to each other
+  attn_shape.q_len = N;
+  attn_shape.kv_len = N;
+  attn_shape.heads = attn_shape.kv_heads = static_cast<int>(heads);
+  attn_shape.head_dim = static_cast<int>(hd);
+  attn_shape.q_stride = attn_shape.kv_stride = 3 * C;
+  attn_shape.out_stride = C;
+  attn_shape.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  attn_shape.causal = false;
+  // Attention output: f32 [tiles, N, heads, hd], or bf16 in the AMX tile order where attention and proj both
+  // run on AMX (proj rounds its input to bf16 anyway).
+  const bool attn_tiles = cpu::attention_tiles_available(precision_, attn_shape) &&
+                          std::all_of(blocks_.begin(), blocks_.end(), [&](const Block& blk) {
+                            return cpu::tile_chain_available(precision_, M, blk.proj);
+                          });
+  std::vector<float> a(attn_tiles ? 0 : M * C);
+  cpu::TileActivations a_act;
+  if (attn_tiles) a_act.resize(M, C);
   // fc1 -> fc2 activations: f32 [M, mlp], or bf16 in the AMX tile order where fc1 and fc2 both run on AMX.
   const bool use_tiles = std::all_of(blocks_.begin(), blocks_.end(), [&](const Block& blk) {
     return cpu::tile_chain_available(precision_, M, blk.fc1) && cpu::tile_chain_available(precision_, M, blk.fc2);
@@ -145,25 +162,27 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
     {
       OpTimer t_attn("vision.attention");
       for (int64_t t = 0; t < tiles; ++t) {
-        cpu::AttentionShape s;
-        s.q_len = N;
-        s.kv_len = N;
-        s.heads = s.kv_heads = static_cast<int>(heads);
-        s.head_dim = static_cast<int>(hd);
-        s.q_stride = s.kv_stride = 3 * C;
-        s.out_stride = C;
-        s.scale = 1.0f / std::sqrt(static_cast<float>(hd));
-        s.causal = false;
+        cpu::AttentionShape s = attn_shape;
+        if (attn_tiles) {
+          s.out_tiles = a_act.data();
+          s.out_tiles_row0 = t * N;
+        }
         const float* tile_qkv = qkv.data() + t * N * 3 * C;
-        cpu::attention(tile_qkv, tile_qkv + C, tile_qkv + 2 * C, a.data() + t * N * C, s, pool_, precision_);
+        cpu::attention(tile_qkv, tile_qkv + C, tile_qkv + 2 * C, attn_tiles ? nullptr : a.data() + t * N * C, s, pool_,
+                       precision_);
       }
     }
     const bool ls = !blk.gamma1.empty();
     {
       // x += gamma1 ⊙ proj(a): the residual add in the matmul's epilogue on AMX, a pass over x elsewhere.
       OpTimer t("vision.matmul_proj+residual");
-      cpu::matmul(a.data(), M, blk.proj, blk.proj_b.data(), x, pool_, precision_, cpu::Epilogue::kAccumulate,
-                  ls ? blk.gamma1.data() : nullptr, h.data());
+      if (attn_tiles) {
+        const cpu::MatmulOut out{&blk.proj, blk.proj_b.data(), x, cpu::Epilogue::kAccumulate, ls ? blk.gamma1.data() : nullptr};
+        cpu::matmul_from_tiles(a_act.data(), M, &out, 1, pool_);
+      } else {
+        cpu::matmul(a.data(), M, blk.proj, blk.proj_b.data(), x, pool_, precision_, cpu::Epilogue::kAccumulate,
+                    ls ? blk.gamma1.data() : nullptr, h.data());
+      }
     }
     // On AMX the GELU output goes to fc2 as bf16 tiles (fc2 rounds its input to bf16 anyway), not as f32.
     {

@@ -17,6 +17,7 @@
 #include <random>
 #include <vector>
 
+#include "core/half.h"
 #include "core/thread_pool.h"
 #include "cpu/attention.h"
 
@@ -91,6 +92,32 @@ int main(int argc, char** argv) {
     std::printf("%-4s q %4lld kv %4lld heads %2d/%2d hd %3d %s offset %3lld q x%-4g: err %.3e bound %.0e\n",
                 ok ? "ok" : "FAIL", (long long)c.q_len, (long long)c.kv_len, c.heads, c.kv_heads, c.head_dim,
                 c.causal ? "causal" : "bidir ", (long long)c.q_offset, double(c.q_scale), rel, c.bound);
+    // The same attention written as bf16 tiles (AttentionShape::out_tiles) at a row offset that is not a multiple
+    // of 16 (a second ViT tile starts at row 1025): bf16 of the f32 output, bit for bit; the rows before the
+    // offset untouched and the padding rows zero.
+    if (cpu::attention_tiles_available(cpu::Precision::kBF16, s)) {
+      const int64_t row0 = 1025, K = s.q_stride, M = row0 + c.q_len, Mp = (M + 31) / 32 * 32;
+      cpu::TileActivations act;
+      act.resize(M, K);
+      auto at = [&](int64_t m, int64_t j) -> uint16_t& {
+        return act.data()[((m / 16) * (K / 32) + j / 32) * 512 + (m % 16) * 32 + j % 32];
+      };
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t j = 0; j < K; ++j) at(m, j) = 0x7fc1;  // NaN: every row must be written or left alone
+      cpu::AttentionShape st = s;
+      st.out_tiles = act.data();
+      st.out_tiles_row0 = row0;
+      cpu::attention(q.data(), k.data(), v.data(), nullptr, st, &pool, cpu::Precision::kBF16);
+      int64_t bad = 0;
+      for (int64_t m = 0; m < Mp; ++m)
+        for (int64_t j = 0; j < K; ++j) {
+          const uint16_t want = m < row0 ? 0x7fc1 : m < M ? f32_to_bf16(got[size_t((m - row0) * K + j)]) : 0;
+          bad += at(m, j) != want;
+        }
+      (bad == 0 ? passed : failed)++;
+      std::printf("%-4s   the same into bf16 tiles at row %lld: %s\n", bad == 0 ? "ok" : "FAIL", (long long)row0,
+                  bad == 0 ? "bit-identical to bf16 of the f32 output" : "DIFFERS from bf16 of the f32 output");
+    }
   }
   {  // timing, PE-L tile (informational)
     const cpu::AttentionShape s = shape_of(cases[0]);
