@@ -3,8 +3,25 @@
 #include <cstdint>
 #include <cmath>
 
+#include "cpu/cpu_features.h"
+
+namespace plm::cpu::kernels {
+void layer_norm_avx512(const float* x, const float* w, const float* b, float* y, int64_t rows, int64_t dim, float eps);
+void rms_norm_avx512(const float* x, const float* w, float* y, int64_t rows, int64_t dim, float eps);
+}  // namespace plm::cpu::kernels
+
 namespace plm::cpu {
 namespace {
+
+// The AVX-512 row loops (norms_avx512.cpp) give the same bits, ~3x faster.
+bool use_avx512() {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const bool avx512 = cpu_features().avx512f;
+  return avx512;
+#else
+  return false;
+#endif
+}
 
 // Sum of term(0 .. n-1) in double over 8 independent accumulators: one serial chain of double adds ran at
 // one element per add latency (~2.5 ms per PE-L LayerNorm of 1025 x 1024 on 2 threads).
@@ -20,7 +37,10 @@ double sum8(int64_t n, Term term) {
 
 }  // namespace
 
-void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t dim, float eps) {
+namespace kernels {
+
+// The portable loops, which define the bits every other implementation reproduces.
+void rms_norm_generic(const float* x, const float* w, float* y, int64_t rows, int64_t dim, float eps) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * dim;
     float* yr = y + r * dim;
@@ -30,7 +50,7 @@ void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t di
   }
 }
 
-void layer_norm(const float* x, const float* w, const float* b, float* y, int64_t rows, int64_t dim, float eps) {
+void layer_norm_generic(const float* x, const float* w, const float* b, float* y, int64_t rows, int64_t dim, float eps) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * dim;
     float* yr = y + r * dim;
@@ -43,6 +63,22 @@ void layer_norm(const float* x, const float* w, const float* b, float* y, int64_
     const float mu = static_cast<float>(mean);
     for (int64_t i = 0; i < dim; ++i) yr[i] = (xr[i] - mu) * inv * w[i] + b[i];
   }
+}
+
+}  // namespace kernels
+
+void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t dim, float eps) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (use_avx512()) return kernels::rms_norm_avx512(x, w, y, rows, dim, eps);
+#endif
+  kernels::rms_norm_generic(x, w, y, rows, dim, eps);
+}
+
+void layer_norm(const float* x, const float* w, const float* b, float* y, int64_t rows, int64_t dim, float eps) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (use_avx512()) return kernels::layer_norm_avx512(x, w, b, y, rows, dim, eps);
+#endif
+  kernels::layer_norm_generic(x, w, b, y, rows, dim, eps);
 }
 
 void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t dim, float eps, ThreadPool* pool) {

@@ -166,6 +166,10 @@ bool gemv_q8_vnni(const float* x, int64_t M, const WeightMatrix& w, const float*
 bool gemv_q4_vnni(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
 }  // namespace plm::cpu::kernels
 #endif
+namespace plm::cpu::kernels {  // norms.cpp's portable loops, which norm() on every CPU must reproduce bit for bit
+void rms_norm_generic(const float* x, const float* w, float* y, int64_t rows, int64_t dim, float eps);
+void layer_norm_generic(const float* x, const float* w, const float* b, float* y, int64_t rows, int64_t dim, float eps);
+}  // namespace plm::cpu::kernels
 
 int main(int argc, char** argv) {
   int threads = 2;
@@ -475,6 +479,30 @@ int main(int argc, char** argv) {
       std::printf("  gate/up with SwiGLU in the epilogue M=%-4" PRId64 " H=%-4" PRId64 " I=%-4" PRId64 " %-20s %s\n", M, H,
                   I, variant == 0 ? "RMSNorm" : "prepacked", same ? "bit-identical to the products, then silu_mul_to_tiles"
                                                                    : "DIFFERS from the products, then silu_mul_to_tiles  FAIL");
+    }
+  // layer_norm / rms_norm (the AVX-512 rows where the CPU has them) must give the portable loops' bits: odd row
+  // counts (rows go in pairs), dims with a tail of 1-15 floats, in place, large offsets (the double sums).
+  for (const int64_t dim : {int64_t(1024), int64_t(2048), int64_t(1000), int64_t(7), int64_t(23)})
+    for (const bool rms : {false, true}) {
+      const int64_t rows = 5;
+      std::vector<float> x(static_cast<size_t>(rows * dim)), w(static_cast<size_t>(dim)), b(w.size());
+      for (size_t i = 0; i < x.size(); ++i) x[i] = uni(rng) * 3.f + (i % 3 == 0 ? 40.f : 0.f);
+      for (auto& v : w) v = 1.f + uni(rng) * 0.3f;
+      for (auto& v : b) v = uni(rng) * 0.1f;
+      std::vector<float> ref(x.size()), got(x.size()), inplace = x;
+      if (rms) {
+        kernels::rms_norm_generic(x.data(), w.data(), ref.data(), rows, dim, 1e-5f);
+        rms_norm(x.data(), w.data(), got.data(), rows, dim, 1e-5f);
+        rms_norm(inplace.data(), w.data(), inplace.data(), rows, dim, 1e-5f);
+      } else {
+        kernels::layer_norm_generic(x.data(), w.data(), b.data(), ref.data(), rows, dim, 1e-6f);
+        layer_norm(x.data(), w.data(), b.data(), got.data(), rows, dim, 1e-6f);
+        layer_norm(inplace.data(), w.data(), b.data(), inplace.data(), rows, dim, 1e-6f);
+      }
+      const bool same = record(std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float)) == 0 &&
+                               std::memcmp(ref.data(), inplace.data(), ref.size() * sizeof(float)) == 0);
+      std::printf("  %s rows=%" PRId64 " dim=%-4" PRId64 ": %s\n", rms ? "rms_norm  " : "layer_norm", rows, dim,
+                  same ? "bit-identical to the portable loop (also in place)" : "DIFFERS from the portable loop  FAIL");
     }
   // matmul_group with a RowNorm must equal norming x first (cpu/norms.h) and then the group, bit for bit: on AMX
   // the rows are normed inside the bf16 conversion, elsewhere into the caller's buffer.
