@@ -87,24 +87,19 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
   cache_.reserve(pos0 + n);
   if (dump) dump("hidden.embed", x, {n, H});
 
-  std::vector<float> h(n * H);                   // [n, H] normed input
-  std::vector<float> q(n * qw);                  // [n, nh, hd]
-  std::vector<float> proj(n * H);                // [n, H]
-  std::vector<float> cos(n * hd / 2), sin(n * hd / 2);  // [n, hd/2]
+  float* h = h_.get(n * H);                      // [n, H] normed input
+  float* q = q_.get(n * qw);                     // [n, nh, hd]
+  float* cos = cos_.get(n * hd / 2);             // [n, hd/2]
+  float* sin = sin_.get(n * hd / 2);
   // Where the MLP's matmuls run on AMX (prefill), gate/up compute SwiGLU in their epilogue and hand it to the
   // down projection as bf16 tiles: the f32 gate and up products are never stored.
   const bool swiglu_tiles = std::all_of(layers_.begin(), layers_.end(), [&](const Layer& L) {
     return cpu::tile_chain_available(precision_, n, L.gate) && cpu::tile_chain_available(precision_, n, L.up) &&
            cpu::tile_chain_available(precision_, n, L.down);
   });
-  cpu::TileActivations act;                      // [n, I] bf16, tile order
-  std::vector<float> gate, up;                   // [n, I] each, elsewhere
-  if (swiglu_tiles) {
-    act.resize(n, I);
-  } else {
-    gate.resize(static_cast<size_t>(n * I));
-    up.resize(static_cast<size_t>(n * I));
-  }
+  float* gate = swiglu_tiles ? nullptr : gate_.get(n * I);  // [n, I] each, off AMX
+  float* up = swiglu_tiles ? nullptr : up_.get(n * I);
+  if (swiglu_tiles) act_.resize(n, I);
   cpu::AttentionShape attn_shape;
   attn_shape.q_len = n;
   attn_shape.kv_len = pos0 + n;
@@ -121,13 +116,12 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
                           std::all_of(layers_.begin(), layers_.end(), [&](const Layer& L) {
                             return cpu::tile_chain_available(precision_, n, L.o);
                           });
-  std::vector<float> attn(attn_tiles ? 0 : n * qw);  // [n, nh, hd]
-  cpu::TileActivations attn_act;
+  float* attn = attn_tiles ? nullptr : attn_.get(n * qw);  // [n, nh, hd]
   if (attn_tiles) {
-    attn_act.resize(n, qw);
-    attn_shape.out_tiles = attn_act.data();
+    attn_act_.resize(n, qw);
+    attn_shape.out_tiles = attn_act_.data();
   }
-  cpu::rope_llama_table(inv_freq_.data(), static_cast<int>(hd), pos0, n, cos.data(), sin.data());
+  cpu::rope_llama_table(inv_freq_.data(), static_cast<int>(hd), pos0, n, cos, sin);
   for (int l = 0; l < cfg_.num_layers; ++l) {
     if (cancel && cancel->is_cancelled()) throw Error(ErrorCode::kCancelled, "cancelled");
     Layer& L = layers_[l];
@@ -136,20 +130,20 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
     {
       // RMSNorm fused into the matmuls' bf16 conversion on AMX (prefill); elsewhere normed into h first.
       OpTimer t("decoder.norm+matmul_qkv");
-      const cpu::MatmulOut outs[3] = {{&L.q, nullptr, q.data()}, {&L.k, nullptr, kc}, {&L.v, nullptr, vc}};
+      const cpu::MatmulOut outs[3] = {{&L.q, nullptr, q}, {&L.k, nullptr, kc}, {&L.v, nullptr, vc}};
       const cpu::RowNorm norm{cpu::RowNorm::kRmsNorm, L.input_norm.data(), nullptr, cfg_.rms_norm_eps};
-      cpu::matmul_group(x, n, outs, 3, pool_, precision_, norm, h.data());
+      cpu::matmul_group(x, n, outs, 3, pool_, precision_, norm, h);
     }
     {
       OpTimer t("decoder.rope+attention");
       parallel_for(pool_, n, 64, [&](int64_t r0, int64_t r1) {  // rows split over the pool
         const int64_t half = hd / 2;
-        cpu::rope_rotate_half(q.data() + r0 * qw, r1 - r0, static_cast<int>(nh), static_cast<int>(hd),
-                              cos.data() + r0 * half, sin.data() + r0 * half);
+        cpu::rope_rotate_half(q + r0 * qw, r1 - r0, static_cast<int>(nh), static_cast<int>(hd),
+                              cos + r0 * half, sin + r0 * half);
         cpu::rope_rotate_half(kc + r0 * kvw, r1 - r0, static_cast<int>(nkv), static_cast<int>(hd),
-                              cos.data() + r0 * half, sin.data() + r0 * half);
+                              cos + r0 * half, sin + r0 * half);
       });
-      cpu::attention(q.data(), cache_.keys(l), cache_.values(l), attn_tiles ? nullptr : attn.data(), attn_shape, pool_,
+      cpu::attention(q, cache_.keys(l), cache_.values(l), attn_tiles ? nullptr : attn, attn_shape, pool_,
                      precision_);
     }
     {
@@ -157,9 +151,9 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
       OpTimer t("decoder.matmul_o+residual");
       if (attn_tiles) {
         const cpu::MatmulOut out{&L.o, nullptr, x, cpu::Epilogue::kAccumulate};
-        cpu::matmul_from_tiles(attn_act.data(), n, &out, 1, pool_);
+        cpu::matmul_from_tiles(attn_act_.data(), n, &out, 1, pool_);
       } else {
-        cpu::matmul(attn.data(), n, L.o, nullptr, x, pool_, precision_, cpu::Epilogue::kAccumulate, nullptr, proj.data());
+        cpu::matmul(attn, n, L.o, nullptr, x, pool_, precision_, cpu::Epilogue::kAccumulate, nullptr, proj_.get(n * H));
       }
     }
     const cpu::RowNorm post_norm{cpu::RowNorm::kRmsNorm, L.post_norm.data(), nullptr, cfg_.rms_norm_eps};
@@ -167,22 +161,22 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
       {
         OpTimer t("decoder.norm+matmul_gate_up+silu_mul");
         cpu::MatmulOut out{&L.gate, nullptr, nullptr, cpu::Epilogue::kSwiGLU};
-        out.tiles = act.data();
+        out.tiles = act_.data();
         out.w_up = &L.up;
-        cpu::matmul_group(x, n, &out, 1, pool_, precision_, post_norm, h.data());
+        cpu::matmul_group(x, n, &out, 1, pool_, precision_, post_norm, h);
       }
       OpTimer t("decoder.matmul_down+residual");
       const cpu::MatmulOut out{&L.down, nullptr, x, cpu::Epilogue::kAccumulate};
-      cpu::matmul_from_tiles(act.data(), n, &out, 1, pool_);
+      cpu::matmul_from_tiles(act_.data(), n, &out, 1, pool_);
     } else {
       {
         OpTimer t("decoder.norm+matmul_gate_up");
-        const cpu::MatmulOut outs[2] = {{&L.gate, nullptr, gate.data()}, {&L.up, nullptr, up.data()}};
-        cpu::matmul_group(x, n, outs, 2, pool_, precision_, post_norm, h.data());
+        const cpu::MatmulOut outs[2] = {{&L.gate, nullptr, gate}, {&L.up, nullptr, up}};
+        cpu::matmul_group(x, n, outs, 2, pool_, precision_, post_norm, h);
       }
-      { OpTimer t("decoder.silu_mul"); cpu::silu_mul(gate.data(), up.data(), gate.data(), n * I, pool_); }
+      { OpTimer t("decoder.silu_mul"); cpu::silu_mul(gate, up, gate, n * I, pool_); }
       OpTimer t("decoder.matmul_down+residual");
-      cpu::matmul(gate.data(), n, L.down, nullptr, x, pool_, precision_, cpu::Epilogue::kAccumulate, nullptr, proj.data());
+      cpu::matmul(gate, n, L.down, nullptr, x, pool_, precision_, cpu::Epilogue::kAccumulate, nullptr, proj_.get(n * H));
     }
     if (dump) dump("hidden.layers." + std::to_string(l), x, {n, H});
   }
@@ -192,9 +186,9 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
   // Only the rows that need logits are normed, unless every row is being dumped.
   const int64_t norm_rows = dump ? n : logits_rows;
   const float* src = x + (n - norm_rows) * H;
-  cpu::rms_norm(src, final_norm_.data(), h.data(), norm_rows, H, cfg_.rms_norm_eps);
-  if (dump) dump("hidden.norm", h.data(), {n, H});
-  cpu::matmul(h.data() + (norm_rows - logits_rows) * H, logits_rows, lm_head_, nullptr, logits_out, pool_, precision_);
+  cpu::rms_norm(src, final_norm_.data(), h, norm_rows, H, cfg_.rms_norm_eps);
+  if (dump) dump("hidden.norm", h, {n, H});
+  cpu::matmul(h + (norm_rows - logits_rows) * H, logits_rows, lm_head_, nullptr, logits_out, pool_, precision_);
 }
 
 }  // namespace plm

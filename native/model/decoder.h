@@ -4,6 +4,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/scratch.h"
 #include "core/thread_pool.h"
 #include "cpu/matmul.h"
 #include "cpu/quant.h"
@@ -51,6 +52,12 @@ class Decoder {
   cpu::WeightMatrix embed_, lm_head_;
   std::vector<cpu::QuantizedMatrix> quantized_;  // storage behind quantized WeightMatrix views
   KvCache cache_;
+  // Activations, kept between calls (core/scratch.h); sizes for n rows.
+  Scratch<float> h_, proj_;           // [n, H] normed input, residual add's product (paths off AMX)
+  Scratch<float> q_, attn_;           // [n, nh * hd] queries, attention output (f32 path)
+  Scratch<float> cos_, sin_;          // [n, hd / 2]
+  Scratch<float> gate_, up_;          // [n, I] (paths off AMX)
+  cpu::TileActivations act_, attn_act_;  // SwiGLU [n, I] and attention [n, nh * hd] as bf16 tiles (AMX)
 };
 
 }  // namespace plm

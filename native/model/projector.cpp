@@ -22,16 +22,17 @@ Projector::Projector(const LoadedModel& model, ThreadPool* pool)
 
 void Projector::forward(const float* patches, int64_t tiles, float* out, const DumpFn& dump) {
   const int64_t P = int64_t(grid_) * grid_, D = hidden_, M = tiles * P;
-  std::vector<float> f1(M * D), f2(M * D);  // [tiles, P, D]
+  float* f1 = f1_.get(M * D);  // [tiles, P, D]
+  float* f2 = f2_.get(M * D);
   if (dump) {  // the stage before GELU is dumped on its own
-    cpu::matmul(patches, M, linear1_, bias1_.data(), f1.data(), pool_, precision_);
-    dump("projector.linear_1", f1.data(), {tiles, P, D});
-    cpu::gelu_erf(f1.data(), M * D, pool_);
+    cpu::matmul(patches, M, linear1_, bias1_.data(), f1, pool_, precision_);
+    dump("projector.linear_1", f1, {tiles, P, D});
+    cpu::gelu_erf(f1, M * D, pool_);
   } else {
     OpTimer t("projector.linear_1_gelu");
-    cpu::matmul(patches, M, linear1_, bias1_.data(), f1.data(), pool_, precision_, cpu::Epilogue::kGeluErf);
+    cpu::matmul(patches, M, linear1_, bias1_.data(), f1, pool_, precision_, cpu::Epilogue::kGeluErf);
   }
-  { OpTimer t("projector.linear_2"); cpu::matmul(f1.data(), M, linear2_, bias2_.data(), f2.data(), pool_, precision_); }
+  { OpTimer t("projector.linear_2"); cpu::matmul(f1, M, linear2_, bias2_.data(), f2, pool_, precision_); }
   OpTimer t_pool("projector.pool");
   const int r = pool_ratio_ > 0 ? pool_ratio_ : 1;
   const int og = grid_ / r;

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/scratch.h"
 #include "core/thread_pool.h"
 #include "cpu/matmul.h"
 #include "model/model.h"
@@ -24,6 +25,7 @@ class Projector {
   cpu::Precision precision_ = cpu::Precision::kF32;
   cpu::WeightMatrix linear1_, linear2_;
   std::vector<float> bias1_, bias2_;  // [hidden]
+  Scratch<float> f1_, f2_;  // [tiles, P, D] after linear_1 (+ GELU), after linear_2; kept between calls
 };
 
 }  // namespace plm

@@ -39,18 +39,16 @@ class CpuRunner : public Runner {
     features_.assign(static_cast<size_t>(tiles * rows_per_tile * D), 0.f);
     // Tiles go through the tower in small groups to bound activation memory; with a dump all at once.
     const int64_t group = dump_ ? tiles : 4;
-    std::vector<float> tokens;    // [group, N, C]
-    std::vector<float> patches;   // [group, P, C]
     for (int64_t t0 = 0; t0 < tiles; t0 += group) {
       const int64_t n = std::min(group, tiles - t0);
-      tokens.resize(static_cast<size_t>(n * N * C));
-      vision_->forward(pixels + t0 * 3 * vc.image_size * vc.image_size, n, tokens.data(), cancel, dump_);
-      const float* patch_rows = tokens.data();
+      float* tokens = tokens_.get(static_cast<size_t>(n * N * C));  // [n, N, C]
+      vision_->forward(pixels + t0 * 3 * vc.image_size * vc.image_size, n, tokens, cancel, dump_);
+      const float* patch_rows = tokens;
       if (prefix) {
-        patches.resize(static_cast<size_t>(n * P * C));
+        float* patches = patches_.get(static_cast<size_t>(n * P * C));  // [n, P, C]
         for (int64_t t = 0; t < n; ++t)
-          std::memcpy(patches.data() + t * P * C, tokens.data() + (t * N + prefix) * C, P * C * sizeof(float));
-        patch_rows = patches.data();
+          std::memcpy(patches + t * P * C, tokens + (t * N + prefix) * C, P * C * sizeof(float));
+        patch_rows = patches;
       }
       projector_->forward(patch_rows, n, features_.data() + t0 * rows_per_tile * D, dump_);
     }
@@ -59,8 +57,8 @@ class CpuRunner : public Runner {
 
   void forward(const ForwardRequest& req, const CancelToken* cancel) override {
     const int64_t H = model_.config.text.hidden_size;
-    std::vector<float> x(static_cast<size_t>(req.n * H));  // [n, H]
-    decoder_.embed(req.ids, req.n, x.data());
+    float* x = embeds_.get(static_cast<size_t>(req.n * H));  // [n, H]
+    decoder_.embed(req.ids, req.n, x);
     if (req.use_features) {
       int64_t row = 0;
       const int64_t available = static_cast<int64_t>(features_.size()) / H;
@@ -69,13 +67,13 @@ class CpuRunner : public Runner {
         if (row >= available)
           throw Error(ErrorCode::kInvalidArgument, "more image/video placeholder tokens than encoded features (" +
                                                        std::to_string(available) + " rows)");
-        std::memcpy(x.data() + i * H, features_.data() + row * H, H * sizeof(float));
+        std::memcpy(x + i * H, features_.data() + row * H, H * sizeof(float));
         ++row;
       }
     }
     const int64_t before = decoder_.cache().length();
     try {
-      decoder_.forward(x.data(), req.n, req.logits_rows, req.logits_out, cancel, dump_);
+      decoder_.forward(x, req.n, req.logits_rows, req.logits_out, cancel, dump_);
     } catch (...) {
       decoder_.cache().set_length(before);  // a cancelled chunk leaves no half-written entries behind
       throw;
@@ -95,6 +93,9 @@ class CpuRunner : public Runner {
   std::unique_ptr<VisionEncoder> vision_;
   std::unique_ptr<Projector> projector_;
   std::vector<float> features_;  // [rows, hidden] from the last encode_images
+  // Kept between calls (core/scratch.h): a forward's input rows [n, hidden]; a tile group's tower output
+  // [group, N, C] and its patch rows without the CLS token [group, P, C].
+  Scratch<float> embeds_, tokens_, patches_;
   DumpFn dump_;
 };
 

@@ -74,20 +74,20 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
   const int64_t patch_len = 3 * ps * ps;
 
   // Patch embedding as a matmul: rows ordered (tile, py, px), columns (channel, ky, kx) like the conv weight.
-  std::vector<float> patches(tiles * P * patch_len);  // [tiles, P, 3*ps*ps]
+  // The patch rows and their embedding use qkv_'s and h_'s memory, which the blocks need only after them.
+  float* patches = qkv_.get(tiles * P * patch_len);  // [tiles, P, 3*ps*ps]
   for (int64_t t = 0; t < tiles; ++t)
     for (int64_t py = 0; py < g; ++py)
       for (int64_t px = 0; px < g; ++px) {
-        float* dst = patches.data() + ((t * P) + py * g + px) * patch_len;
+        float* dst = patches + ((t * P) + py * g + px) * patch_len;
         for (int64_t c = 0; c < 3; ++c)
           for (int64_t ky = 0; ky < ps; ++ky) {
             const float* src = pixels + ((t * 3 + c) * S + py * ps + ky) * S + px * ps;
             std::memcpy(dst + (c * ps + ky) * ps, src, ps * sizeof(float));
           }
       }
-  std::vector<float> embedded(tiles * P * C);  // [tiles, P, C]
-  { OpTimer t("vision.patch_embed"); cpu::matmul(patches.data(), tiles * P, patch_, nullptr, embedded.data(), pool_, precision_); }
-  patches = std::vector<float>();
+  float* embedded = h_.get(tiles * P * C);  // [tiles, P, C]
+  { OpTimer t("vision.patch_embed"); cpu::matmul(patches, tiles * P, patch_, nullptr, embedded, pool_, precision_); }
 
   float* x = out;  // [tiles, N, C] residual stream, written in place in the output
   {
@@ -95,17 +95,16 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
     for (int64_t t = 0; t < tiles; ++t) {
       float* xt = x + t * N * C;
       if (prefix) std::memcpy(xt, cls_.data(), C * sizeof(float));
-      std::memcpy(xt + prefix * C, embedded.data() + t * P * C, P * C * sizeof(float));
+      std::memcpy(xt + prefix * C, embedded + t * P * C, P * C * sizeof(float));
       for (int64_t i = 0; i < N * C; ++i) xt[i] += pos_[i];
     }
-    embedded = std::vector<float>();
     if (dump) dump("vision.embed", x, {tiles, N, C});
     if (!pre_w_.empty()) cpu::layer_norm(x, pre_w_.data(), pre_b_.data(), x, M, C, cfg_.layer_norm_eps, pool_);
   }
   if (dump) dump("vision.norm_pre", x, {tiles, N, C});
 
-  std::vector<float> h(M * C);          // [M, C]
-  std::vector<float> qkv(M * 3 * C);    // [M, 3C]
+  float* h = h_.get(M * C);              // [M, C]
+  float* qkv = qkv_.get(M * 3 * C);      // [M, 3C]
   cpu::AttentionShape attn_shape;       // one tile's tokens attend to each other
   attn_shape.q_len = N;
   attn_shape.kv_len = N;
@@ -121,16 +120,14 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
                           std::all_of(blocks_.begin(), blocks_.end(), [&](const Block& blk) {
                             return cpu::tile_chain_available(precision_, M, blk.proj);
                           });
-  std::vector<float> a(attn_tiles ? 0 : M * C);
-  cpu::TileActivations a_act;
-  if (attn_tiles) a_act.resize(M, C);
+  float* a = attn_tiles ? nullptr : a_.get(M * C);
+  if (attn_tiles) a_act_.resize(M, C);
   // fc1 -> fc2 activations: f32 [M, mlp], or bf16 in the AMX tile order where fc1 and fc2 both run on AMX.
   const bool use_tiles = std::all_of(blocks_.begin(), blocks_.end(), [&](const Block& blk) {
     return cpu::tile_chain_available(precision_, M, blk.fc1) && cpu::tile_chain_available(precision_, M, blk.fc2);
   });
-  std::vector<float> f(use_tiles ? 0 : M * mlp);
-  cpu::TileActivations f_act;
-  if (use_tiles) f_act.resize(M, mlp);
+  float* f = use_tiles ? nullptr : f_.get(M * mlp);
+  if (use_tiles) f_act_.resize(M, mlp);
   // Row-parallel helpers for the elementwise steps (they were serial and ~5% of a tile on 2 cores).
   auto parallel_rows = [&](int64_t rows, const std::function<void(int64_t, int64_t)>& fn) {
     parallel_for(pool_, rows, 64, fn);
@@ -141,9 +138,9 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
     {
       // LayerNorm fused into the matmul's bf16 conversion on AMX; elsewhere normed into h first.
       OpTimer t("vision.norm+matmul_qkv");
-      const cpu::MatmulOut out{&blk.qkv, blk.qkv_b.data(), qkv.data()};
+      const cpu::MatmulOut out{&blk.qkv, blk.qkv_b.data(), qkv};
       const cpu::RowNorm norm{cpu::RowNorm::kLayerNorm, blk.norm1_w.data(), blk.norm1_b.data(), cfg_.layer_norm_eps};
-      cpu::matmul_group(x, M, &out, 1, pool_, precision_, norm, h.data());
+      cpu::matmul_group(x, M, &out, 1, pool_, precision_, norm, h);
     }
     {
       // q, k and v stay in the qkv rows ([M, 3, heads, hd]): RoPE rotates q and k in place, attention
@@ -152,7 +149,7 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
       parallel_rows(M, [&](int64_t r0, int64_t r1) {
         for (int64_t t = r0 / N; t * N < r1; ++t) {
           const int64_t t0 = std::max(r0, t * N) - t * N, t1 = std::min(r1, (t + 1) * N) - t * N;
-          float* tile_qkv = qkv.data() + t * N * 3 * C;
+          float* tile_qkv = qkv + t * N * 3 * C;
           for (float* part : {tile_qkv, tile_qkv + C})
             cpu::rope_interleaved_rows(part, 3 * C, t0, t1, static_cast<int>(heads), static_cast<int>(hd),
                                        static_cast<int>(prefix), rope_cos_.data(), rope_sin_.data());
@@ -164,11 +161,11 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
       for (int64_t t = 0; t < tiles; ++t) {
         cpu::AttentionShape s = attn_shape;
         if (attn_tiles) {
-          s.out_tiles = a_act.data();
+          s.out_tiles = a_act_.data();
           s.out_tiles_row0 = t * N;
         }
-        const float* tile_qkv = qkv.data() + t * N * 3 * C;
-        cpu::attention(tile_qkv, tile_qkv + C, tile_qkv + 2 * C, attn_tiles ? nullptr : a.data() + t * N * C, s, pool_,
+        const float* tile_qkv = qkv + t * N * 3 * C;
+        cpu::attention(tile_qkv, tile_qkv + C, tile_qkv + 2 * C, attn_tiles ? nullptr : a + t * N * C, s, pool_,
                        precision_);
       }
     }
@@ -178,28 +175,28 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
       OpTimer t("vision.matmul_proj+residual");
       if (attn_tiles) {
         const cpu::MatmulOut out{&blk.proj, blk.proj_b.data(), x, cpu::Epilogue::kAccumulate, ls ? blk.gamma1.data() : nullptr};
-        cpu::matmul_from_tiles(a_act.data(), M, &out, 1, pool_);
+        cpu::matmul_from_tiles(a_act_.data(), M, &out, 1, pool_);
       } else {
-        cpu::matmul(a.data(), M, blk.proj, blk.proj_b.data(), x, pool_, precision_, cpu::Epilogue::kAccumulate,
-                    ls ? blk.gamma1.data() : nullptr, h.data());
+        cpu::matmul(a, M, blk.proj, blk.proj_b.data(), x, pool_, precision_, cpu::Epilogue::kAccumulate,
+                    ls ? blk.gamma1.data() : nullptr, h);
       }
     }
     // On AMX the GELU output goes to fc2 as bf16 tiles (fc2 rounds its input to bf16 anyway), not as f32.
     {
       OpTimer t("vision.norm+matmul_fc1_gelu");
-      cpu::MatmulOut out{&blk.fc1, blk.fc1_b.data(), f.data(), cpu::Epilogue::kGeluErf};
-      if (use_tiles) out.tiles = f_act.data();
+      cpu::MatmulOut out{&blk.fc1, blk.fc1_b.data(), f, cpu::Epilogue::kGeluErf};
+      if (use_tiles) out.tiles = f_act_.data();
       const cpu::RowNorm norm{cpu::RowNorm::kLayerNorm, blk.norm2_w.data(), blk.norm2_b.data(), cfg_.layer_norm_eps};
-      cpu::matmul_group(x, M, &out, 1, pool_, precision_, norm, h.data());
+      cpu::matmul_group(x, M, &out, 1, pool_, precision_, norm, h);
     }
     {
       OpTimer t("vision.matmul_fc2+residual");
       if (use_tiles) {
         const cpu::MatmulOut out{&blk.fc2, blk.fc2_b.data(), x, cpu::Epilogue::kAccumulate, ls ? blk.gamma2.data() : nullptr};
-        cpu::matmul_from_tiles(f_act.data(), M, &out, 1, pool_);
+        cpu::matmul_from_tiles(f_act_.data(), M, &out, 1, pool_);
       } else {
-        cpu::matmul(f.data(), M, blk.fc2, blk.fc2_b.data(), x, pool_, precision_, cpu::Epilogue::kAccumulate,
-                    ls ? blk.gamma2.data() : nullptr, h.data());
+        cpu::matmul(f, M, blk.fc2, blk.fc2_b.data(), x, pool_, precision_, cpu::Epilogue::kAccumulate,
+                    ls ? blk.gamma2.data() : nullptr, h);
       }
     }
     if (dump) dump("vision.blocks." + std::to_string(b), x, {tiles, N, C});

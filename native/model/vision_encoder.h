@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/scratch.h"
 #include "core/thread_pool.h"
 #include "cpu/matmul.h"
 #include "model/model.h"
@@ -44,6 +45,11 @@ class VisionEncoder {
   void prepack_bf16();
   bool prepacked_ = false;
   std::vector<cpu::PackedTiles> packed_;  // the blocks' matrices in tile order (empty unless kBF16 on AMX)
+  // Activations, kept between calls (core/scratch.h); sizes for M = tiles x tokens rows.
+  Scratch<float> h_;                  // [M, C] normed rows (also the patch embedding first)
+  Scratch<float> qkv_;                // [M, 3C] (also the patch rows first)
+  Scratch<float> a_, f_;              // [M, C] attention output, [M, mlp] fc1 output (f32 paths)
+  cpu::TileActivations a_act_, f_act_;  // the same two as bf16 tiles (AMX paths)
 };
 
 }  // namespace plm
