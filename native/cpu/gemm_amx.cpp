@@ -93,11 +93,29 @@ inline void store_tile(const float* c, float* y, int64_t N, int64_t m0, int64_t 
 // With the panels outermost instead, a K = 4096 or 8192 task re-read all its rows from L3 for each panel.
 constexpr int64_t kKSlice = 1024;
 
-// The epilogue (Epilogue::kGeluErf, kAccumulate, kSwiGLU) of a finished 32x32 block: its 4 C tiles wait here
-// while the next block's k-loop runs, which finishes a few of their 64 row vectors per k step on the vector
-// units as the matrix unit works. GELU (a division and an exp per 16 values), the residual add and SwiGLU were
-// separate passes over y. The accumulate rounds the product and the sum apart (the _round forms are never
-// fused into an FMA), as the pass did.
+// 16 values of row `row`, columns col .. col+15 (inside one head: head_dim % 16 == 0), through
+// rope_interleaved_rows' arithmetic (cpu/rope.h): pair p = (a, b) -> (a·c − b·s, b·c + a·s), each product
+// rounded, rows whose position in their image is below the prefix and columns from r.cols on unchanged.
+inline __m512 rope16(const RopeInterleaved& r, int64_t row, int64_t col, __m512 v) {
+  const int64_t t = row % r.tokens;
+  if (t < r.prefix || col >= r.cols) return v;
+  const int64_t pairs = r.head_dim / 2, p0 = (col % r.head_dim) / 2;
+  const __m512i dup = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+  const __m512 c = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(r.cos + (t - r.prefix) * pairs + p0)));
+  const __m512 s = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(r.sin + (t - r.prefix) * pairs + p0)));
+  const __m512 swapped = _mm512_permute_ps(v, 0xB1);  // (b, a) in each pair
+  const __m512 vc = _mm512_mul_round_ps(v, c, _MM_FROUND_CUR_DIRECTION);
+  const __m512 ws = _mm512_mul_round_ps(swapped, s, _MM_FROUND_CUR_DIRECTION);
+  // even lanes a·c − b·s, odd lanes b·c + a·s
+  return _mm512_mask_add_round_ps(_mm512_sub_round_ps(vc, ws, _MM_FROUND_CUR_DIRECTION), 0xAAAA, vc, ws,
+                                  _MM_FROUND_CUR_DIRECTION);
+}
+
+// The epilogue (Epilogue::kGeluErf, kAccumulate, kSwiGLU, kRopeInterleaved) of a finished 32x32 block: its 4 C
+// tiles wait here while the next block's k-loop runs, which finishes a few of their 64 row vectors per k step on
+// the vector units as the matrix unit works. GELU (a division and an exp per 16 values), the residual add,
+// SwiGLU and RoPE were separate passes over y. Products and sums are rounded apart where the pass did so (the
+// _round forms are never fused into an FMA).
 template <Epilogue E>
 struct PendingBlock {
   alignas(64) float c[4][256];
@@ -106,7 +124,10 @@ struct PendingBlock {
   int next = 64;  // next of the 64 row vectors (tile * 16 + row) to finish; 64: nothing pending
 
   // tiles (kGeluErf, kSwiGLU): write bf16 in A-tile order for a next matmul with K = N, padding rows as zeros.
-  void run(int upto, const float* bias, const float* scale, float* y, uint16_t* tiles, int64_t N, int64_t M) {
+  void run(int upto, const MatmulOut& out, int64_t N, int64_t M) {
+    const float *bias = out.bias, *scale = out.scale;
+    float* y = out.y;
+    uint16_t* tiles = out.tiles;
     for (; next < upto; ++next) {
       const int t = next >> 4, r = next & 15;
       const int64_t row = m + (t >> 1) * 16 + r, col = n + (t & 1) * 16;
@@ -122,6 +143,8 @@ struct PendingBlock {
         // As matmul_group's stores (+ 0: no bias) then silu_mul_to_tiles: the same bits.
         const __m512 g = _mm512_add_ps(_mm512_load_ps(gate[t] + r * 16), _mm512_setzero_ps());
         _mm256_storeu_si256(tile_row, (__m256i)_mm512_cvtneps_pbh(silu_mul16(g, v)));
+      } else if constexpr (E == Epilogue::kRopeInterleaved) {
+        _mm512_storeu_ps(y + row * N + col, rope16(*out.rope, row, col, v));
       } else if constexpr (E == Epilogue::kGeluErf) {
         if (tile_row)
           _mm256_storeu_si256(tile_row, (__m256i)_mm512_cvtneps_pbh(gelu16(v)));
@@ -154,8 +177,8 @@ struct PanelSource {
 // runs two matrices (src[0] gate, src[1] up) over the same columns, each block of gate then of up, so the
 // epilogue has both.
 template <Epilogue E>
-void compute(const PanelSource* src, int64_t K, int64_t N, const uint16_t* xb, int64_t M, const float* bias,
-             const float* scale, float* y, uint16_t* ytiles, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+void compute(const PanelSource* src, int64_t K, int64_t N, const uint16_t* xb, int64_t M, const MatmulOut& out,
+             int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   constexpr bool kPending = E != Epilogue::kStore;
   constexpr int kMatrices = E == Epilogue::kSwiGLU ? 2 : 1;
   const int64_t ks = std::min(K, kKSlice), mblocks = (m1 - m0) / 32, panel_bytes = ks / 32 * 2048;
@@ -207,12 +230,12 @@ void compute(const PanelSource* src, int64_t K, int64_t N, const uint16_t* xb, i
             _tile_dpbf16ps(1, 4, 7);
             _tile_dpbf16ps(2, 5, 6);
             _tile_dpbf16ps(3, 5, 7);
-            if (kPending) epi.run(std::min(64, epi.next + epi_step), bias, scale, y, ytiles, N, M);
+            if (kPending) epi.run(std::min(64, epi.next + epi_step), out, N, M);
           }
           if (!last) {
             store_c(cb);
           } else if (kPending) {
-            epi.run(64, bias, scale, y, ytiles, N, M);
+            epi.run(64, out, N, M);
             if (kMatrices == 2 && i == 0) {  // gate's block waits for up's
               store_c(epi.gate[0]);
               continue;
@@ -223,11 +246,11 @@ void compute(const PanelSource* src, int64_t K, int64_t N, const uint16_t* xb, i
             epi.next = 0;
           } else {
             store_c(c[0]);
-            store_tile(c[0], y, N, m, M, n, bias);
-            store_tile(c[1], y, N, m, M, n + 16, bias);
+            store_tile(c[0], out.y, N, m, M, n, out.bias);
+            store_tile(c[1], out.y, N, m, M, n + 16, out.bias);
             if (m + 16 < M) {
-              store_tile(c[2], y, N, m + 16, M, n, bias);
-              store_tile(c[3], y, N, m + 16, M, n + 16, bias);
+              store_tile(c[2], out.y, N, m + 16, M, n, out.bias);
+              store_tile(c[3], out.y, N, m + 16, M, n + 16, out.bias);
             }
           }
         }
@@ -235,7 +258,7 @@ void compute(const PanelSource* src, int64_t K, int64_t N, const uint16_t* xb, i
     }
   }
   _tile_release();
-  if (kPending) epi.run(64, bias, scale, y, ytiles, N, M);
+  if (kPending) epi.run(64, out, N, M);
 }
 
 // Column chunks (whole 32-wide panels) for mchunks row chunks on `threads` threads: at least 4 tasks per
@@ -263,6 +286,11 @@ bool matmul_amx_bf16(const float* x, int64_t M, const WeightMatrix& w, const flo
 
 namespace {
 
+bool rope_supported(const RopeInterleaved* r) {
+  return r && r->cos && r->sin && r->tokens > 0 && r->prefix >= 0 && r->prefix < r->tokens && r->head_dim > 0 &&
+         r->head_dim % 16 == 0 && r->cols % 16 == 0;
+}
+
 // Shapes and epilogues the kernel covers: bf16 weights with a common K, K and every N multiples of 32, at
 // most 8 outputs, tile output only after GELU.
 bool group_supported(const MatmulOut* outs, int count) {
@@ -280,6 +308,7 @@ bool group_supported(const MatmulOut* outs, int count) {
     } else if (outs[i].tiles && outs[i].epilogue != Epilogue::kGeluErf) {
       return false;
     }
+    if (outs[i].epilogue == Epilogue::kRopeInterleaved && !rope_supported(outs[i].rope)) return false;
   }
   return true;
 }
@@ -308,17 +337,17 @@ void run_group(const uint16_t* xb, int64_t M, const MatmulOut* outs, int count, 
     while (i + 1 < count && t >= plans[i + 1].first) ++i;
     const WeightMatrix& w = *outs[i].w;
     const int64_t N = w.rows, local = t - plans[i].first, mi = local / plans[i].nchunks, ni = local % plans[i].nchunks;
-    auto* run = outs[i].epilogue == Epilogue::kGeluErf      ? &compute<Epilogue::kGeluErf>
-                : outs[i].epilogue == Epilogue::kAccumulate ? &compute<Epilogue::kAccumulate>
-                : outs[i].epilogue == Epilogue::kSwiGLU     ? &compute<Epilogue::kSwiGLU>
-                                                            : &compute<Epilogue::kStore>;
+    auto* run = outs[i].epilogue == Epilogue::kGeluErf          ? &compute<Epilogue::kGeluErf>
+                : outs[i].epilogue == Epilogue::kAccumulate     ? &compute<Epilogue::kAccumulate>
+                : outs[i].epilogue == Epilogue::kSwiGLU         ? &compute<Epilogue::kSwiGLU>
+                : outs[i].epilogue == Epilogue::kRopeInterleaved ? &compute<Epilogue::kRopeInterleaved>
+                                                                : &compute<Epilogue::kStore>;
     const auto source = [](const WeightMatrix* m) {
       return m ? PanelSource{static_cast<const uint8_t*>(m->data), static_cast<const uint8_t*>(m->bf16_tiles)}
                : PanelSource{};
     };
     const PanelSource src[2] = {source(&w), source(outs[i].w_up)};
-    run(src, K, N, xb, M, outs[i].bias,
-        outs[i].scale, outs[i].y, outs[i].tiles, mi * mc, std::min(Mp, (mi + 1) * mc), ni * plans[i].ncols,
+    run(src, K, N, xb, M, outs[i], mi * mc, std::min(Mp, (mi + 1) * mc), ni * plans[i].ncols,
         std::min(N, (ni + 1) * plans[i].ncols));
   };
   run_tasks(pool, tasks, fn);

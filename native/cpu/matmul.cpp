@@ -13,6 +13,7 @@
 #include "core/half.h"
 #include "cpu/activations.h"
 #include "cpu/cpu_features.h"
+#include "cpu/rope.h"
 #include "cpu/gemm_kernels.h"
 #include "cpu/norms.h"
 #include "cpu/quant.h"
@@ -98,15 +99,38 @@ bool prepack_bf16_tiles(WeightMatrix* w, PackedTiles* out, ThreadPool* pool) {
 #endif
 }
 
+namespace {
+
+// rope_interleaved_rows over y's first r.cols columns ([M, N]), each image's r.tokens rows restarting the positions.
+void rope_pass(float* y, int64_t M, int64_t N, const RopeInterleaved& r, ThreadPool* pool) {
+  parallel_for(pool, M, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t img = r0 / r.tokens; img * r.tokens < r1; ++img) {
+      const int64_t t0 = std::max(r0, img * r.tokens) - img * r.tokens;
+      const int64_t t1 = std::min(r1, (img + 1) * r.tokens) - img * r.tokens;
+      rope_interleaved_rows(y + img * r.tokens * N, N, t0, t1, static_cast<int>(r.cols / r.head_dim), r.head_dim,
+                            r.prefix, r.cos, r.sin);
+    }
+  });
+}
+
+}  // namespace
+
 void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool, Precision precision) {
 #if defined(__x86_64__) || defined(_M_X64)
   if (amx_rows(precision, M) && kernels::matmul_amx_bf16_group(x, M, outs, count, pool))
     return;
 #endif
   for (int i = 0; i < count; ++i) {
-    if (outs[i].tiles || outs[i].epilogue == Epilogue::kSwiGLU)
+    const MatmulOut& o = outs[i];
+    if (o.tiles || o.epilogue == Epilogue::kSwiGLU)
       throw Error(ErrorCode::kInternal, "matmul_group: a tile-ordered output needs the AMX kernel (check tile_chain_available)");
-    matmul(x, M, *outs[i].w, outs[i].bias, outs[i].y, pool, precision, outs[i].epilogue, outs[i].scale);
+    if (o.epilogue == Epilogue::kRopeInterleaved) {
+      if (!o.rope) throw Error(ErrorCode::kInternal, "matmul_group: kRopeInterleaved without MatmulOut::rope");
+      matmul(x, M, *o.w, o.bias, o.y, pool, precision);
+      rope_pass(o.y, M, o.w->rows, *o.rope, pool);
+      continue;
+    }
+    matmul(x, M, *o.w, o.bias, o.y, pool, precision, o.epilogue, o.scale);
   }
 }
 
@@ -164,7 +188,8 @@ void matmul_from_tiles(const uint16_t* x_tiles, int64_t M, const MatmulOut* outs
 void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool,
             Precision precision, Epilogue epilogue, const float* scale, float* scratch) {
   if (epilogue == Epilogue::kStore) return matmul(x, M, w, bias, y, pool, precision);
-  if (epilogue == Epilogue::kSwiGLU) throw Error(ErrorCode::kInternal, "matmul: kSwiGLU is a matmul_group output");
+  if (epilogue == Epilogue::kSwiGLU || epilogue == Epilogue::kRopeInterleaved)
+    throw Error(ErrorCode::kInternal, "matmul: kSwiGLU and kRopeInterleaved are matmul_group outputs");
 #if defined(__x86_64__) || defined(_M_X64)
   const MatmulOut out{&w, bias, y, epilogue, scale};
   if (amx_rows(precision, M) && kernels::matmul_amx_bf16_group(x, M, &out, 1, pool))

@@ -63,7 +63,19 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
 // next one, so they cost no pass over y; elsewhere the matmul runs first and a pass over y follows.
 // kSwiGLU (matmul_group on AMX only, MatmulOut::tiles and w_up set, no bias): silu(x·w^T) · (x·w_up^T), written
 // as bf16 tiles: the decoder's gate/up with its SwiGLU, the [M, 2 x w.rows] f32 products never stored.
-enum class Epilogue { kStore, kGeluErf, kAccumulate, kSwiGLU };
+// kRopeInterleaved (matmul_group only, MatmulOut::rope set): y = x·w^T + bias with the Perception Encoder's 2D
+// RoPE applied to its first rope->cols columns (q and k of a fused qkv), as rope_interleaved_rows would after.
+enum class Epilogue { kStore, kGeluErf, kAccumulate, kSwiGLU, kRopeInterleaved };
+// The rotation of Epilogue::kRopeInterleaved: the output's rows are images of `tokens` rows each, the first
+// `prefix` of them (CLS) not rotated; columns [0, cols) are heads of head_dim with interleaved pairs (cpu/rope.h).
+struct RopeInterleaved {
+  const float* cos;  // [tokens - prefix, head_dim / 2]
+  const float* sin;
+  int64_t tokens;
+  int prefix;
+  int head_dim;      // a multiple of 16 for the AMX epilogue (a pass after the matmul elsewhere)
+  int64_t cols;
+};
 // matmul() with an epilogue. scale: kAccumulate's per-column factors (may be null). scratch: [M, w.rows] for
 // the unfused kAccumulate (null: allocated here).
 void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool,
@@ -80,6 +92,7 @@ struct MatmulOut {
   // next matmul's f32 read and conversion pass (the ViT's fc1 -> fc2).
   uint16_t* tiles = nullptr;
   const WeightMatrix* w_up = nullptr;  // kSwiGLU only: the second matrix, same shape as w
+  const RopeInterleaved* rope = nullptr;  // kRopeInterleaved only
 };
 // True when a matmul of M rows at `precision` over these bf16 weights runs on AMX, so MatmulOut::tiles and
 // matmul_from_tiles can be used.

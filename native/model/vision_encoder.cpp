@@ -4,13 +4,11 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <functional>
 
 #include "core/error.h"
 #include "core/op_profile.h"
 #include "cpu/attention.h"
 #include "cpu/norms.h"
-#include "cpu/rope.h"
 #include "model/rope_tables.h"
 #include "model/weights_f32.h"
 
@@ -128,33 +126,20 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
   });
   float* f = use_tiles ? nullptr : f_.get(M * mlp);
   if (use_tiles) f_act_.resize(M, mlp);
-  // Row-parallel helpers for the elementwise steps (they were serial and ~5% of a tile on 2 cores).
-  auto parallel_rows = [&](int64_t rows, const std::function<void(int64_t, int64_t)>& fn) {
-    parallel_for(pool_, rows, 64, fn);
-  };
+  // 2D RoPE on q and k (the first 2C columns of qkv), every tile's rows restarting at position 0.
+  const cpu::RopeInterleaved rope{rope_cos_.data(), rope_sin_.data(), N, static_cast<int>(prefix), static_cast<int>(hd), 2 * C};
   for (size_t b = 0; b < blocks_.size(); ++b) {
     if (cancel && cancel->is_cancelled()) throw Error(ErrorCode::kCancelled, "cancelled");
     Block& blk = blocks_[b];
     {
-      // LayerNorm fused into the matmul's bf16 conversion on AMX; elsewhere normed into h first.
-      OpTimer t("vision.norm+matmul_qkv");
-      const cpu::MatmulOut out{&blk.qkv, blk.qkv_b.data(), qkv};
+      // LayerNorm fused into the matmul's bf16 conversion and RoPE into its epilogue on AMX; elsewhere normed
+      // into h first and rotated by a pass after. q, k and v stay in the qkv rows ([M, 3, heads, hd]): attention
+      // reads them with a row stride of 3C.
+      OpTimer t("vision.norm+matmul_qkv+rope");
+      cpu::MatmulOut out{&blk.qkv, blk.qkv_b.data(), qkv, cpu::Epilogue::kRopeInterleaved};
+      out.rope = &rope;
       const cpu::RowNorm norm{cpu::RowNorm::kLayerNorm, blk.norm1_w.data(), blk.norm1_b.data(), cfg_.layer_norm_eps};
       cpu::matmul_group(x, M, &out, 1, pool_, precision_, norm, h);
-    }
-    {
-      // q, k and v stay in the qkv rows ([M, 3, heads, hd]): RoPE rotates q and k in place, attention
-      // reads them with a row stride of 3C.
-      OpTimer t_rope("vision.rope");
-      parallel_rows(M, [&](int64_t r0, int64_t r1) {
-        for (int64_t t = r0 / N; t * N < r1; ++t) {
-          const int64_t t0 = std::max(r0, t * N) - t * N, t1 = std::min(r1, (t + 1) * N) - t * N;
-          float* tile_qkv = qkv + t * N * 3 * C;
-          for (float* part : {tile_qkv, tile_qkv + C})
-            cpu::rope_interleaved_rows(part, 3 * C, t0, t1, static_cast<int>(heads), static_cast<int>(hd),
-                                       static_cast<int>(prefix), rope_cos_.data(), rope_sin_.data());
-        }
-      });
     }
     {
       OpTimer t_attn("vision.attention");

@@ -28,6 +28,7 @@
 #include "cpu/matmul.h"
 #include "cpu/norms.h"
 #include "cpu/quant.h"
+#include "cpu/rope.h"
 
 using namespace plm;
 using namespace plm::cpu;
@@ -479,6 +480,35 @@ int main(int argc, char** argv) {
       std::printf("  gate/up with SwiGLU in the epilogue M=%-4" PRId64 " H=%-4" PRId64 " I=%-4" PRId64 " %-20s %s\n", M, H,
                   I, variant == 0 ? "RMSNorm" : "prepacked", same ? "bit-identical to the products, then silu_mul_to_tiles"
                                                                    : "DIFFERS from the products, then silu_mul_to_tiles  FAIL");
+    }
+  // qkv with RoPE in the epilogue (Epilogue::kRopeInterleaved) must equal the plain matmul followed by
+  // rope_interleaved_rows on q and k of each image, bit for bit: in the AMX epilogue (bf16) and as the pass (f32),
+  // with and without a CLS row, images not aligned to 16 or 32 rows, a bias.
+  for (Precision prec : {Precision::kF32, Precision::kBF16})
+    for (const int prefix : {1, 0}) {
+      const int heads = 2, hd = 64;
+      const int64_t tokens = 37, images = 3, M = tokens * images, C = int64_t(heads) * hd, K = 96, N = 3 * C;
+      std::vector<uint16_t> w16;
+      const WeightMatrix w = random_bf16(w16, N, K, rng, 0.2f);
+      std::vector<float> x(static_cast<size_t>(M * K)), bias(static_cast<size_t>(N));
+      std::vector<float> cs(static_cast<size_t>((tokens - prefix) * hd / 2)), sn(cs.size());
+      for (auto& v : x) v = uni(rng);
+      for (auto& v : bias) v = uni(rng);
+      for (size_t i = 0; i < cs.size(); ++i) cs[i] = std::cos(0.37f * float(i)), sn[i] = std::sin(0.37f * float(i));
+      std::vector<float> ref(static_cast<size_t>(M * N)), got(ref.size(), NAN);
+      const MatmulOut plain{&w, bias.data(), ref.data()};
+      matmul_group(x.data(), M, &plain, 1, &pool, prec);
+      for (int64_t img = 0; img < images; ++img)
+        for (int part = 0; part < 2; ++part)
+          rope_interleaved_rows(ref.data() + img * tokens * N + part * C, N, 0, tokens, heads, hd, prefix, cs.data(), sn.data());
+      const RopeInterleaved rope{cs.data(), sn.data(), tokens, prefix, hd, 2 * C};
+      MatmulOut fused{&w, bias.data(), got.data(), Epilogue::kRopeInterleaved};
+      fused.rope = &rope;
+      matmul_group(x.data(), M, &fused, 1, &pool, prec);
+      const bool same = record(std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float)) == 0);
+      std::printf("  qkv with RoPE in the epilogue %s M=%-4" PRId64 " N=%-4" PRId64 " prefix %d: %s\n",
+                  prec == Precision::kBF16 ? "bf16" : "f32 ", M, N, prefix,
+                  same ? "bit-identical to the matmul, then rope_interleaved_rows" : "DIFFERS from the matmul, then rope_interleaved_rows  FAIL");
     }
   // layer_norm / rms_norm (the AVX-512 rows where the CPU has them) must give the portable loops' bits: odd row
   // counts (rows go in pairs), dims with a tail of 1-15 floats, in place, large offsets (the double sums).
