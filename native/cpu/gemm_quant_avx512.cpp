@@ -203,17 +203,30 @@ void q4_rows_vnni(const uint8_t* w, const float* scales, int64_t K, const X4& xq
 // runs of contiguous rows per task let the prefetchers stream (with the next R rows prefetched in the
 // kernels): q4 69% of the read bandwidth against 45% with 64-row tasks and a 1 KiB prefetch distance, int8
 // 98-100% against 88-91% (in process, 0.6 GB of q4 / 1.2 GB of int8 matrices).
+// The tasks of one matrix of N rows: `rows` each, tasks [first, first + count) of a region.
+struct RowTasks {
+  int64_t N, rows, first, count;
+};
+RowTasks row_tasks(int64_t N, int threads, int64_t first) {
+  const int64_t rows = std::clamp<int64_t>(N / (4 * threads) / 8 * 8, 64, 512);
+  return {N, rows, first, (N + rows - 1) / rows};
+}
+
+// Task t of plan p: rows in passes of 8, then 4, then 1.
+template <class Pass>
+void run_row_task(const RowTasks& p, int64_t t, const Pass& pass) {
+  const int64_t n1 = std::min(p.N, (t + 1) * p.rows);
+  int64_t n = t * p.rows;
+  for (; n + 8 <= n1; n += 8) pass(std::integral_constant<int, 8>{}, n);
+  for (; n + 4 <= n1; n += 4) pass(std::integral_constant<int, 4>{}, n);
+  for (; n < n1; ++n) pass(std::integral_constant<int, 1>{}, n);
+}
+
+// One matrix's row tasks as a parallel region.
 template <class Pass>
 void gemv_row_tasks(int64_t N, ThreadPool* pool, const Pass& pass) {
-  const int threads = pool ? pool->size() : 1;
-  const int64_t rows = std::clamp<int64_t>(N / (4 * threads) / 8 * 8, 64, 512);
-  run_tasks(pool, (N + rows - 1) / rows, [&](int64_t t) {
-    const int64_t n1 = std::min(N, (t + 1) * rows);
-    int64_t n = t * rows;
-    for (; n + 8 <= n1; n += 8) pass(std::integral_constant<int, 8>{}, n);
-    for (; n + 4 <= n1; n += 4) pass(std::integral_constant<int, 4>{}, n);
-    for (; n < n1; ++n) pass(std::integral_constant<int, 1>{}, n);
-  });
+  const RowTasks p = row_tasks(N, pool ? pool->size() : 1, 0);
+  run_tasks(pool, p.count, [&](int64_t t) { run_row_task(p, t, pass); });
 }
 
 }  // namespace
@@ -277,6 +290,68 @@ bool gemv_quant_avx512(const float* x, int64_t M, const WeightMatrix& w, const f
     }
   };
   run_tasks(pool, tasks, fn);
+  return true;
+}
+
+// matmul_group's VNNI decode (M <= 8, every output int8, or every output q4, one K, plain stores): x quantized
+// once and every matrix's row tasks in one parallel region (q/k/v, gate/up were three and two regions a layer,
+// each ending with a thread waiting on the other's last task). The same kernels per row: the same bits.
+bool gemv_vnni_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool) {
+  if (count < 2 || count > 8) return false;
+  const Quant q = outs[0].w->quant;
+  const int64_t K = outs[0].w->cols;
+  if ((q != Quant::kQ8 || K % 64 != 0) && (q != Quant::kQ4 || K % 128 != 0)) return false;
+  for (int i = 0; i < count; ++i)
+    if (outs[i].w->quant != q || outs[i].w->cols != K || outs[i].epilogue != Epilogue::kStore || outs[i].tiles) return false;
+  const int threads = pool ? pool->size() : 1;
+  RowTasks plan[8];
+  int64_t tasks = 0;
+  for (int i = 0; i < count; ++i) {
+    plan[i] = row_tasks(outs[i].w->rows, threads, tasks);
+    tasks += plan[i].count;
+  }
+  auto output_of = [&](int64_t t) {
+    int i = 0;
+    while (i + 1 < count && t >= plan[i + 1].first) ++i;
+    return i;
+  };
+  if (q == Quant::kQ8) {
+    thread_local std::vector<uint8_t> qbuf;
+    thread_local std::vector<uint64_t> nbuf;
+    thread_local std::vector<float> sbuf;
+    qbuf.resize(static_cast<size_t>(M * K));
+    nbuf.resize(static_cast<size_t>(M * K / 64));
+    sbuf.resize(static_cast<size_t>(M * K / 4));
+    quantize_x(x, M, K, qbuf.data(), nbuf.data(), sbuf.data());
+    const XQ xq{qbuf.data(), nbuf.data(), sbuf.data()};
+    run_tasks(pool, tasks, [&](int64_t t) {
+      const int i = output_of(t);
+      const WeightMatrix& w = *outs[i].w;
+      const int8_t* W = static_cast<const int8_t*>(w.data);
+      run_row_task(plan[i], t - plan[i].first, [&](auto r, int64_t n) {
+        q8_rows_vnni<decltype(r)::value>(W + n * K, w.scales + n, K, xq, M, w.rows, n, outs[i].bias, outs[i].y);
+      });
+    });
+  } else {
+    thread_local std::vector<int8_t> qbuf;
+    thread_local std::vector<int32_t> sbuf;
+    thread_local std::vector<float> lbuf;
+    qbuf.resize(static_cast<size_t>(M * K));
+    sbuf.resize(static_cast<size_t>(M * K / 8));
+    lbuf.resize(static_cast<size_t>(M * K / 8));
+    quantize_x_q4(x, M, K, qbuf.data(), sbuf.data(), lbuf.data());
+    const X4 xq{qbuf.data(), sbuf.data(), lbuf.data()};
+    const int64_t groups = K / kQ4Group;
+    run_tasks(pool, tasks, [&](int64_t t) {
+      const int i = output_of(t);
+      const WeightMatrix& w = *outs[i].w;
+      const uint8_t* W = static_cast<const uint8_t*>(w.data);
+      run_row_task(plan[i], t - plan[i].first, [&](auto r, int64_t n) {
+        q4_rows_vnni<decltype(r)::value>(W + n * (K / 2), w.scales + n * groups, K, xq, M, w.rows, n, outs[i].bias,
+                                         outs[i].y);
+      });
+    });
+  }
   return true;
 }
 

@@ -120,6 +120,7 @@ void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, T
   if (amx_rows(precision, M) && kernels::matmul_amx_bf16_group(x, M, outs, count, pool))
     return;
 #endif
+  if (matmul_quantized_group(x, M, outs, count, pool)) return;
   for (int i = 0; i < count; ++i) {
     const MatmulOut& o = outs[i];
     if (o.tiles || o.epilogue == Epilogue::kSwiGLU)

@@ -15,10 +15,35 @@ namespace kernels {
 bool gemv_quant_avx512(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
 bool gemv_q8_vnni(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
 bool gemv_q4_vnni(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
+bool gemv_vnni_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool);
 #if defined(__aarch64__)
 bool gemv_quant_neon(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
 #endif
 }  // namespace kernels
+
+namespace {
+
+#if defined(__x86_64__) || defined(_M_X64)
+bool avx512_usable() {
+  static const bool avx512 = cpu_features().avx512f && cpu_features().avx512bw && cpu_features().avx512dq;
+  return avx512;
+}
+
+// int8 and q4 decode with VNNI quantize x to int8 per block of 32 (like llama.cpp's Q8_0 / Q4_0 x Q8_0);
+// PLM_Q8_EXACT_X=1 / PLM_Q4_EXACT_X=1 keep f32 activations (slower: widening the weights to f32 is
+// compute-bound on 2 cores).
+bool vnni_decode(Quant q) {
+  static const bool vnni = avx512_usable() && cpu_features().avx512_vnni && cpu_features().avx512vl;
+  auto env_on = [](const char* name) {
+    const char* e = std::getenv(name);
+    return e && *e == '1';
+  };
+  static const bool q8_exact_x = env_on("PLM_Q8_EXACT_X"), q4_exact_x = env_on("PLM_Q4_EXACT_X");
+  return vnni && ((q == Quant::kQ8 && !q8_exact_x) || (q == Quant::kQ4 && !q4_exact_x));
+}
+#endif
+
+}  // namespace
 
 Quant parse_quant(const std::string& name) {
   if (name.empty() || name == "none") return Quant::kNone;
@@ -110,24 +135,24 @@ void dequantize_row(const WeightMatrix& w, int64_t row, float* out) {
   }
 }
 
+bool matmul_quantized_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (M > 8 || count < 2 || !vnni_decode(outs[0].w->quant)) return false;
+  return kernels::gemv_vnni_group(x, M, outs, count, pool);
+#else
+  (void)x, (void)M, (void)outs, (void)count, (void)pool;
+  return false;
+#endif
+}
+
 void matmul_quantized(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool,
                       Precision precision) {
   const int64_t N = w.rows, K = w.cols;
   if (M <= 0 || N <= 0) return;
 #if defined(__x86_64__) || defined(_M_X64)
-  static const bool avx512 = cpu_features().avx512f && cpu_features().avx512bw && cpu_features().avx512dq;
-  static const bool vnni = avx512 && cpu_features().avx512_vnni && cpu_features().avx512vl;
-  // int8 and q4 with VNNI quantize x to int8 per block of 32 (like llama.cpp's Q8_0 / Q4_0 x Q8_0);
-  // PLM_Q8_EXACT_X=1 / PLM_Q4_EXACT_X=1 keep f32 activations (slower: widening the weights to f32 is
-  // compute-bound on 2 cores).
-  auto env_on = [](const char* name) {
-    const char* e = std::getenv(name);
-    return e && *e == '1';
-  };
-  static const bool q8_exact_x = env_on("PLM_Q8_EXACT_X"), q4_exact_x = env_on("PLM_Q4_EXACT_X");
-  if (M <= 8 && vnni && w.quant == Quant::kQ8 && !q8_exact_x && kernels::gemv_q8_vnni(x, M, w, bias, y, pool)) return;
-  if (M <= 8 && vnni && w.quant == Quant::kQ4 && !q4_exact_x && kernels::gemv_q4_vnni(x, M, w, bias, y, pool)) return;
-  if (M <= 8 && avx512 && kernels::gemv_quant_avx512(x, M, w, bias, y, pool)) return;
+  if (M <= 8 && vnni_decode(w.quant) && w.quant == Quant::kQ8 && kernels::gemv_q8_vnni(x, M, w, bias, y, pool)) return;
+  if (M <= 8 && vnni_decode(w.quant) && w.quant == Quant::kQ4 && kernels::gemv_q4_vnni(x, M, w, bias, y, pool)) return;
+  if (M <= 8 && avx512_usable() && kernels::gemv_quant_avx512(x, M, w, bias, y, pool)) return;
 #elif defined(__aarch64__)
   if (M <= 8 && kernels::gemv_quant_neon(x, M, w, bias, y, pool)) return;
 #endif

@@ -42,6 +42,9 @@ QuantizedMatrix quantize_matrix(const WeightMatrix& w, Quant q, ThreadPool* pool
 void dequantize_row(const WeightMatrix& w, int64_t row, float* out);
 
 // y = x · W^T + bias for a quantized W (called by matmul()).
+// matmul_group's decode path for quantized weights (M <= 8): several int8 (or q4) matrices over one x in one
+// parallel region, x quantized once, where the VNNI kernels run. False (nothing done) elsewhere.
+bool matmul_quantized_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool);
 void matmul_quantized(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool,
                       Precision precision);
 

@@ -165,6 +165,7 @@ WeightMatrix random_bf16(std::vector<uint16_t>& storage, int64_t rows, int64_t c
 namespace plm::cpu::kernels {  // quant.cpp's decode kernels (gemm_quant_avx512.cpp), called directly here
 bool gemv_q8_vnni(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
 bool gemv_q4_vnni(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
+bool gemv_vnni_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool);
 }  // namespace plm::cpu::kernels
 #endif
 namespace plm::cpu::kernels {  // norms.cpp's portable loops, which norm() on every CPU must reproduce bit for bit
@@ -510,6 +511,46 @@ int main(int argc, char** argv) {
                   prec == Precision::kBF16 ? "bf16" : "f32 ", M, N, prefix,
                   same ? "bit-identical to the matmul, then rope_interleaved_rows" : "DIFFERS from the matmul, then rope_interleaved_rows  FAIL");
     }
+#if defined(__x86_64__) || defined(_M_X64)
+  // Decode's q/k/v in one region (kernels::gemv_vnni_group: x quantized once) must equal one VNNI GEMV per
+  // matrix, bit for bit: int8 and q4, M 1 and 3, matrices of different heights, with and without bias.
+  if (cpu_features().avx512_vnni && cpu_features().avx512bw && cpu_features().avx512vl)
+    for (Quant qk : {Quant::kQ8, Quant::kQ4})
+      for (const int64_t M : {int64_t(1), int64_t(3)}) {
+        const int64_t K = 256, Ns[3] = {512, 128, 136};
+        std::vector<float> x(static_cast<size_t>(M * K)), bias(512);
+        for (auto& v : x) v = uni(rng);
+        for (auto& v : bias) v = uni(rng);
+        QuantizedMatrix qm[3];
+        WeightMatrix w[3];
+        std::vector<float> ref[3], got[3];
+        MatmulOut outs[3];
+        bool ran = true;
+        for (int i = 0; i < 3; ++i) {
+          std::vector<float> wf(static_cast<size_t>(Ns[i] * K));
+          for (auto& v : wf) v = uni(rng);
+          WeightMatrix src;
+          src.dtype = DType::kF32;
+          src.data = wf.data();
+          src.rows = Ns[i];
+          src.cols = K;
+          qm[i] = quantize_matrix(src, qk, nullptr);
+          w[i] = qm[i].view();
+          ref[i].assign(static_cast<size_t>(M * Ns[i]), 0.f);
+          got[i].assign(ref[i].size(), NAN);
+          const float* b = i == 1 ? nullptr : bias.data();
+          ran = ran && (qk == Quant::kQ8 ? kernels::gemv_q8_vnni(x.data(), M, w[i], b, ref[i].data(), &pool)
+                                         : kernels::gemv_q4_vnni(x.data(), M, w[i], b, ref[i].data(), &pool));
+          outs[i] = MatmulOut{&w[i], b, got[i].data()};
+        }
+        ran = ran && kernels::gemv_vnni_group(x.data(), M, outs, 3, &pool);
+        bool same = ran;
+        for (int i = 0; i < 3; ++i) same = same && std::memcmp(ref[i].data(), got[i].data(), ref[i].size() * sizeof(float)) == 0;
+        record(same);
+        std::printf("  %s q/k/v-shaped VNNI GEMVs in one region M=%" PRId64 ": %s\n", qk == Quant::kQ8 ? "int8" : "q4  ", M,
+                    same ? "bit-identical to one GEMV per matrix" : "DIFFERS from one GEMV per matrix (or did not run)  FAIL");
+      }
+#endif
   // layer_norm / rms_norm (the AVX-512 rows where the CPU has them) must give the portable loops' bits: odd row
   // counts (rows go in pairs), dims with a tail of 1-15 floats, in place, large offsets (the double sums).
   for (const int64_t dim : {int64_t(1024), int64_t(2048), int64_t(1000), int64_t(7), int64_t(23)})
