@@ -313,6 +313,13 @@ bool group_supported(const MatmulOut* outs, int count) {
   return true;
 }
 
+// A K-sliced task parks the f32 partial sums of all its (panel, row block) pairs between slices; they must
+// stay in L2 beside the slice's bf16 rows (<= 1 MiB), so tasks get at most this many bytes of them. The paired
+// gate/up of SwiGLU at 512 rows had 32 panel pairs per task, 4 MiB of partials, written out to L3 and read
+// back every slice: capped, 1.11-1.27x (in-process A/B at 512, 1046 and 1302 rows); plain outputs, whose
+// partials were already <= 1 MiB, at parity.
+constexpr int64_t kPartialBudget = 512 * 1024;
+
 // All outputs' tasks over xb ([Mp/16][K/32][16][32] bf16) in one parallel region.
 void run_group(const uint16_t* xb, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool) {
   const int64_t K = outs[0].w->cols, Mp = (M + 31) / 32 * 32;
@@ -328,7 +335,15 @@ void run_group(const uint16_t* xb, int64_t M, const MatmulOut* outs, int count, 
   Plan plans[8];
   int64_t tasks = 0;
   for (int i = 0; i < count; ++i) {
-    const auto [ncols, nchunks] = amx_col_split(mchunks, outs[i].w->rows / 32, threads);
+    auto [ncols, nchunks] = amx_col_split(mchunks, outs[i].w->rows / 32, threads);
+    if (K > kKSlice) {  // parked partial sums: panels x row blocks x matrices x 4 KiB per task
+      const int64_t panel_bytes = (mc / 32) * (outs[i].epilogue == Epilogue::kSwiGLU ? 2 : 1) * 4096;
+      const int64_t cap = std::max<int64_t>(1, kPartialBudget / panel_bytes);
+      if (ncols / 32 > cap) {
+        ncols = cap * 32;
+        nchunks = (outs[i].w->rows / 32 + cap - 1) / cap;
+      }
+    }
     plans[i] = {tasks, ncols, nchunks};
     tasks += mchunks * nchunks;
   }
