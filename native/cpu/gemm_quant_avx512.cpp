@@ -222,37 +222,8 @@ void run_row_task(const RowTasks& p, int64_t t, const Pass& pass) {
   for (; n < n1; ++n) pass(std::integral_constant<int, 1>{}, n);
 }
 
-// One matrix's row tasks as a parallel region.
-template <class Pass>
-void gemv_row_tasks(int64_t N, ThreadPool* pool, const Pass& pass) {
-  const RowTasks p = row_tasks(N, pool ? pool->size() : 1, 0);
-  run_tasks(pool, p.count, [&](int64_t t) { run_row_task(p, t, pass); });
-}
-
-}  // namespace
-
-bool gemv_q4_vnni(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool) {
-  const int64_t N = w.rows, K = w.cols;
-  if (K % 128 != 0 || w.quant != Quant::kQ4) return false;
-  thread_local std::vector<int8_t> qbuf;
-  thread_local std::vector<int32_t> sbuf;
-  thread_local std::vector<float> lbuf;
-  qbuf.resize(static_cast<size_t>(M * K));
-  sbuf.resize(static_cast<size_t>(M * K / 8));
-  lbuf.resize(static_cast<size_t>(M * K / 8));
-  quantize_x_q4(x, M, K, qbuf.data(), sbuf.data(), lbuf.data());
-  const X4 xq{qbuf.data(), sbuf.data(), lbuf.data()};  // the caller's buffers, shared with the workers
-  const uint8_t* W = static_cast<const uint8_t*>(w.data);
-  const int64_t groups = K / kQ4Group;
-  gemv_row_tasks(N, pool, [&](auto r, int64_t n) {
-    q4_rows_vnni<decltype(r)::value>(W + n * (K / 2), w.scales + n * groups, K, xq, M, N, n, bias, y);
-  });
-  return true;
-}
-
-bool gemv_q8_vnni(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool) {
-  const int64_t N = w.rows, K = w.cols;
-  if (K % 64 != 0 || w.quant != Quant::kQ8) return false;
+// x rounded for the int8 kernel, in the calling thread's buffers (shared with the workers for one call).
+XQ quantize_x_q8_buffers(const float* x, int64_t M, int64_t K) {
   thread_local std::vector<uint8_t> qbuf;
   thread_local std::vector<uint64_t> nbuf;
   thread_local std::vector<float> sbuf;
@@ -260,12 +231,80 @@ bool gemv_q8_vnni(const float* x, int64_t M, const WeightMatrix& w, const float*
   nbuf.resize(static_cast<size_t>(M * K / 64));
   sbuf.resize(static_cast<size_t>(M * K / 4));
   quantize_x(x, M, K, qbuf.data(), nbuf.data(), sbuf.data());
-  const XQ xq{qbuf.data(), nbuf.data(), sbuf.data()};  // the caller's buffers, shared with the workers
-  const int8_t* W = static_cast<const int8_t*>(w.data);
-  gemv_row_tasks(N, pool, [&](auto r, int64_t n) {
-    q8_rows_vnni<decltype(r)::value>(W + n * K, w.scales + n, K, xq, M, N, n, bias, y);
-  });
+  return XQ{qbuf.data(), nbuf.data(), sbuf.data()};
+}
+
+// x rounded for the q4 kernel, likewise.
+X4 quantize_x_q4_buffers(const float* x, int64_t M, int64_t K) {
+  thread_local std::vector<int8_t> qbuf;
+  thread_local std::vector<int32_t> sbuf;
+  thread_local std::vector<float> lbuf;
+  qbuf.resize(static_cast<size_t>(M * K));
+  sbuf.resize(static_cast<size_t>(M * K / 8));
+  lbuf.resize(static_cast<size_t>(M * K / 8));
+  quantize_x_q4(x, M, K, qbuf.data(), sbuf.data(), lbuf.data());
+  return X4{qbuf.data(), sbuf.data(), lbuf.data()};
+}
+
+// The VNNI decode of 1-8 outputs over one x (every one int8, or every one q4, one K, plain stores): x quantized
+// once, every matrix's row tasks in one parallel region.
+bool gemv_vnni_outputs(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool) {
+  if (count < 1 || count > 8) return false;
+  const Quant q = outs[0].w->quant;
+  const int64_t K = outs[0].w->cols;
+  if ((q != Quant::kQ8 || K % 64 != 0) && (q != Quant::kQ4 || K % 128 != 0)) return false;
+  for (int i = 0; i < count; ++i)
+    if (outs[i].w->quant != q || outs[i].w->cols != K || outs[i].epilogue != Epilogue::kStore || outs[i].tiles) return false;
+  const int threads = pool ? pool->size() : 1;
+  RowTasks plan[8];
+  int64_t tasks = 0;
+  for (int i = 0; i < count; ++i) {
+    plan[i] = row_tasks(outs[i].w->rows, threads, tasks);
+    tasks += plan[i].count;
+  }
+  auto output_of = [&](int64_t t) {
+    int i = 0;
+    while (i + 1 < count && t >= plan[i + 1].first) ++i;
+    return i;
+  };
+  if (q == Quant::kQ8) {
+    const XQ xq = quantize_x_q8_buffers(x, M, K);
+    run_tasks(pool, tasks, [&](int64_t t) {
+      const int i = output_of(t);
+      const WeightMatrix& w = *outs[i].w;
+      const int8_t* W = static_cast<const int8_t*>(w.data);
+      run_row_task(plan[i], t - plan[i].first, [&](auto r, int64_t n) {
+        q8_rows_vnni<decltype(r)::value>(W + n * K, w.scales + n, K, xq, M, w.rows, n, outs[i].bias, outs[i].y);
+      });
+    });
+  } else {
+    const X4 xq = quantize_x_q4_buffers(x, M, K);
+    const int64_t groups = K / kQ4Group;
+    run_tasks(pool, tasks, [&](int64_t t) {
+      const int i = output_of(t);
+      const WeightMatrix& w = *outs[i].w;
+      const uint8_t* W = static_cast<const uint8_t*>(w.data);
+      run_row_task(plan[i], t - plan[i].first, [&](auto r, int64_t n) {
+        q4_rows_vnni<decltype(r)::value>(W + n * (K / 2), w.scales + n * groups, K, xq, M, w.rows, n, outs[i].bias,
+                                         outs[i].y);
+      });
+    });
+  }
   return true;
+}
+
+}  // namespace
+
+bool gemv_q4_vnni(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool) {
+  if (w.quant != Quant::kQ4) return false;
+  const MatmulOut out{&w, bias, y};
+  return gemv_vnni_outputs(x, M, &out, 1, pool);
+}
+
+bool gemv_q8_vnni(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool) {
+  if (w.quant != Quant::kQ8) return false;
+  const MatmulOut out{&w, bias, y};
+  return gemv_vnni_outputs(x, M, &out, 1, pool);
 }
 
 bool gemv_quant_avx512(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool) {
@@ -293,66 +332,10 @@ bool gemv_quant_avx512(const float* x, int64_t M, const WeightMatrix& w, const f
   return true;
 }
 
-// matmul_group's VNNI decode (M <= 8, every output int8, or every output q4, one K, plain stores): x quantized
-// once and every matrix's row tasks in one parallel region (q/k/v, gate/up were three and two regions a layer,
-// each ending with a thread waiting on the other's last task). The same kernels per row: the same bits.
+// matmul_group's VNNI decode (M <= 8): q/k/v, gate/up were three and two regions a layer, each ending with one
+// thread waiting on the other's last task, and x was quantized for each. The same kernels per row: the same bits.
 bool gemv_vnni_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool) {
-  if (count < 2 || count > 8) return false;
-  const Quant q = outs[0].w->quant;
-  const int64_t K = outs[0].w->cols;
-  if ((q != Quant::kQ8 || K % 64 != 0) && (q != Quant::kQ4 || K % 128 != 0)) return false;
-  for (int i = 0; i < count; ++i)
-    if (outs[i].w->quant != q || outs[i].w->cols != K || outs[i].epilogue != Epilogue::kStore || outs[i].tiles) return false;
-  const int threads = pool ? pool->size() : 1;
-  RowTasks plan[8];
-  int64_t tasks = 0;
-  for (int i = 0; i < count; ++i) {
-    plan[i] = row_tasks(outs[i].w->rows, threads, tasks);
-    tasks += plan[i].count;
-  }
-  auto output_of = [&](int64_t t) {
-    int i = 0;
-    while (i + 1 < count && t >= plan[i + 1].first) ++i;
-    return i;
-  };
-  if (q == Quant::kQ8) {
-    thread_local std::vector<uint8_t> qbuf;
-    thread_local std::vector<uint64_t> nbuf;
-    thread_local std::vector<float> sbuf;
-    qbuf.resize(static_cast<size_t>(M * K));
-    nbuf.resize(static_cast<size_t>(M * K / 64));
-    sbuf.resize(static_cast<size_t>(M * K / 4));
-    quantize_x(x, M, K, qbuf.data(), nbuf.data(), sbuf.data());
-    const XQ xq{qbuf.data(), nbuf.data(), sbuf.data()};
-    run_tasks(pool, tasks, [&](int64_t t) {
-      const int i = output_of(t);
-      const WeightMatrix& w = *outs[i].w;
-      const int8_t* W = static_cast<const int8_t*>(w.data);
-      run_row_task(plan[i], t - plan[i].first, [&](auto r, int64_t n) {
-        q8_rows_vnni<decltype(r)::value>(W + n * K, w.scales + n, K, xq, M, w.rows, n, outs[i].bias, outs[i].y);
-      });
-    });
-  } else {
-    thread_local std::vector<int8_t> qbuf;
-    thread_local std::vector<int32_t> sbuf;
-    thread_local std::vector<float> lbuf;
-    qbuf.resize(static_cast<size_t>(M * K));
-    sbuf.resize(static_cast<size_t>(M * K / 8));
-    lbuf.resize(static_cast<size_t>(M * K / 8));
-    quantize_x_q4(x, M, K, qbuf.data(), sbuf.data(), lbuf.data());
-    const X4 xq{qbuf.data(), sbuf.data(), lbuf.data()};
-    const int64_t groups = K / kQ4Group;
-    run_tasks(pool, tasks, [&](int64_t t) {
-      const int i = output_of(t);
-      const WeightMatrix& w = *outs[i].w;
-      const uint8_t* W = static_cast<const uint8_t*>(w.data);
-      run_row_task(plan[i], t - plan[i].first, [&](auto r, int64_t n) {
-        q4_rows_vnni<decltype(r)::value>(W + n * (K / 2), w.scales + n * groups, K, xq, M, w.rows, n, outs[i].bias,
-                                         outs[i].y);
-      });
-    });
-  }
-  return true;
+  return count >= 2 && gemv_vnni_outputs(x, M, outs, count, pool);
 }
 
 }  // namespace plm::cpu::kernels

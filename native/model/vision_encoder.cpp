@@ -128,6 +128,17 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
   if (use_tiles) f_act_.resize(M, mlp);
   // 2D RoPE on q and k (the first 2C columns of qkv), every tile's rows restarting at position 0.
   const cpu::RopeInterleaved rope{rope_cos_.data(), rope_sin_.data(), N, static_cast<int>(prefix), static_cast<int>(hd), 2 * C};
+  // x += gamma ⊙ (input · w^T + bias), the input as bf16 tiles (AMX: the add in the matmul's epilogue) or f32
+  // (a pass over x after the matmul elsewhere).
+  auto add_residual = [&](const cpu::WeightMatrix& w, const std::vector<float>& bias, const float* gamma,
+                          const uint16_t* tiles, const float* input) {
+    if (tiles) {
+      const cpu::MatmulOut out{&w, bias.data(), x, cpu::Epilogue::kAccumulate, gamma};
+      cpu::matmul_from_tiles(tiles, M, &out, 1, pool_);
+    } else {
+      cpu::matmul(input, M, w, bias.data(), x, pool_, precision_, cpu::Epilogue::kAccumulate, gamma, h);
+    }
+  };
   for (size_t b = 0; b < blocks_.size(); ++b) {
     if (cancel && cancel->is_cancelled()) throw Error(ErrorCode::kCancelled, "cancelled");
     Block& blk = blocks_[b];
@@ -156,15 +167,9 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
     }
     const bool ls = !blk.gamma1.empty();
     {
-      // x += gamma1 ⊙ proj(a): the residual add in the matmul's epilogue on AMX, a pass over x elsewhere.
+      // x += gamma1 ⊙ proj(a)
       OpTimer t("vision.matmul_proj+residual");
-      if (attn_tiles) {
-        const cpu::MatmulOut out{&blk.proj, blk.proj_b.data(), x, cpu::Epilogue::kAccumulate, ls ? blk.gamma1.data() : nullptr};
-        cpu::matmul_from_tiles(a_act_.data(), M, &out, 1, pool_);
-      } else {
-        cpu::matmul(a, M, blk.proj, blk.proj_b.data(), x, pool_, precision_, cpu::Epilogue::kAccumulate,
-                    ls ? blk.gamma1.data() : nullptr, h);
-      }
+      add_residual(blk.proj, blk.proj_b, ls ? blk.gamma1.data() : nullptr, attn_tiles ? a_act_.data() : nullptr, a);
     }
     // On AMX the GELU output goes to fc2 as bf16 tiles (fc2 rounds its input to bf16 anyway), not as f32.
     {
@@ -176,13 +181,7 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
     }
     {
       OpTimer t("vision.matmul_fc2+residual");
-      if (use_tiles) {
-        const cpu::MatmulOut out{&blk.fc2, blk.fc2_b.data(), x, cpu::Epilogue::kAccumulate, ls ? blk.gamma2.data() : nullptr};
-        cpu::matmul_from_tiles(f_act_.data(), M, &out, 1, pool_);
-      } else {
-        cpu::matmul(f, M, blk.fc2, blk.fc2_b.data(), x, pool_, precision_, cpu::Epilogue::kAccumulate,
-                    ls ? blk.gamma2.data() : nullptr, h);
-      }
+      add_residual(blk.fc2, blk.fc2_b, ls ? blk.gamma2.data() : nullptr, use_tiles ? f_act_.data() : nullptr, f);
     }
     if (dump) dump("vision.blocks." + std::to_string(b), x, {tiles, N, C});
   }
