@@ -22,8 +22,7 @@ namespace plm::cpu {
 void attention(const float* q, const float* k, const float* v, float* out, const AttentionShape& s, ThreadPool* pool,
                Precision precision) {
 #if defined(__x86_64__) || defined(_M_X64)
-  static const bool amx = cpu_features().amx_bf16 && cpu_features().avx512_bf16;
-  if (precision == Precision::kBF16 && amx && kernels::attention_amx_bf16(q, k, v, out, s, pool)) return;
+  if (attention_tiles_available(precision, s) && kernels::attention_amx_bf16(q, k, v, out, s, pool)) return;
 #endif
   if (s.out_tiles)
     throw Error(ErrorCode::kInternal, "attention: a tile-ordered output needs the AMX kernel (check attention_tiles_available)");
@@ -32,9 +31,10 @@ void attention(const float* q, const float* k, const float* v, float* out, const
 
 bool attention_tiles_available(Precision precision, const AttentionShape& s) {
 #if defined(__x86_64__) || defined(_M_X64)
-  // attention_amx_bf16's coverage
-  return precision == Precision::kBF16 && cpu_features().amx_bf16 && cpu_features().avx512_bf16 &&
-         s.head_dim % 32 == 0 && s.head_dim <= 256 && s.q_len >= 16 && s.kv_len > 0;
+  // attention_amx_bf16's coverage (it checks the shape again itself); attention() dispatches on this too.
+  static const bool amx = cpu_features().amx_bf16 && cpu_features().avx512_bf16;
+  return precision == Precision::kBF16 && amx && s.head_dim % 32 == 0 && s.head_dim <= 256 && s.q_len >= 16 &&
+         s.kv_len > 0;
 #else
   (void)precision, (void)s;
   return false;

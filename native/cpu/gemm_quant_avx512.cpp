@@ -3,7 +3,7 @@
 // q4: 32 weights per group from 16 bytes; the nibbles index a 16-entry f32 table (q - 8) with vpermps, the
 // group's partial dot is scaled by its f32 scale into per-lane accumulators. Four W rows are processed
 // together so each x vector load serves four FMAs, with two k steps in flight per row. With VNNI (the default
-// where present): x rounded to int8 per block of 32 and vpdpbusd, for int8 (gemv_q8_vnni) and q4 (gemv_q4_vnni).
+// where present): x rounded to int8 per block of 32 and vpdpbusd, for int8 and q4 (gemv_vnni).
 #include <cstdint>
 #include <immintrin.h>
 
@@ -246,9 +246,12 @@ X4 quantize_x_q4_buffers(const float* x, int64_t M, int64_t K) {
   return X4{qbuf.data(), sbuf.data(), lbuf.data()};
 }
 
+}  // namespace
+
 // The VNNI decode of 1-8 outputs over one x (every one int8, or every one q4, one K, plain stores): x quantized
-// once, every matrix's row tasks in one parallel region.
-bool gemv_vnni_outputs(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool) {
+// once, every matrix's row tasks in one parallel region. For q/k/v and gate/up that is one region a layer
+// instead of three and two, each of which ended with one thread waiting on the other's last task.
+bool gemv_vnni(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool) {
   if (count < 1 || count > 8) return false;
   const Quant q = outs[0].w->quant;
   const int64_t K = outs[0].w->cols;
@@ -293,20 +296,6 @@ bool gemv_vnni_outputs(const float* x, int64_t M, const MatmulOut* outs, int cou
   return true;
 }
 
-}  // namespace
-
-bool gemv_q4_vnni(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool) {
-  if (w.quant != Quant::kQ4) return false;
-  const MatmulOut out{&w, bias, y};
-  return gemv_vnni_outputs(x, M, &out, 1, pool);
-}
-
-bool gemv_q8_vnni(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool) {
-  if (w.quant != Quant::kQ8) return false;
-  const MatmulOut out{&w, bias, y};
-  return gemv_vnni_outputs(x, M, &out, 1, pool);
-}
-
 bool gemv_quant_avx512(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool) {
   const int64_t N = w.rows, K = w.cols;
   if (K % 32 != 0) return false;
@@ -330,12 +319,6 @@ bool gemv_quant_avx512(const float* x, int64_t M, const WeightMatrix& w, const f
   };
   run_tasks(pool, tasks, fn);
   return true;
-}
-
-// matmul_group's VNNI decode (M <= 8): q/k/v, gate/up were three and two regions a layer, each ending with one
-// thread waiting on the other's last task, and x was quantized for each. The same kernels per row: the same bits.
-bool gemv_vnni_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool) {
-  return count >= 2 && gemv_vnni_outputs(x, M, outs, count, pool);
 }
 
 }  // namespace plm::cpu::kernels

@@ -13,9 +13,7 @@
 namespace plm::cpu {
 namespace kernels {
 bool gemv_quant_avx512(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
-bool gemv_q8_vnni(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
-bool gemv_q4_vnni(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
-bool gemv_vnni_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool);
+bool gemv_vnni(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool);
 #if defined(__aarch64__)
 bool gemv_quant_neon(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
 #endif
@@ -137,8 +135,7 @@ void dequantize_row(const WeightMatrix& w, int64_t row, float* out) {
 
 bool matmul_quantized_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (M > 8 || count < 2 || !vnni_decode(outs[0].w->quant)) return false;
-  return kernels::gemv_vnni_group(x, M, outs, count, pool);
+  return M <= 8 && vnni_decode(outs[0].w->quant) && kernels::gemv_vnni(x, M, outs, count, pool);
 #else
   (void)x, (void)M, (void)outs, (void)count, (void)pool;
   return false;
@@ -150,8 +147,8 @@ void matmul_quantized(const float* x, int64_t M, const WeightMatrix& w, const fl
   const int64_t N = w.rows, K = w.cols;
   if (M <= 0 || N <= 0) return;
 #if defined(__x86_64__) || defined(_M_X64)
-  if (M <= 8 && vnni_decode(w.quant) && w.quant == Quant::kQ8 && kernels::gemv_q8_vnni(x, M, w, bias, y, pool)) return;
-  if (M <= 8 && vnni_decode(w.quant) && w.quant == Quant::kQ4 && kernels::gemv_q4_vnni(x, M, w, bias, y, pool)) return;
+  const MatmulOut out{&w, bias, y};
+  if (matmul_quantized_group(x, M, &out, 1, pool)) return;
   if (M <= 8 && avx512_usable() && kernels::gemv_quant_avx512(x, M, w, bias, y, pool)) return;
 #elif defined(__aarch64__)
   if (M <= 8 && kernels::gemv_quant_neon(x, M, w, bias, y, pool)) return;

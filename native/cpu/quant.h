@@ -42,8 +42,9 @@ QuantizedMatrix quantize_matrix(const WeightMatrix& w, Quant q, ThreadPool* pool
 void dequantize_row(const WeightMatrix& w, int64_t row, float* out);
 
 // y = x · W^T + bias for a quantized W (called by matmul()).
-// matmul_group's decode path for quantized weights (M <= 8): several int8 (or q4) matrices over one x in one
-// parallel region, x quantized once, where the VNNI kernels run. False (nothing done) elsewhere.
+// The VNNI decode path for quantized weights (M <= 8), of matmul_group and of matmul_quantized: one or several
+// int8 (or q4) matrices over one x in one parallel region, x quantized once. False (nothing done) where it
+// doesn't run (no VNNI, PLM_Q8_EXACT_X / PLM_Q4_EXACT_X set, mixed quantizations, M > 8).
 bool matmul_quantized_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool);
 void matmul_quantized(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool,
                       Precision precision);

@@ -143,8 +143,7 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
         cpu::rope_rotate_half(kc + r0 * kvw, r1 - r0, static_cast<int>(nkv), static_cast<int>(hd),
                               cos + r0 * half, sin + r0 * half);
       });
-      cpu::attention(q, cache_.keys(l), cache_.values(l), attn_tiles ? nullptr : attn, attn_shape, pool_,
-                     precision_);
+      cpu::attention(q, cache_.keys(l), cache_.values(l), attn, attn_shape, pool_, precision_);
     }
     {
       // x += o(attn): the residual add in the matmul's epilogue on AMX (prefill), a pass over x elsewhere.

@@ -163,9 +163,7 @@ WeightMatrix random_bf16(std::vector<uint16_t>& storage, int64_t rows, int64_t c
 
 #if defined(__x86_64__) || defined(_M_X64)
 namespace plm::cpu::kernels {  // quant.cpp's decode kernels (gemm_quant_avx512.cpp), called directly here
-bool gemv_q8_vnni(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
-bool gemv_q4_vnni(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
-bool gemv_vnni_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool);
+bool gemv_vnni(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool);
 }  // namespace plm::cpu::kernels
 #endif
 namespace plm::cpu::kernels {  // norms.cpp's portable loops, which norm() on every CPU must reproduce bit for bit
@@ -306,8 +304,8 @@ int main(int argc, char** argv) {
       const WeightMatrix w = qm.view();
       std::vector<float> exact(static_cast<size_t>(c.M * c.N)), fast(exact.size()), row(static_cast<size_t>(c.K));
       matmul(x.data(), c.M, w, bias.data(), exact.data(), &pool);  // exact-activation kernel (env set above)
-      const bool ran = qk == Quant::kQ8 ? kernels::gemv_q8_vnni(x.data(), c.M, w, bias.data(), fast.data(), &pool)
-                                        : kernels::gemv_q4_vnni(x.data(), c.M, w, bias.data(), fast.data(), &pool);
+      const MatmulOut one{&w, bias.data(), fast.data()};
+      const bool ran = kernels::gemv_vnni(x.data(), c.M, &one, 1, &pool);
       int64_t bad = 0;
       double worst = 0;
       for (int64_t n = 0; n < c.N; ++n) {
@@ -512,7 +510,7 @@ int main(int argc, char** argv) {
                   same ? "bit-identical to the matmul, then rope_interleaved_rows" : "DIFFERS from the matmul, then rope_interleaved_rows  FAIL");
     }
 #if defined(__x86_64__) || defined(_M_X64)
-  // Decode's q/k/v in one region (kernels::gemv_vnni_group: x quantized once) must equal one VNNI GEMV per
+  // Decode's q/k/v in one region (kernels::gemv_vnni over 3 outputs: x quantized once) must equal one VNNI GEMV per
   // matrix, bit for bit: int8 and q4, M 1 and 3, matrices of different heights, with and without bias.
   if (cpu_features().avx512_vnni && cpu_features().avx512bw && cpu_features().avx512vl)
     for (Quant qk : {Quant::kQ8, Quant::kQ4})
@@ -539,11 +537,11 @@ int main(int argc, char** argv) {
           ref[i].assign(static_cast<size_t>(M * Ns[i]), 0.f);
           got[i].assign(ref[i].size(), NAN);
           const float* b = i == 1 ? nullptr : bias.data();
-          ran = ran && (qk == Quant::kQ8 ? kernels::gemv_q8_vnni(x.data(), M, w[i], b, ref[i].data(), &pool)
-                                         : kernels::gemv_q4_vnni(x.data(), M, w[i], b, ref[i].data(), &pool));
+          const MatmulOut one{&w[i], b, ref[i].data()};
+          ran = ran && kernels::gemv_vnni(x.data(), M, &one, 1, &pool);
           outs[i] = MatmulOut{&w[i], b, got[i].data()};
         }
-        ran = ran && kernels::gemv_vnni_group(x.data(), M, outs, 3, &pool);
+        ran = ran && kernels::gemv_vnni(x.data(), M, outs, 3, &pool);
         bool same = ran;
         for (int i = 0; i < 3; ++i) same = same && std::memcmp(ref[i].data(), got[i].data(), ref[i].size() * sizeof(float)) == 0;
         record(same);
