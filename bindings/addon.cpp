@@ -4,6 +4,9 @@
 #include <napi.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <map>
+#include <thread>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -181,6 +184,9 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
                                      InstanceMethod("forward", &NativeModel::Forward),
                                      InstanceMethod("encodeImages", &NativeModel::EncodeImages),
                                      InstanceMethod("generate", &NativeModel::Generate),
+                                     InstanceMethod("createSession", &NativeModel::CreateSession),
+                                     InstanceMethod("stats", &NativeModel::Stats),
+                                     InstanceMethod("clearCache", &NativeModel::ClearCache),
                                      InstanceMethod("dispose", &NativeModel::Dispose)});
     constructor = Napi::Persistent(fn);
   }
@@ -197,12 +203,19 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   Napi::Value Forward(const Napi::CallbackInfo& info);
   Napi::Value EncodeImages(const Napi::CallbackInfo& info);
   Napi::Value Generate(const Napi::CallbackInfo& info);
+  Napi::Value CreateSession(const Napi::CallbackInfo& info);
+  Napi::Value Stats(const Napi::CallbackInfo& info);
+  Napi::Value ClearCache(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
     if (state) {
       state->disposed.store(true);
-      // The engine is freed by whichever finishes last: this call or the job still running.
+      // The engine is freed by whichever finishes last: this call or an exclusive job (forward, encodeImages)
+      // still running. Generations end with ERR_DISPOSED as the scheduler stops. Freeing joins the engine
+      // thread, which may be inside a long step: it happens off the JS thread.
       std::unique_lock<std::mutex> lock(state->job_mutex, std::try_to_lock);
-      if (lock.owns_lock()) state->engine.reset();
+      if (lock.owns_lock() && state->engine) {
+        std::thread([engine = std::move(state->engine)]() mutable { engine.reset(); }).detach();
+      }
       state.reset();
     }
     return info.Env().Undefined();
@@ -388,74 +401,165 @@ double number_opt(const Napi::Object& o, const char* key, double fallback) {
   return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : fallback;
 }
 
-class GenerateWorker : public JobWorker {
+// Token masks for constrained decoding, pushed from JS ahead of the engine thread that reads them.
+// allowed(step) blocks until the mask of that step arrives (JS computes it from the previous token while the
+// next forward pass runs), the queue is closed, or the request is cancelled.
+class TokenMaskQueue : public Napi::ObjectWrap<TokenMaskQueue> {
  public:
-  GenerateWorker(Napi::Env env, std::shared_ptr<ModelState> s, std::vector<int32_t> ids, std::vector<float> pixels,
-                 int64_t tiles, plm::GenerateOptions options, Napi::Function on_token,
-                 std::shared_ptr<plm::CancelToken> cancel)
-      : JobWorker(env), s_(std::move(s)), ids_(std::move(ids)), pixels_(std::move(pixels)), tiles_(tiles),
-        options_(std::move(options)), cancel_(std::move(cancel)) {
-    if (!on_token.IsEmpty()) on_token_ = Napi::ThreadSafeFunction::New(env, on_token, "plm-token", 0, 1);
+  static Napi::FunctionReference constructor;
+  static void Init(Napi::Env env) {
+    Napi::Function fn = DefineClass(env, "NativeTokenMaskQueue",
+                                    {InstanceMethod("push", &TokenMaskQueue::Push), InstanceMethod("close", &TokenMaskQueue::Close)});
+    constructor = Napi::Persistent(fn);
   }
-
- protected:
-  void Work() override {
-    std::lock_guard<std::mutex> lock(s_->job_mutex);
-    if (s_->disposed.load() || !s_->engine) throw plm::Error(plm::ErrorCode::kDisposed, "the model was disposed");
-    if (on_token_) {
-      options_.on_token = [this](int32_t token) {
-        // Blocking call with an unbounded queue never blocks; tokens arrive in order.
-        on_token_.BlockingCall(new int32_t(token), [](Napi::Env env, Napi::Function fn, int32_t* t) {
-          fn.Call({Napi::Number::New(env, *t)});
-          delete t;
-        });
-        return !cancel_->is_cancelled();
-      };
+  struct State {
+    std::mutex mutex;
+    std::condition_variable ready;
+    std::map<int64_t, std::vector<uint8_t>> masks;  // step -> vocab bits (empty: unconstrained)
+    std::vector<uint8_t> current;
+    bool closed = false;
+  };
+  explicit TokenMaskQueue(const Napi::CallbackInfo& info)
+      : Napi::ObjectWrap<TokenMaskQueue>(info), state(std::make_shared<State>()) {}
+  // push(step, Uint8Array | null)
+  Napi::Value Push(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!info[0].IsNumber()) throw_invalid(env, "mask step must be a number");
+    const int64_t step = static_cast<int64_t>(info[0].As<Napi::Number>().DoubleValue());
+    std::vector<uint8_t> bits;
+    if (info[1].IsTypedArray() && info[1].As<Napi::TypedArray>().TypedArrayType() == napi_uint8_array) {
+      Napi::Uint8Array a = info[1].As<Napi::Uint8Array>();
+      bits.assign(a.Data(), a.Data() + a.ElementLength());
+    } else if (!info[1].IsNull() && !info[1].IsUndefined()) {
+      throw_invalid(env, "a token mask must be a Uint8Array or null");
     }
-    plm::MediaInput media{pixels_.data(), tiles_};
-    result_ = s_->engine->generate(ids_.data(), static_cast<int64_t>(ids_.size()), tiles_ ? &media : nullptr, options_,
-                                   cancel_.get());
+    {
+      std::lock_guard<std::mutex> lock(state->mutex);
+      state->masks[step] = std::move(bits);
+    }
+    state->ready.notify_all();
+    return env.Undefined();
   }
-  Napi::ThreadSafeFunction* CallbackQueue() override { return on_token_ ? &on_token_ : nullptr; }
-  void Cleanup() override {
-    if (on_token_) on_token_.Release();
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    {
+      std::lock_guard<std::mutex> lock(state->mutex);
+      state->closed = true;
+    }
+    state->ready.notify_all();
+    return info.Env().Undefined();
   }
-  Napi::Value Result(Napi::Env env) override {
-    Napi::Object out = Napi::Object::New(env);
-    Napi::Int32Array tokens = Napi::Int32Array::New(env, result_.tokens.size());
-    for (size_t i = 0; i < result_.tokens.size(); ++i) tokens[i] = result_.tokens[i];
-    out.Set("tokens", tokens);
-    out.Set("finishReason", result_.finish_reason);
-    out.Set("promptTokens", static_cast<double>(result_.prompt_tokens));
-    out.Set("visionMs", result_.vision_ms);
-    out.Set("prefillMs", result_.prefill_ms);
-    out.Set("decodeMs", result_.decode_ms);
-    if (!result_.logits.empty()) out.Set("logits", float_array(env, result_.logits.data(), result_.logits.size()));
-    return out;
-  }
+  std::shared_ptr<State> state;
+};
+Napi::FunctionReference TokenMaskQueue::constructor;
 
- private:
-  std::shared_ptr<ModelState> s_;
-  std::vector<int32_t> ids_;
-  std::vector<float> pixels_;
-  int64_t tiles_;
-  plm::GenerateOptions options_;
-  std::shared_ptr<plm::CancelToken> cancel_;
-  Napi::ThreadSafeFunction on_token_;
-  plm::GenerateResult result_;
+class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
+ public:
+  static Napi::FunctionReference constructor;
+  static void Init(Napi::Env env) {
+    Napi::Function fn = DefineClass(env, "NativeSession",
+                                    {InstanceMethod("dispose", &SessionWrap::Dispose),
+                                     InstanceMethod("cachedTokens", &SessionWrap::CachedTokens)});
+    constructor = Napi::Persistent(fn);
+  }
+  explicit SessionWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<SessionWrap>(info) {}
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    session.reset();
+    return info.Env().Undefined();
+  }
+  Napi::Value CachedTokens(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), session ? static_cast<double>(session->cached_tokens()) : 0);
+  }
+  std::shared_ptr<plm::Session> session;
+};
+Napi::FunctionReference SessionWrap::constructor;
+
+// One generation in flight: its promise and the thread-safe function that carries its tokens and its end to JS,
+// in order. Lives until the end reaches JS.
+struct GenerateCall {
+  Napi::Promise::Deferred deferred;
+  Napi::ThreadSafeFunction tsfn;
+  explicit GenerateCall(Napi::Env env) : deferred(Napi::Promise::Deferred::New(env)) {}
 };
 
-// generate(ids, pixels|null, tiles, opts, onToken, cancel)
+struct TokenEvent {
+  int32_t token;
+  bool has_logprobs = false;
+  plm::TokenLogprobs logprobs;
+};
+
+struct DoneEvent {
+  plm::GenerateResult result;
+  plm_napi::Failure failure;
+};
+
+Napi::Value logprobs_to_js(Napi::Env env, const plm::TokenLogprobs& lp) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("logprob", lp.logprob);
+  Napi::Int32Array ids = Napi::Int32Array::New(env, lp.top.size());
+  Napi::Float32Array lps = Napi::Float32Array::New(env, lp.top.size());
+  for (size_t i = 0; i < lp.top.size(); ++i) {
+    ids[i] = lp.top[i].first;
+    lps[i] = lp.top[i].second;
+  }
+  o.Set("topIds", ids);
+  o.Set("topLogprobs", lps);
+  return o;
+}
+
+Napi::Value result_to_js(Napi::Env env, const plm::GenerateResult& r) {
+  Napi::Object out = Napi::Object::New(env);
+  Napi::Int32Array tokens = Napi::Int32Array::New(env, r.tokens.size());
+  for (size_t i = 0; i < r.tokens.size(); ++i) tokens[i] = r.tokens[i];
+  out.Set("tokens", tokens);
+  out.Set("finishReason", r.finish_reason);
+  out.Set("promptTokens", static_cast<double>(r.prompt_tokens));
+  out.Set("cachedTokens", static_cast<double>(r.cached_tokens));
+  out.Set("queueMs", r.queue_ms);
+  out.Set("visionMs", r.vision_ms);
+  out.Set("prefillMs", r.prefill_ms);
+  out.Set("firstTokenMs", r.first_token_ms);
+  out.Set("decodeMs", r.decode_ms);
+  if (!r.logits.empty()) out.Set("logits", float_array(env, r.logits.data(), r.logits.size()));
+  if (!r.logprobs.empty()) {
+    Napi::Array a = Napi::Array::New(env, r.logprobs.size());
+    for (size_t i = 0; i < r.logprobs.size(); ++i) a.Set(uint32_t(i), logprobs_to_js(env, r.logprobs[i]));
+    out.Set("logprobs", a);
+  }
+  return out;
+}
+
+// Copies one media item's pixels (the JS buffer may change or be collected while the engine reads them).
+plm::MediaItem media_from(Napi::Env env, const Napi::Value& v, int64_t tiles, const plm::LoadedModel& m) {
+  plm::MediaItem item;
+  item.tiles = tiles;
+  item.pixels = std::make_shared<std::vector<float>>(pixels_from(env, v, tiles, m));
+  return item;
+}
+
+// generate(ids, media: Array<{pixels: Float32Array, tiles}> | null, opts, onToken, cancel, session|null,
+//          masks|null) -> Promise<result>
 Napi::Value NativeModel::Generate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto s = live(env);
-  std::vector<int32_t> ids = ids_from(env, info[0]);
-  int64_t tiles = tiles_from(env, info[2]);
-  std::vector<float> px = pixels_from(env, info[1], tiles, s->engine->model());
-  if (tiles > 0 && px.empty()) throw_invalid(env, "numTiles > 0 needs pixelValues");
-  if (!info[3].IsObject()) throw_invalid(env, "generate options must be an object");
-  Napi::Object o = info[3].As<Napi::Object>();
-  plm::GenerateOptions opts;
+  const plm::LoadedModel& model = s->engine->model();
+  plm::Scheduler::Request req;
+  req.ids = ids_from(env, info[0]);
+  if (info[1].IsArray()) {
+    Napi::Array a = info[1].As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); ++i) {
+      Napi::Value e = a.Get(i);
+      if (!e.IsObject()) throw_invalid(env, "media entries must be {pixels, tiles} objects");
+      Napi::Object o = e.As<Napi::Object>();
+      const int64_t tiles = tiles_from(env, o.Get("tiles"));
+      if (tiles <= 0) throw_invalid(env, "a media entry needs at least one tile");
+      req.media.push_back(media_from(env, o.Get("pixels"), tiles, model));
+    }
+  } else if (!info[1].IsNull() && !info[1].IsUndefined()) {
+    throw_invalid(env, "media must be an array or null");
+  }
+  if (!info[2].IsObject()) throw_invalid(env, "generate options must be an object");
+  Napi::Object o = info[2].As<Napi::Object>();
+  plm::GenerateOptions& opts = req.options;
   opts.max_tokens = static_cast<int>(number_opt(o, "maxTokens", 256));
   opts.sampling.temperature = static_cast<float>(number_opt(o, "temperature", 0));
   opts.sampling.top_k = static_cast<int>(number_opt(o, "topK", 0));
@@ -463,19 +567,130 @@ Napi::Value NativeModel::Generate(const Napi::CallbackInfo& info) {
   opts.sampling.min_p = static_cast<float>(number_opt(o, "minP", 0));
   opts.sampling.repetition_penalty = static_cast<float>(number_opt(o, "repetitionPenalty", 1));
   opts.sampling.seed = static_cast<uint64_t>(number_opt(o, "seed", 0));
+  opts.top_logprobs = static_cast<int>(number_opt(o, "topLogprobs", -1));
   Napi::Value keep = o.Get("returnLogits");
   opts.keep_logits = keep.IsBoolean() && keep.As<Napi::Boolean>().Value();
-  if (opts.max_tokens < 0) throw_invalid(env, "maxTokens must be >= 0");
+  if (opts.max_tokens < 1) throw_invalid(env, "maxTokens must be >= 1");
   if (opts.sampling.repetition_penalty <= 0) throw_invalid(env, "repetitionPenalty must be > 0");
+  if (opts.top_logprobs > 20) throw_invalid(env, "topLogprobs must be at most 20");
   Napi::Value stop = o.Get("stopIds");
   if (stop.IsArray()) {
     Napi::Array a = stop.As<Napi::Array>();
-    for (uint32_t i = 0; i < a.Length(); ++i)
-      opts.stop_ids.push_back(static_cast<int32_t>(a.Get(i).As<Napi::Number>().Int32Value()));
+    for (uint32_t i = 0; i < a.Length(); ++i) {
+      Napi::Value e = a.Get(i);
+      if (!e.IsNumber()) throw_invalid(env, "stopIds must hold integers");
+      opts.stop_ids.push_back(e.As<Napi::Number>().Int32Value());
+    }
   }
-  Napi::Function on_token = info[4].IsFunction() ? info[4].As<Napi::Function>() : Napi::Function();
-  auto* w = new GenerateWorker(env, s, std::move(ids), std::move(px), tiles, std::move(opts), on_token,
-                               cancel_from(info[5]));
+  req.cancel = cancel_from(info[4]);
+  if (info[5].IsObject() && info[5].As<Napi::Object>().InstanceOf(SessionWrap::constructor.Value())) {
+    req.session = SessionWrap::Unwrap(info[5].As<Napi::Object>())->session;
+    if (!req.session) throw coded_error(env, "ERR_DISPOSED", "this chat was disposed; create a new one with createChat()");
+  }
+  if (info[6].IsObject() && info[6].As<Napi::Object>().InstanceOf(TokenMaskQueue::constructor.Value())) {
+    auto masks = TokenMaskQueue::Unwrap(info[6].As<Napi::Object>())->state;
+    const size_t bytes = static_cast<size_t>((model.config.text.vocab_size + 7) / 8);
+    std::shared_ptr<plm::CancelToken> cancel = req.cancel;
+    opts.allowed_tokens = [masks, bytes, cancel](int64_t step) -> const uint8_t* {
+      std::unique_lock<std::mutex> lock(masks->mutex);
+      masks->ready.wait(lock, [&] { return masks->closed || cancel->is_cancelled() || masks->masks.count(step); });
+      auto it = masks->masks.find(step);
+      if (it == masks->masks.end()) return nullptr;
+      masks->current = std::move(it->second);
+      masks->masks.erase(masks->masks.begin(), std::next(it));
+      if (masks->current.empty()) return nullptr;
+      if (masks->current.size() < bytes) masks->current.resize(bytes, 0);
+      return masks->current.data();
+    };
+  }
+
+  auto* call = new GenerateCall(env);
+  Napi::Function on_token = info[3].IsFunction() ? info[3].As<Napi::Function>() : Napi::Function::New(env, [](const Napi::CallbackInfo&) {});
+  call->tsfn = Napi::ThreadSafeFunction::New(env, on_token, "plm-generate", 0, 1, call,
+                                             [](Napi::Env, GenerateCall* c) { delete c; });
+  std::shared_ptr<plm::CancelToken> cancel = req.cancel;
+  opts.on_token = [call, cancel](int32_t token, const plm::TokenLogprobs* lp) {
+    auto* ev = new TokenEvent{token, lp != nullptr, lp ? *lp : plm::TokenLogprobs()};
+    if (call->tsfn.BlockingCall(ev, [](Napi::Env env, Napi::Function fn, TokenEvent* e) {
+          if (e->has_logprobs) fn.Call({Napi::Number::New(env, e->token), logprobs_to_js(env, e->logprobs)});
+          else fn.Call({Napi::Number::New(env, e->token)});
+          delete e;
+        }) != napi_ok)
+      delete ev;
+    return !cancel->is_cancelled();
+  };
+  req.on_done = [call](plm::GenerateResult&& r, std::exception_ptr error) {
+    auto* ev = new DoneEvent{std::move(r), {}};
+    if (error) ev->failure.capture(error);
+    auto settle = [](Napi::Env env, Napi::Function, DoneEvent* e, GenerateCall* c) {
+      Napi::HandleScope scope(env);
+      if (e->failure.failed) c->deferred.Reject(coded_error(env, e->failure.code, e->failure.message).Value());
+      else c->deferred.Resolve(result_to_js(env, e->result));
+      delete e;
+    };
+    if (call->tsfn.BlockingCall(ev, [settle, call](Napi::Env env, Napi::Function fn, DoneEvent* e) {
+          settle(env, fn, e, call);
+        }) != napi_ok)
+      delete ev;
+    call->tsfn.Release();
+  };
+  Napi::Promise promise = call->deferred.Promise();
+  try {
+    s->engine->scheduler().submit(std::move(req));
+  } catch (const plm::Error& e) {
+    call->tsfn.Release();
+    throw coded_error(env, plm::error_code_name(e.code()), e.what());
+  }
+  return promise;
+}
+
+Napi::Value NativeModel::CreateSession(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto s = live(env);
+  Napi::Object obj = SessionWrap::constructor.New({});
+  SessionWrap::Unwrap(obj)->session = s->engine->scheduler().open_session();
+  return obj;
+}
+
+Napi::Value NativeModel::Stats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto s = live(env);
+  const plm::SchedulerStats st = s->engine->scheduler().stats();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("activeSequences", static_cast<double>(st.active));
+  o.Set("waitingSequences", static_cast<double>(st.waiting));
+  o.Set("maxSequences", static_cast<double>(s->engine->scheduler().options().max_sequences));
+  o.Set("kvBlocksInUse", static_cast<double>(st.kv_blocks_in_use));
+  o.Set("kvBlocksCached", static_cast<double>(st.kv_blocks_cached));
+  o.Set("kvBlocksCapacity", static_cast<double>(st.kv_blocks_capacity));
+  o.Set("kvBlockBytes", static_cast<double>(st.kv_block_bytes));
+  o.Set("kvBytesResident", static_cast<double>(st.kv_bytes_resident));
+  o.Set("promptTokens", static_cast<double>(st.prompt_tokens));
+  o.Set("cachedPromptTokens", static_cast<double>(st.cached_prompt_tokens));
+  o.Set("mediaCacheBytes", static_cast<double>(st.media_cache_bytes));
+  o.Set("mediaCacheHits", static_cast<double>(st.media_cache_hits));
+  o.Set("mediaEncoded", static_cast<double>(st.media_encoded));
+  return o;
+}
+
+class ClearCacheWorker : public JobWorker {
+ public:
+  ClearCacheWorker(Napi::Env env, std::shared_ptr<ModelState> s) : JobWorker(env), s_(std::move(s)) {}
+
+ protected:
+  void Work() override {
+    std::lock_guard<std::mutex> lock(s_->job_mutex);
+    if (s_->disposed.load() || !s_->engine) throw plm::Error(plm::ErrorCode::kDisposed, "the model was disposed");
+    s_->engine->scheduler().clear_cache();
+  }
+  Napi::Value Result(Napi::Env env) override { return env.Undefined(); }
+
+ private:
+  std::shared_ptr<ModelState> s_;
+};
+
+Napi::Value NativeModel::ClearCache(const Napi::CallbackInfo& info) {
+  auto* w = new ClearCacheWorker(info.Env(), live(info.Env()));
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;
@@ -499,6 +714,9 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
     else if (qf.IsBoolean() && !qf.As<Napi::Boolean>().Value()) options.find_quantized_file = false;
     options.threads = static_cast<int>(number_opt(o, "threads", 0));
     options.max_context = static_cast<int>(number_opt(o, "maxContext", 0));
+    options.sequences = static_cast<int>(number_opt(o, "sequences", 0));
+    options.kv_cache_bytes = static_cast<size_t>(std::max(0.0, number_opt(o, "kvCacheBytes", 0)));
+    options.prefill_chunk = static_cast<int64_t>(number_opt(o, "prefillChunk", 0));
   }
   Napi::Function progress = info[2].IsFunction() ? info[2].As<Napi::Function>() : Napi::Function();
   auto* w = new LoadWorker(env, info[0].As<Napi::String>().Utf8Value(), options, progress);
@@ -543,10 +761,15 @@ Napi::Value CudaStatus(const Napi::CallbackInfo& info) { return Napi::String::Ne
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   CancelTokenWrap::Init(env);
+  TokenMaskQueue::Init(env);
+  SessionWrap::Init(env);
   NativeModel::Init(env);
   exports.Set("loadModel", Napi::Function::New(env, LoadModel));
   exports.Set("quantizeModel", Napi::Function::New(env, QuantizeModel));
   exports.Set("createCancelToken", Napi::Function::New(env, CreateCancelToken));
+  exports.Set("createTokenMaskQueue", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+                return TokenMaskQueue::constructor.New({});
+              }));
   exports.Set("cpuFeatures", Napi::Function::New(env, CpuFeatures));
   exports.Set("cudaStatus", Napi::Function::New(env, CudaStatus));
   RegisterImageProcessor(env, exports);

@@ -117,15 +117,19 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
       loadMs: Date.now() - t0,
       maxRssMB: 0,
     };
-    const gen = (ids: Int32Array, px: Float32Array | null, tiles: number, maxTokens: number) =>
-      model.generate(
+    // Every measured request starts cold: no prefix or image features reused from an earlier run.
+    const gen = async (ids: Int32Array, px: Float32Array | null, tiles: number, maxTokens: number) => {
+      await model.clearCache();
+      return model.generate(
         ids,
-        px,
-        tiles,
+        px ? [{ pixels: px, tiles }] : null,
         { maxTokens, temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1, seed: 0, stopIds: [-1] },
         () => {},
         native.createCancelToken(),
+        null,
+        null,
       );
+    };
 
     if (only.includes('decode')) {
       const tps: number[] = [];

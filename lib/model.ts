@@ -16,7 +16,11 @@ import {
   NativeModelConfig,
   NativePrecision,
   NativeQuantize,
+  NativeSession,
+  NativeStats,
   NativeTensorDump,
+  NativeTokenLogprobs,
+  NativeTokenMaskQueue,
 } from './native';
 import { buildPrompt, BuiltPrompt, MediaProcessors, PromptModelInfo } from './prompt';
 import { PlmTokenizer } from './tokenizer';
@@ -75,6 +79,18 @@ export interface LoadModelOptions {
    * (11520 for PLM). Smaller values save memory. Default 0.
    */
   maxContext?: number;
+  /**
+   * Sequences that generate at once: concurrent `generate()` / `complete()` calls and chats beyond this wait
+   * their turn. Default: 4 on the CPU (or as many as `kvCacheBytes` holds at `maxContext`); the CUDA backend
+   * runs one at a time for now.
+   */
+  sequences?: number;
+  /**
+   * Memory for the KV cache of all sequences, in bytes (PLM-1B: 64 KiB per token). Default
+   * `maxContext x sequences` tokens' worth; it is reserved as address space and only touched as used.
+   * Finished requests leave their blocks cached for prefix reuse until the space is needed.
+   */
+  kvCacheBytes?: number;
   /** Aborting rejects with ERR_CANCELLED (the model is freed once the native load finishes). */
   signal?: AbortSignal;
   onProgress?: (progress: LoadProgress) => void;
@@ -159,6 +175,20 @@ export interface GenerateOptions {
   tileSize?: number;
   /** Frames sampled per video. Default 32. */
   numFrames?: number;
+  /**
+   * Report each generated token's log-probability and this many most likely alternatives (0..20) on the
+   * chunks (`logprob`) and in `CompleteResult.logprobs`. Natural log, under the distribution the token was
+   * drawn from (after repetition penalty and temperature; greedy: the model's). Default: off.
+   */
+  topLogprobs?: number;
+}
+
+/** The log-probability of a generated token and of the most likely alternatives. */
+export interface TokenLogprob {
+  tokenId: number;
+  logprob: number;
+  /** Most likely first; `topLogprobs` entries. */
+  top: Array<{ tokenId: number; logprob: number }>;
 }
 
 /** One streamed piece of a generation. */
@@ -167,6 +197,8 @@ export interface GenerateChunk {
   text: string;
   /** The token that produced it; -1 for the final flush chunk. */
   tokenId: number;
+  /** With `topLogprobs`: the token's log-probability and the alternatives (absent on the flush chunk). */
+  logprob?: TokenLogprob;
 }
 
 export type FinishReason = 'stop' | 'length' | 'cancelled';
@@ -174,10 +206,16 @@ export type FinishReason = 'stop' | 'length' | 'cancelled';
 export interface GenerateTimings {
   /** Prompt length in tokens, image/video features included. */
   promptTokens: number;
-  /** Vision tower + projector. */
+  /** Prompt tokens whose keys and values were reused from the cache (an earlier turn or request). */
+  cachedTokens: number;
+  /** Waiting for a free sequence slot or KV cache space. */
+  queueMs: number;
+  /** Vision tower + projector (this request's own work; 0 when the image features were cached). */
   visionMs: number;
-  /** Prompt prefill (first token). */
+  /** Prompt prefill (this request's own work, interleaved with other requests' decode steps). */
   prefillMs: number;
+  /** From the call to the first generated token (preprocessing, queueing, vision and prefill). */
+  timeToFirstTokenMs: number;
   /** All decode steps after the first token. */
   decodeMs: number;
   /** (generated tokens - 1) / decode seconds. */
@@ -195,11 +233,45 @@ export interface CompleteResult {
   timings: GenerateTimings;
   /** [tokenIds.length, vocab] row-major, only with `returnLogits`. */
   logits?: Float32Array;
+  /** One per generated token, only with `topLogprobs`. */
+  logprobs?: TokenLogprob[];
+}
+
+/** Engine counters: {@link PerceptionLM.stats}. */
+export interface ModelStats {
+  /** Sequences generating now. */
+  activeSequences: number;
+  /** Requests waiting for a sequence slot or KV cache space. */
+  waitingSequences: number;
+  /** The `sequences` limit. */
+  maxSequences: number;
+  /** KV cache bytes held by running sequences, open chats and cached prefixes. */
+  kvCacheBytesUsed: number;
+  /** Of which: cached prefixes nobody uses (dropped first when space is needed). */
+  kvCacheBytesCached: number;
+  /** The KV cache budget. */
+  kvCacheBytesBudget: number;
+  /** Prompt tokens since load, and of those the ones served from the cache. */
+  promptTokens: number;
+  cachedPromptTokens: number;
+  /** Image features kept for reuse (bytes), cache hits and images encoded since load. */
+  imageCacheBytes: number;
+  imageCacheHits: number;
+  imagesEncoded: number;
 }
 
 const DEFAULT_MAX_TOKENS = 256;
 const DEFAULT_NUM_FRAMES = 32;
 const DEFAULT_MAX_NUM_TILES = 36;
+
+/** Options of {@link PerceptionLM.createChat}: a system prompt and defaults for every turn. */
+export type ChatOptions = Omit<GenerateOptions, 'messages' | 'prompt' | 'inputIds' | 'pixelValues' | 'numTiles' | 'images' | 'videos' | 'signal' | 'onProgress'>;
+
+/** One user turn of a chat: text, or text with images / videos (or explicit content parts). */
+export type ChatInput = string | { text?: string; images?: ImageInput[]; videos?: VideoInput[]; content?: Message['content'] };
+
+/** Per-turn options of {@link Chat.send} / {@link Chat.stream} (they override the chat's defaults). */
+export type ChatTurnOptions = Omit<ChatOptions, 'system'> & { signal?: AbortSignal; onProgress?: (progress: GenerateProgress) => void };
 
 function cancelledError(): PlmError {
   return new PlmError('ERR_CANCELLED', 'the operation was aborted (AbortSignal)');
@@ -212,27 +284,6 @@ function readJsonIfExists(file: string): Record<string, unknown> | undefined {
     return typeof v === 'object' && v !== null ? (v as Record<string, unknown>) : undefined;
   } catch (e) {
     throw new PlmError('ERR_CORRUPT_FILE', `${file} is not valid JSON: ${(e as Error).message}`, { cause: e });
-  }
-}
-
-/** Serializes native jobs of one model. */
-class JobQueue {
-  private tail: Promise<void> = Promise.resolve();
-  run<T>(job: () => Promise<T>): Promise<T> {
-    const result = this.tail.then(job);
-    this.tail = result.then(
-      () => undefined,
-      () => undefined,
-    );
-    return result;
-  }
-  /** Resolves with a release function once all earlier jobs are done. */
-  acquire(): Promise<() => void> {
-    let release!: () => void;
-    const held = new Promise<void>((r) => (release = r));
-    const ready = this.tail.then(() => release);
-    this.tail = held;
-    return ready;
   }
 }
 
@@ -282,11 +333,29 @@ type StreamEvent =
   | { kind: 'done'; result: CompleteResult }
   | { kind: 'error'; error: PlmError };
 
+function toTokenLogprob(tokenId: number, lp: NativeTokenLogprobs): TokenLogprob {
+  const top: TokenLogprob['top'] = [];
+  for (let i = 0; i < lp.topIds.length; i++) top.push({ tokenId: lp.topIds[i], logprob: lp.topLogprobs[i] });
+  return { tokenId, logprob: lp.logprob, top };
+}
+
+/**
+ * A source of per-token masks for constrained decoding (structured output): `first()` gives the mask of the
+ * first token, `next(tokenId)` the mask after a token was chosen (null: unconstrained from then on).
+ * @internal
+ */
+export interface TokenConstraint {
+  first(): Uint8Array | null;
+  next(tokenId: number): Uint8Array | null;
+}
+
 /**
  * A loaded PerceptionLM checkpoint. Create with {@link loadModel}.
  *
- * One native job (generation, forward, encodeImages) runs at a time per model; concurrent calls are
- * queued in call order (media preprocessing of queued requests still runs in parallel).
+ * Concurrent `generate()` / `complete()` calls run together: the engine batches their decode steps and
+ * interleaves their prompts (up to the `sequences` load option; more wait in call order). A prompt that starts
+ * like an earlier one (same text, same images) reuses that one's computed context. `createChat()` keeps a
+ * conversation's context between turns. `forward()` and `encodeImages()` run alone, between steps.
  */
 export class PerceptionLM {
   /** The parsed config (text, vision, token ids, tokens_per_tile, generation defaults). */
@@ -309,7 +378,6 @@ export class PerceptionLM {
   /** The chat template (the built-in PLM one when the checkpoint has none). */
   readonly chatTemplate: ChatTemplate;
   private readonly promptInfo: PromptModelInfo;
-  private readonly queue = new JobQueue();
   private readonly running = new Set<NativeCancel>();
   private disposed = false;
   private readonly media: MediaProcessors<ImageInput, VideoInput> = {
@@ -396,23 +464,20 @@ export class PerceptionLM {
     const pixels = options.pixelValues ?? null;
     const numTiles = this.tilesOf(pixels, options.numTiles);
     const rows = (options.logitsRows ?? 'all') === 'all' ? ids.length : 1;
-    return this.queue.run(async () => {
-      this.checkDisposed();
-      const cancel = native.createCancelToken();
-      const onAbort = (): void => cancel.cancel();
-      options.signal?.addEventListener('abort', onAbort);
-      this.running.add(cancel);
-      try {
-        const r = await this.handle.forward(ids, pixels, numTiles, rows, options.dump ?? false, cancel);
-        const vocabSize = r.logits.length / rows;
-        return { logits: r.logits, rows, vocabSize, ...(r.dumps ? { dumps: r.dumps } : {}) };
-      } catch (e) {
-        throw wrapNativeError(e);
-      } finally {
-        this.running.delete(cancel);
-        options.signal?.removeEventListener('abort', onAbort);
-      }
-    });
+    const cancel = native.createCancelToken();
+    const onAbort = (): void => cancel.cancel();
+    options.signal?.addEventListener('abort', onAbort);
+    this.running.add(cancel);
+    try {
+      const r = await this.handle.forward(ids, pixels, numTiles, rows, options.dump ?? false, cancel);
+      const vocabSize = r.logits.length / rows;
+      return { logits: r.logits, rows, vocabSize, ...(r.dumps ? { dumps: r.dumps } : {}) };
+    } catch (e) {
+      throw wrapNativeError(e);
+    } finally {
+      this.running.delete(cancel);
+      options.signal?.removeEventListener('abort', onAbort);
+    }
   }
 
   /**
@@ -433,18 +498,15 @@ export class PerceptionLM {
       throw new PlmError('ERR_INVALID_ARGUMENT', 'this checkpoint has no vision tower');
     }
     const tiles = this.tilesOf(pixelValues, numTiles);
-    return this.queue.run(async () => {
-      this.checkDisposed();
-      const cancel = native.createCancelToken();
-      this.running.add(cancel);
-      try {
-        return await this.handle.encodeImages(pixelValues, tiles, cancel);
-      } catch (e) {
-        throw wrapNativeError(e);
-      } finally {
-        this.running.delete(cancel);
-      }
-    });
+    const cancel = native.createCancelToken();
+    this.running.add(cancel);
+    try {
+      return await this.handle.encodeImages(pixelValues, tiles, cancel);
+    } catch (e) {
+      throw wrapNativeError(e);
+    } finally {
+      this.running.delete(cancel);
+    }
   }
 
   /**
@@ -473,7 +535,7 @@ export class PerceptionLM {
       if (inputIds.length + (options.maxTokens ?? DEFAULT_MAX_TOKENS) > this.maxContext) {
         throw new PlmError('ERR_CONTEXT_OVERFLOW', `the prompt has ${inputIds.length} tokens; with maxTokens it exceeds the context of ${this.maxContext}`);
       }
-      return { inputIds, pixelValues: options.pixelValues, numTiles, media: [] };
+      return { inputIds, pixelValues: options.pixelValues, numTiles, media: [], mediaPixels: [{ pixels: options.pixelValues, tiles: numTiles }] };
     }
     if ((options.messages !== undefined || options.prompt !== undefined) && !this.tokenizer) {
       throw new PlmError(
@@ -518,12 +580,11 @@ export class PerceptionLM {
   /**
    * Streams a generation as `{ text, tokenId }` chunks.
    *
-   * - An already-aborted `signal` rejects (the first `next()`) with `PlmError('ERR_CANCELLED')`;
-   *   aborting later ends the iteration quietly (no error).
-   * - Breaking out of the loop cancels the native job.
+   * - Runs alongside other calls on this model (batched; see the class notes).
+   * - Aborting `signal` (before or during the call) stops it: no chunk is yielded after `abort()` returns and
+   *   the loop ends normally (no error). Breaking out of the loop cancels the generation too.
    * - With `stop` strings, text that may begin a stop string is held back; on a match the iteration
    *   ends and the stop string is not emitted.
-   * - Queued behind other jobs of this model (one at a time).
    *
    * Defaults: maxTokens 256; temperature from generation_config (0 = greedy when do_sample is false);
    * topP 1, topK 0, minP 0, repetitionPenalty 1; stop on generation_config eos_token_id.
@@ -549,8 +610,8 @@ export class PerceptionLM {
   /**
    * Generates a whole answer.
    *
-   * An already-aborted `signal` rejects with `PlmError('ERR_CANCELLED')`; an abort during the call
-   * resolves with the text so far and `finishReason: 'cancelled'`. Stop strings end with
+   * Runs alongside other calls on this model (batched). Aborting `signal` (before or during the call) is not
+   * an error: the promise resolves with the text so far and `finishReason: 'cancelled'`. Stop strings end with
    * `finishReason: 'stop'` and are trimmed from `text`. Other defaults as {@link generate}.
    *
    * @returns `{ text, tokenIds, finishReason, timings }`.
@@ -564,12 +625,98 @@ export class PerceptionLM {
    * ```
    */
   async complete(options: GenerateOptions): Promise<CompleteResult> {
+    return this.completeIn(options, null);
+  }
+
+  /** @internal complete() in a chat session (null: none). */
+  async completeIn(options: GenerateOptions, session: NativeSession | null, constraint?: TokenConstraint): Promise<CompleteResult> {
     let result: CompleteResult | undefined;
-    for await (const ev of this.stream(options, false)) {
+    for await (const ev of this.stream(options, false, session, constraint)) {
       if (ev.kind === 'done') result = ev.result;
     }
     if (!result) throw new PlmError('ERR_INTERNAL', 'generation ended without a result');
     return result;
+  }
+
+  /** @internal generate() in a chat session; the last event is 'done'. */
+  streamIn(options: GenerateOptions, session: NativeSession | null, constraint?: TokenConstraint): AsyncGenerator<StreamEvent> {
+    return this.stream(options, true, session, constraint, true);
+  }
+
+  /**
+   * Starts a conversation that keeps its context between turns: each `send()` reuses the keys and values the
+   * model already computed for the earlier turns (and their images), so the time to the first token of a
+   * follow-up question depends on the question, not on the conversation's length.
+   *
+   * @param options `system` prompt (default: the checkpoint template's default), and defaults for every turn
+   *   (`maxTokens`, sampling options, `maxNumTiles`, ...).
+   * @example
+   * ```ts
+   * const chat = model.createChat({ system: 'You are a concise assistant.' });
+   * await chat.send({ text: 'What is in this image?', images: ['photo.jpg'] });
+   * const { text } = await chat.send('And what colour is it?');
+   * chat.dispose();
+   * ```
+   */
+  createChat(options: ChatOptions = {}): Chat {
+    this.checkDisposed();
+    return new Chat(this, options);
+  }
+
+  /** @internal a native session for a chat. */
+  openSession(): NativeSession {
+    this.checkDisposed();
+    try {
+      return this.handle.createSession();
+    } catch (e) {
+      throw wrapNativeError(e);
+    }
+  }
+
+  /**
+   * Engine counters: running and waiting sequences, KV cache use, prompt tokens served from the cache, the
+   * image feature cache.
+   *
+   * @example
+   * ```ts
+   * const s = model.stats();
+   * console.log(`${s.activeSequences} running, KV ${(s.kvCacheBytesUsed / 2 ** 20).toFixed(0)} MiB`);
+   * ```
+   */
+  stats(): ModelStats {
+    this.checkDisposed();
+    const n: NativeStats = this.handle.stats();
+    return {
+      activeSequences: n.activeSequences,
+      waitingSequences: n.waitingSequences,
+      maxSequences: n.maxSequences,
+      kvCacheBytesUsed: n.kvBlocksInUse * n.kvBlockBytes,
+      kvCacheBytesCached: n.kvBlocksCached * n.kvBlockBytes,
+      kvCacheBytesBudget: n.kvBlocksCapacity * n.kvBlockBytes,
+      promptTokens: n.promptTokens,
+      cachedPromptTokens: n.cachedPromptTokens,
+      imageCacheBytes: n.mediaCacheBytes,
+      imageCacheHits: n.mediaCacheHits,
+      imagesEncoded: n.mediaEncoded,
+    };
+  }
+
+  /**
+   * Forgets cached prompt prefixes and image features that no running request or open chat uses (for
+   * example, to measure cold-start times, or to drop content from memory).
+   *
+   * @example
+   * ```ts
+   * await model.clearCache();
+   * ```
+   */
+  async clearCache(): Promise<void> {
+    this.checkDisposed();
+    try {
+      await this.handle.clearCache();
+    } catch (e) {
+      throw wrapNativeError(e);
+    }
   }
 
   private tilesOf(pixels: Float32Array | null, numTiles: number | undefined): number {
@@ -618,48 +765,72 @@ export class PerceptionLM {
       if (!Number.isInteger(id) || id < 0) bad('stopTokenIds entry', id);
       stopIds.add(id);
     }
-    return { maxTokens, temperature, topK, topP, minP, repetitionPenalty, seed, stopIds: [...stopIds], returnLogits: options.returnLogits === true };
+    const topLogprobs = options.topLogprobs ?? -1;
+    if (options.topLogprobs !== undefined && (!Number.isInteger(topLogprobs) || topLogprobs < 0 || topLogprobs > 20)) {
+      bad('topLogprobs (an integer 0..20)', topLogprobs);
+    }
+    return {
+      maxTokens, temperature, topK, topP, minP, repetitionPenalty, seed, stopIds: [...stopIds],
+      returnLogits: options.returnLogits === true, topLogprobs,
+    };
   }
 
   /**
-   * The generation engine behind generate() and complete(): yields chunks (when `chunks`) and one
-   * final 'done' event. Errors are thrown.
+   * The generation behind generate(), complete() and chats: yields chunks (when `chunks`) and one final 'done'
+   * event (always with `withDone`, else only when not streaming chunks). Errors other than cancellation are
+   * thrown; an abort ends it with finishReason 'cancelled', and no chunk is yielded once the signal is aborted.
    */
-  private async *stream(options: GenerateOptions, chunks: boolean): AsyncGenerator<StreamEvent> {
+  private async *stream(
+    options: GenerateOptions,
+    chunks: boolean,
+    session: NativeSession | null = null,
+    constraint?: TokenConstraint,
+    withDone = false,
+  ): AsyncGenerator<StreamEvent> {
     const started = performance.now();
     this.checkDisposed();
-    if (options.signal?.aborted) throw cancelledError();
+    const signal = options.signal;
+    const emitDone = !chunks || withDone;
+    const cancelledResult = (text = '', tokenIds: number[] = []): CompleteResult => ({
+      text,
+      tokenIds,
+      finishReason: 'cancelled',
+      timings: {
+        promptTokens: 0, cachedTokens: 0, queueMs: 0, visionMs: 0, prefillMs: 0, timeToFirstTokenMs: 0, decodeMs: 0,
+        decodeTokensPerSecond: 0, totalMs: performance.now() - started,
+      },
+    });
+    if (signal?.aborted) {
+      if (emitDone) yield { kind: 'done', result: cancelledResult() };
+      return;
+    }
     const sampling = this.resolveSampling(options);
     const stops = (options.stop ?? []).filter((s) => typeof s === 'string' && s.length > 0);
-    const signal = options.signal;
-
-    const cancelledResult = (): CompleteResult => ({
-      text: '',
-      tokenIds: [],
-      finishReason: 'cancelled',
-      timings: { promptTokens: 0, visionMs: 0, prefillMs: 0, decodeMs: 0, decodeTokensPerSecond: 0, totalMs: performance.now() - started },
-    });
 
     let built: BuiltPrompt;
     try {
       built = await this.buildInput(options);
     } catch (e) {
       if (e instanceof PlmError && e.code === 'ERR_CANCELLED' && signal?.aborted) {
-        if (!chunks) yield { kind: 'done', result: cancelledResult() };
+        if (emitDone) yield { kind: 'done', result: cancelledResult() };
         return;
       }
       throw e;
     }
+    this.checkDisposed();
+    if (signal?.aborted) {
+      if (emitDone) yield { kind: 'done', result: cancelledResult() };
+      return;
+    }
 
-    const release = await this.queue.acquire();
-    const cancel = (() => {
-      try {
-        return native.createCancelToken();
-      } catch (e) {
-        release();
-        throw wrapNativeError(e);
-      }
-    })();
+    let cancel: NativeCancel;
+    let masks: NativeTokenMaskQueue | null = null;
+    try {
+      cancel = native.createCancelToken();
+      if (constraint) masks = native.createTokenMaskQueue();
+    } catch (e) {
+      throw wrapNativeError(e);
+    }
     const events: StreamEvent[] = [];
     let wake: (() => void) | undefined;
     const push = (ev: StreamEvent): void => {
@@ -672,96 +843,250 @@ export class PerceptionLM {
     let stoppedByString = false;
     let textOut = '';
     let generated = 0;
-    const onAbort = (): void => cancel.cancel();
+    let firstTokenAt = 0;
+    const onAbort = (): void => {
+      cancel.cancel();
+      masks?.close();
+      wake?.();
+      wake = undefined;
+    };
     let job: Promise<void> | undefined;
 
     try {
-      this.checkDisposed();
-      if (signal?.aborted) {
-        if (!chunks) yield { kind: 'done', result: cancelledResult() };
-        return;
-      }
       signal?.addEventListener('abort', onAbort);
       this.running.add(cancel);
       options.onProgress?.({ stage: 'prefill', fraction: 0 });
       const stopIdSet = new Set(sampling.stopIds);
-      const onToken = (id: number): void => {
+      let constraintFailed: unknown;
+      if (constraint && masks) masks.push(0, constraint.first());
+      const onToken = (id: number, lp?: NativeTokenLogprobs): void => {
+        if (constraint && masks) {
+          try {
+            masks.push(generated + 1, constraint.next(id));
+          } catch (e) {
+            constraintFailed = e;
+            cancel.cancel();
+            masks.close();
+          }
+        }
         if (stoppedByString) return;
+        if (generated === 0) firstTokenAt = performance.now();
         generated++;
         options.onProgress?.({ stage: 'decode', fraction: Math.min(1, generated / sampling.maxTokens) });
         if (stopIdSet.has(id)) return;
         const delta = decoder ? decoder.push(id) : '';
         const { text, stopped } = matcher.push(delta);
         textOut += text;
-        if (chunks) push({ kind: 'chunk', chunk: { text, tokenId: id } });
+        if (chunks) push({ kind: 'chunk', chunk: { text, tokenId: id, ...(lp ? { logprob: toTokenLogprob(id, lp) } : {}) } });
         if (stopped) {
           stoppedByString = true;
           cancel.cancel();
         }
       };
-      job = this.handle
-        .generate(built.inputIds, built.pixelValues, built.numTiles, sampling, onToken, cancel)
-        .then(
-          (r) => {
-            if (!stoppedByString) {
-              const tail = matcher.push(decoder ? decoder.flush() : '');
-              let rest = tail.text;
-              if (tail.stopped) stoppedByString = true;
-              else rest += matcher.finish();
-              textOut += rest;
-              if (chunks && rest.length > 0) push({ kind: 'chunk', chunk: { text: rest, tokenId: -1 } });
-            }
-            const n = r.tokens.length;
-            push({
-              kind: 'done',
-              result: {
-                text: textOut,
-                tokenIds: Array.from(r.tokens),
-                finishReason: stoppedByString ? 'stop' : r.finishReason,
-                ...(r.logits ? { logits: r.logits } : {}),
-                timings: {
-                  promptTokens: r.promptTokens,
-                  visionMs: r.visionMs,
-                  prefillMs: r.prefillMs,
-                  decodeMs: r.decodeMs,
-                  decodeTokensPerSecond: n > 1 && r.decodeMs > 0 ? ((n - 1) * 1000) / r.decodeMs : 0,
-                  totalMs: performance.now() - started,
-                },
+      const media = built.mediaPixels.length > 0 ? built.mediaPixels : null;
+      job = this.handle.generate(built.inputIds, media, sampling, onToken, cancel, session, masks).then(
+        (r) => {
+          if (constraintFailed) {
+            push({ kind: 'error', error: wrapNativeError(constraintFailed) });
+            return;
+          }
+          if (!stoppedByString) {
+            const tail = matcher.push(decoder ? decoder.flush() : '');
+            let rest = tail.text;
+            if (tail.stopped) stoppedByString = true;
+            else rest += matcher.finish();
+            textOut += rest;
+            if (chunks && rest.length > 0) push({ kind: 'chunk', chunk: { text: rest, tokenId: -1 } });
+          }
+          const n = r.tokens.length;
+          const tokenIds = Array.from(r.tokens);
+          push({
+            kind: 'done',
+            result: {
+              text: textOut,
+              tokenIds,
+              finishReason: stoppedByString ? 'stop' : r.finishReason,
+              ...(r.logits ? { logits: r.logits } : {}),
+              ...(r.logprobs ? { logprobs: r.logprobs.map((lp, i) => toTokenLogprob(tokenIds[i], lp)) } : {}),
+              timings: {
+                promptTokens: r.promptTokens,
+                cachedTokens: r.cachedTokens,
+                queueMs: r.queueMs,
+                visionMs: r.visionMs,
+                prefillMs: r.prefillMs,
+                timeToFirstTokenMs: firstTokenAt > 0 ? firstTokenAt - started : 0,
+                decodeMs: r.decodeMs,
+                decodeTokensPerSecond: n > 1 && r.decodeMs > 0 ? ((n - 1) * 1000) / r.decodeMs : 0,
+                totalMs: performance.now() - started,
               },
-            });
-          },
-          (e: unknown) => {
-            const err = wrapNativeError(e);
-            if (err.code === 'ERR_CANCELLED' && (stoppedByString || signal?.aborted)) {
-              push({
-                kind: 'done',
-                result: { ...cancelledResult(), text: textOut, finishReason: stoppedByString ? 'stop' : 'cancelled' },
-              });
-            } else push({ kind: 'error', error: err });
-          },
-        );
+            },
+          });
+        },
+        (e: unknown) => {
+          const err = wrapNativeError(constraintFailed ?? e);
+          if (err.code === 'ERR_CANCELLED' && (stoppedByString || signal?.aborted)) {
+            push({ kind: 'done', result: { ...cancelledResult(textOut), finishReason: stoppedByString ? 'stop' : 'cancelled' } });
+          } else push({ kind: 'error', error: err });
+        },
+      );
 
       for (;;) {
         while (events.length > 0) {
           const ev = events.shift() as StreamEvent;
           if (ev.kind === 'error') throw ev.error;
           if (ev.kind === 'chunk') {
-            if (chunks) yield ev;
+            if (chunks && !signal?.aborted) yield ev;
             continue;
           }
-          if (!chunks) yield ev;
+          if (emitDone) yield ev;
           return;
         }
         await new Promise<void>((r) => (wake = r));
       }
     } finally {
-      // Early exit (break, error): stop the native job and wait for it before the next one starts.
+      // Early exit (break, error): stop the native generation and wait for it to end.
       cancel.cancel();
+      masks?.close();
       if (job) await job.catch(() => undefined);
       this.running.delete(cancel);
       signal?.removeEventListener('abort', onAbort);
-      release();
     }
+  }
+}
+
+/**
+ * A conversation with a model that keeps its context between turns. Create with
+ * {@link PerceptionLM.createChat}. Each turn renders the whole conversation with the chat template; the engine
+ * reuses every position it already computed (the longest common prefix) and computes only the rest, so a
+ * follow-up question about an image costs about as much as the question itself. One turn at a time.
+ */
+export class Chat {
+  private messages: Message[] = [];
+  private session: NativeSession | null = null;
+  private busy = false;
+  private disposed = false;
+
+  /** @internal use {@link PerceptionLM.createChat}. */
+  constructor(
+    private readonly model: PerceptionLM,
+    private readonly options: ChatOptions,
+  ) {
+    this.resetMessages();
+  }
+
+  /** The conversation so far: the system message (when given), then user and assistant turns. */
+  get history(): readonly Message[] {
+    return this.messages;
+  }
+
+  /** Positions of this conversation held in the model's KV cache. */
+  get cachedTokens(): number {
+    return this.session ? this.session.cachedTokens() : 0;
+  }
+
+  /**
+   * Sends a user turn and returns the whole answer, which joins the history. Aborting keeps the partial
+   * answer in the history (finishReason 'cancelled').
+   *
+   * @param input the user's text, or `{ text, images, videos }`.
+   * @param options per-turn overrides (maxTokens, temperature, signal, ...).
+   * @example
+   * ```ts
+   * const chat = model.createChat();
+   * console.log((await chat.send({ text: 'Describe this.', images: ['a.png'] })).text);
+   * console.log((await chat.send('What is at the top left?')).text);
+   * ```
+   */
+  async send(input: ChatInput, options: ChatTurnOptions = {}): Promise<CompleteResult> {
+    const { request, user } = this.begin(input, options);
+    try {
+      const r = await this.model.completeIn(request, this.session);
+      this.messages.push(user, { role: 'assistant', content: r.text });
+      return r;
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  /**
+   * Sends a user turn and streams the answer; the whole answer joins the history when the stream ends (also
+   * when it is aborted or the loop breaks early: then the part that was streamed).
+   *
+   * @example
+   * ```ts
+   * for await (const { text } of chat.stream('And the colour?')) process.stdout.write(text);
+   * ```
+   */
+  stream(input: ChatInput, options: ChatTurnOptions = {}): AsyncIterable<GenerateChunk> {
+    const self = this;
+    return {
+      async *[Symbol.asyncIterator](): AsyncGenerator<GenerateChunk> {
+        const { request, user } = self.begin(input, options);
+        let text = '';
+        let ended = false;
+        try {
+          for await (const ev of self.model.streamIn(request, self.session)) {
+            if (ev.kind === 'chunk') {
+              text += ev.chunk.text;
+              yield ev.chunk;
+            } else if (ev.kind === 'done') {
+              text = ev.result.text;
+              ended = true;
+            }
+          }
+        } finally {
+          self.messages.push(user, { role: 'assistant', content: text });
+          self.busy = false;
+          void ended;
+        }
+      },
+    };
+  }
+
+  /** Forgets the conversation (keeps the system prompt) and releases its cached context. */
+  reset(): void {
+    if (this.busy) throw new PlmError('ERR_INVALID_ARGUMENT', 'the chat is answering: wait for the answer (or abort it) before reset()');
+    this.session?.dispose();
+    this.session = null;
+    this.resetMessages();
+  }
+
+  /** Releases the conversation's cached context; later calls reject with ERR_DISPOSED. Safe to call twice. */
+  dispose(): void {
+    this.disposed = true;
+    this.session?.dispose();
+    this.session = null;
+  }
+
+  private resetMessages(): void {
+    this.messages = this.options.system !== undefined ? [{ role: 'system', content: this.options.system }] : [];
+  }
+
+  private begin(input: ChatInput, options: ChatTurnOptions): { request: GenerateOptions; user: Message } {
+    if (this.disposed) throw new PlmError('ERR_DISPOSED', 'this chat was disposed; create a new one with model.createChat()');
+    if (this.busy) throw new PlmError('ERR_INVALID_ARGUMENT', 'the chat is still answering the previous turn: await it first');
+    let user: Message;
+    if (typeof input === 'string') {
+      user = { role: 'user', content: input };
+    } else if (input && typeof input === 'object') {
+      const parts: Exclude<Message['content'], string> = [];
+      if (input.content !== undefined) {
+        if (typeof input.content === 'string') parts.push({ type: 'text', text: input.content });
+        else parts.push(...input.content);
+      }
+      for (const image of input.images ?? []) parts.push({ type: 'image', image });
+      for (const video of input.videos ?? []) parts.push({ type: 'video', video });
+      if (input.text !== undefined) parts.push({ type: 'text', text: input.text });
+      if (parts.length === 0) throw new PlmError('ERR_INVALID_ARGUMENT', 'a chat turn needs text, images, videos or content');
+      user = { role: 'user', content: parts };
+    } else {
+      throw new PlmError('ERR_INVALID_ARGUMENT', 'a chat turn is a string or { text, images, videos }');
+    }
+    if (!this.session) this.session = this.model.openSession();
+    this.busy = true;
+    const { system: _system, ...defaults } = this.options;
+    void _system;
+    return { request: { ...defaults, ...options, messages: [...this.messages, user] }, user };
   }
 }
 

@@ -108,6 +108,53 @@ export interface NativeGenerateOptions {
   stopIds: number[];
   /** Keep the logits row each token was chosen from. */
   returnLogits?: boolean;
+  /** >= 0: report each token's log-probability and this many alternatives (at most 20); -1 or absent: off. */
+  topLogprobs?: number;
+}
+
+/** Log-probabilities of one generated token (natural log, the distribution it was drawn from). */
+export interface NativeTokenLogprobs {
+  logprob: number;
+  /** The most likely tokens, best first, and their log-probabilities. */
+  topIds: Int32Array;
+  topLogprobs: Float32Array;
+}
+
+/** One image or video of a prompt: [tiles, 3, S, S] pixels. */
+export interface NativeMedia {
+  pixels: Float32Array;
+  tiles: number;
+}
+
+/** A conversation whose KV cache stays between turns. */
+export interface NativeSession {
+  dispose(): void;
+  cachedTokens(): number;
+}
+
+/** Token masks for constrained decoding: push(step, bits) before the engine draws token `step`. */
+export interface NativeTokenMaskQueue {
+  /** bits: vocab bits (bit t of byte t >> 3) of the allowed tokens; null: no constraint at that step. */
+  push(step: number, bits: Uint8Array | null): void;
+  /** No more masks: later steps are unconstrained. */
+  close(): void;
+}
+
+/** Counters of the engine's scheduler and caches. */
+export interface NativeStats {
+  activeSequences: number;
+  waitingSequences: number;
+  maxSequences: number;
+  kvBlocksInUse: number;
+  kvBlocksCached: number;
+  kvBlocksCapacity: number;
+  kvBlockBytes: number;
+  kvBytesResident: number;
+  promptTokens: number;
+  cachedPromptTokens: number;
+  mediaCacheBytes: number;
+  mediaCacheHits: number;
+  mediaEncoded: number;
 }
 
 export type NativeFinishReason = 'stop' | 'length' | 'cancelled';
@@ -116,11 +163,18 @@ export interface NativeGenerateResult {
   tokens: Int32Array;
   finishReason: NativeFinishReason;
   promptTokens: number;
+  /** Prompt positions reused from the KV cache (not computed). */
+  cachedTokens: number;
+  queueMs: number;
   visionMs: number;
   prefillMs: number;
+  /** From submission to the first token. */
+  firstTokenMs: number;
   decodeMs: number;
   /** [tokens, vocab] with returnLogits. */
   logits?: Float32Array;
+  /** One per token with topLogprobs >= 0. */
+  logprobs?: NativeTokenLogprobs[];
 }
 
 /** A loaded model held by the addon. */
@@ -135,14 +189,20 @@ export interface NativeModel {
     cancel: NativeCancel | null,
   ): Promise<NativeForwardResult>;
   encodeImages(pixels: Float32Array, tiles: number, cancel: NativeCancel | null): Promise<Float32Array>;
+  /** Queues a generation; concurrent calls run together (batched). */
   generate(
     ids: Int32Array,
-    pixels: Float32Array | null,
-    tiles: number,
+    media: NativeMedia[] | null,
     opts: NativeGenerateOptions,
-    onToken: (id: number) => void,
+    onToken: (id: number, logprobs?: NativeTokenLogprobs) => void,
     cancel: NativeCancel,
+    session: NativeSession | null,
+    masks: NativeTokenMaskQueue | null,
   ): Promise<NativeGenerateResult>;
+  createSession(): NativeSession;
+  stats(): NativeStats;
+  /** Drops cached KV blocks and image features not in use. */
+  clearCache(): Promise<void>;
   dispose(): void;
 }
 
@@ -160,6 +220,12 @@ export interface NativeLoadOptions {
   quantize?: NativeQuantize;
   /** A plm-quant file to map; false: always quantize at load; absent: <dir>/model.<kind>.plmq.safetensors when present. */
   quantizedFile?: string | false;
+  /** Sequences generating at once; 0: the backend's default. */
+  sequences?: number;
+  /** KV cache budget in bytes; 0: maxContext x sequences. */
+  kvCacheBytes?: number;
+  /** Prompt positions per prefill step; 0: 256. */
+  prefillChunk?: number;
 }
 
 /** Options of the addon's quantizeModel. */
@@ -203,6 +269,7 @@ export interface NativeAddon {
     cancel: NativeCancel | null,
   ): Promise<NativeQuantizeResult>;
   createCancelToken(): NativeCancel;
+  createTokenMaskQueue(): NativeTokenMaskQueue;
   cpuFeatures(): string[];
   cudaStatus(): string;
   preprocessImage(

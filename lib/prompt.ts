@@ -99,6 +99,8 @@ export interface BuiltPrompt {
   numTiles: number;
   /** Media in placeholder order. */
   media: PlacedMedia[];
+  /** The pixels of each media item, in placeholder order ([tiles, 3, S, S] each). */
+  mediaPixels: { pixels: Float32Array; tiles: number }[];
   /** The rendered template text (undefined when built from `inputIds`). */
   text?: string;
 }
@@ -365,6 +367,7 @@ export async function buildPrompt<I, V>(
   const out = new Int32Array(total);
   const placed: PlacedMedia[] = [];
   const pixelParts: Float32Array[] = [];
+  const mediaPixels: { pixels: Float32Array; tiles: number }[] = [];
   let o = 0;
   // One cursor per media kind: which item comes next and, for already-expanded runs, how much of the
   // current run is left.
@@ -386,6 +389,7 @@ export async function buildPrompt<I, V>(
       const n = item.tiles * tpt;
       placed.push({ kind: c.kind, index: c.next, tiles: item.tiles, tokenStart: o, tokenCount: n });
       pixelParts.push(item.pixelValues);
+      mediaPixels.push({ pixels: item.pixelValues, tiles: item.tiles });
       c.next++;
       if (c.expand) {
         out.fill(id, o, o + n);
@@ -408,5 +412,5 @@ export async function buildPrompt<I, V>(
       off += p.length;
     }
   }
-  return { inputIds: out, pixelValues, numTiles: imageTiles + videoFrames, media: placed, text };
+  return { inputIds: out, pixelValues, numTiles: imageTiles + videoFrames, media: placed, mediaPixels, text };
 }

@@ -84,33 +84,127 @@ void gemv_range(const float* x, int64_t K, int64_t N, const uint8_t* W, const fl
   }
 }
 
-// M == 1, bf16 weights, K % 32 == 0: a 64-byte load holds 32 bf16; the even elements become f32 with one
-// 32-bit shift and the odd ones with one AND (a bf16 is the top half of an f32), against x split into its
-// even and odd elements once per call (xe, xo). Two vector ALU ops + two FMAs per 32 weights instead of
-// widen + shift + FMA per 16, which keeps 2 cores at the memory bandwidth. Prefetch once per cache line.
-// Eight rows at a time: eight streams in flight per core (four measured ~3% slower, same results).
-void gemv1_bf16_eo(const float* xe, const float* xo, int64_t K, int64_t N, const uint8_t* W, const float* bias,
-                   float* y, int64_t n0, int64_t n1) {
-  constexpr int NR = 8;
+// bf16 weights with K % 32 == 0, any number of rows of x: the "even/odd" order. A 64-byte load holds 32 bf16;
+// the even elements become f32 with one 32-bit shift and the odd ones with one AND (a bf16 is the top half of
+// an f32), against x split into its even and odd elements once per call (xe, xo: [M, K/2] each). Two vector ALU
+// ops + two FMAs per 32 weights instead of widen + shift + FMA per 16, which keeps 2 cores at the memory
+// bandwidth in decode. Each output (row m, weight row n) is computed by the same operations whatever M is and
+// wherever row m sits: ae and ao accumulate k = 32b + 2j and 32b + 2j + 1 in lane j, b ascending, then
+// y = reduce_add(ae + ao) + bias. So a row's result never depends on the other rows of the call: the GEMV
+// (M <= 8) and the blocked GEMM (M > 8) give the same bits for it (batched decode and chunked prefill are
+// invariant to how rows are grouped).
+// MR rows of x x NR weight rows [n, n + NR) (clamped to n1: repeated rows are computed and not stored).
+template <int MR, int NR, bool Prefetch>
+inline void eo_block(const float* xe, const float* xo, int64_t K, int64_t N, const uint8_t* W, const float* bias,
+                     float* y, int64_t n, int64_t n1) {
   const size_t rb = static_cast<size_t>(K) * 2;
+  const int64_t half = K / 2;
+  const int R = static_cast<int>(std::min<int64_t>(NR, n1 - n));
   const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
-  for (int64_t n = n0; n < n1; n += NR) {
-    const int R = static_cast<int>(std::min<int64_t>(NR, n1 - n));
-    const uint8_t* wr[NR];
-    for (int r = 0; r < NR; ++r) wr[r] = W + static_cast<size_t>(n + std::min(r, R - 1)) * rb;
-    __m512 ae[NR], ao[NR];
-    for (int r = 0; r < NR; ++r) ae[r] = ao[r] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k += 32) {
-      const __m512 e = _mm512_loadu_ps(xe + k / 2), o = _mm512_loadu_ps(xo + k / 2);
+  const uint8_t* wr[NR];
+  for (int r = 0; r < NR; ++r) wr[r] = W + static_cast<size_t>(n + std::min(r, R - 1)) * rb;
+  __m512 ae[MR][NR], ao[MR][NR];
+  for (int m = 0; m < MR; ++m)
+    for (int r = 0; r < NR; ++r) ae[m][r] = ao[m][r] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 32) {
+    __m512 we[NR], wo[NR];
+    for (int r = 0; r < NR; ++r) {
+      if constexpr (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(wr[r]) + (k + 512) * 2, _MM_HINT_T0);
+      const __m512i v = _mm512_loadu_si512(wr[r] + k * 2);
+      we[r] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+      wo[r] = _mm512_castsi512_ps(_mm512_and_si512(v, hi));
+    }
+    for (int m = 0; m < MR; ++m) {
+      const __m512 e = _mm512_loadu_ps(xe + m * half + k / 2), o = _mm512_loadu_ps(xo + m * half + k / 2);
       for (int r = 0; r < NR; ++r) {
-        _mm_prefetch(reinterpret_cast<const char*>(wr[r]) + (k + 512) * 2, _MM_HINT_T0);
-        const __m512i v = _mm512_loadu_si512(wr[r] + k * 2);
-        ae[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), e, ae[r]);
-        ao[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi)), o, ao[r]);
+        ae[m][r] = _mm512_fmadd_ps(we[r], e, ae[m][r]);
+        ao[m][r] = _mm512_fmadd_ps(wo[r], o, ao[m][r]);
       }
     }
-    for (int r = 0; r < R; ++r) y[n + r] = _mm512_reduce_add_ps(_mm512_add_ps(ae[r], ao[r])) + (bias ? bias[n + r] : 0.f);
   }
+  for (int m = 0; m < MR; ++m)
+    for (int r = 0; r < R; ++r)
+      y[m * N + n + r] = _mm512_reduce_add_ps(_mm512_add_ps(ae[m][r], ao[m][r])) + (bias ? bias[n + r] : 0.f);
+}
+
+// Weight rows [n0, n1) for MR rows of x; NR weight rows in flight so that 2 * MR * NR accumulators fill the
+// registers (eight streams per core at MR = 1: four measured ~3% slower, same results).
+template <int MR>
+void gemv_bf16_eo(const float* xe, const float* xo, int64_t K, int64_t N, const uint8_t* W, const float* bias,
+                  float* y, int64_t n0, int64_t n1) {
+  constexpr int NR = MR == 1 ? 8 : MR == 2 ? 4 : MR <= 4 ? 2 : 1;
+  for (int64_t n = n0; n < n1; n += NR) eo_block<MR, NR, true>(xe, xo, K, N, W, bias, y, n, n1);
+}
+
+void gemv_bf16_eo_rows(int64_t M, const float* xe, const float* xo, int64_t K, int64_t N, const uint8_t* W,
+                       const float* bias, float* y, int64_t n0, int64_t n1) {
+  switch (M) {
+    case 1: gemv_bf16_eo<1>(xe, xo, K, N, W, bias, y, n0, n1); break;
+    case 2: gemv_bf16_eo<2>(xe, xo, K, N, W, bias, y, n0, n1); break;
+    case 3: gemv_bf16_eo<3>(xe, xo, K, N, W, bias, y, n0, n1); break;
+    case 4: gemv_bf16_eo<4>(xe, xo, K, N, W, bias, y, n0, n1); break;
+    case 5: gemv_bf16_eo<5>(xe, xo, K, N, W, bias, y, n0, n1); break;
+    case 6: gemv_bf16_eo<6>(xe, xo, K, N, W, bias, y, n0, n1); break;
+    case 7: gemv_bf16_eo<7>(xe, xo, K, N, W, bias, y, n0, n1); break;
+    default: gemv_bf16_eo<8>(xe, xo, K, N, W, bias, y, n0, n1); break;
+  }
+}
+
+// x [M, K] -> xe, xo [M, K/2]: its even and odd elements.
+void split_even_odd(const float* x, int64_t M, int64_t K, float* xe, float* xo, ThreadPool* pool) {
+  const int64_t half = K / 2;
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  parallel_for(M > 64 ? pool : nullptr, M, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t m = r0; m < r1; ++m)
+      for (int64_t k = 0; k < K; k += 32) {
+        const __m512 a = _mm512_loadu_ps(x + m * K + k), b = _mm512_loadu_ps(x + m * K + k + 16);
+        _mm512_storeu_ps(xe + m * half + k / 2, _mm512_permutex2var_ps(a, even, b));
+        _mm512_storeu_ps(xo + m * half + k / 2, _mm512_permutex2var_ps(a, odd, b));
+      }
+  });
+}
+
+// The blocked GEMM of the even/odd order (M > 8): 4 rows of x x 3 weight rows per block (24 accumulators).
+// A task owns a range of weight rows (kept in L2 while every 4-row group of x streams past it).
+constexpr int kEoMR = 4, kEoNR = 3;
+void gemm_bf16_eo(const float* xe, const float* xo, int64_t M, int64_t K, int64_t N, const uint8_t* W,
+                  const float* bias, float* y, int64_t n0, int64_t n1) {
+  const int64_t half = K / 2;
+  int64_t m = 0;
+  for (; m + kEoMR <= M; m += kEoMR)
+    for (int64_t n = n0; n < n1; n += kEoNR)
+      eo_block<kEoMR, kEoNR, false>(xe + m * half, xo + m * half, K, N, W, bias, y + m * N, n, n1);
+  for (; m < M; ++m)
+    for (int64_t n = n0; n < n1; n += kEoNR)
+      eo_block<1, kEoNR, false>(xe + m * half, xo + m * half, K, N, W, bias, y + m * N, n, n1);
+}
+
+void run_bf16_eo(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool) {
+  const int64_t N = w.rows, K = w.cols;
+  const int threads = pool ? pool->size() : 1;
+  thread_local std::vector<float> xeo;
+  xeo.resize(static_cast<size_t>(M * K));
+  float* xe = xeo.data();  // the caller's buffer, read by the workers
+  float* xo = xe + M * (K / 2);
+  split_even_odd(x, M, K, xe, xo, pool);
+  const uint8_t* W = static_cast<const uint8_t*>(w.data);
+  if (M <= 8) {
+    // Row ranges of ~64 KB of weights or more, a few per thread so a busy core doesn't stall the other.
+    const auto [rows, tasks] = gemv_row_split(N, K * 2, threads, 4);
+    run_tasks(pool, tasks, [&](int64_t t) {
+      gemv_bf16_eo_rows(M, xe, xo, K, N, W, bias, y, t * rows, std::min(N, (t + 1) * rows));
+    });
+    return;
+  }
+  // About 4 tasks per thread, each a multiple of 3 weight rows and at most ~256 KiB of them.
+  int64_t rows = std::max<int64_t>(kEoNR, (N + 4 * threads - 1) / (4 * threads));
+  rows = std::min<int64_t>(rows, std::max<int64_t>(kEoNR, (256 << 10) / (K * 2)));
+  rows = (rows + kEoNR - 1) / kEoNR * kEoNR;
+  const int64_t tasks = (N + rows - 1) / rows;
+  run_tasks(pool, tasks, [&](int64_t t) {
+    gemm_bf16_eo(xe, xo, M, K, N, W, bias, y, t * rows, std::min(N, (t + 1) * rows));
+  });
 }
 
 template <DType D>
@@ -220,26 +314,13 @@ template <DType D>
 void run(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool) {
   const int64_t N = w.rows, K = w.cols;
   const int threads = pool ? pool->size() : 1;
+  if constexpr (D == DType::kBF16) {
+    if (K % 32 == 0 && M <= 8) return run_bf16_eo(x, M, w, bias, y, pool);
+  }
   if (M <= 8) {
     // Row ranges of ~64 KB of weights or more, a few per thread so a busy core doesn't stall the other.
     const int64_t row_bytes = K * static_cast<int64_t>(esize<D>());
     const auto [rows, tasks] = gemv_row_split(N, row_bytes, threads, 4);
-    if constexpr (D == DType::kBF16) {
-      if (M == 1 && K % 32 == 0) {
-        thread_local std::vector<float> xeo;
-        xeo.resize(static_cast<size_t>(K));
-        float* xe = xeo.data();  // the caller's buffer, read by the workers
-        float* xo = xe + K / 2;
-        for (int64_t k = 0; k < K / 2; ++k) {
-          xe[k] = x[2 * k];
-          xo[k] = x[2 * k + 1];
-        }
-        const uint8_t* W = static_cast<const uint8_t*>(w.data);
-        auto fn1 = [&](int64_t t) { gemv1_bf16_eo(xe, xo, K, N, W, bias, y, t * rows, std::min(N, (t + 1) * rows)); };
-        run_tasks(pool, tasks, fn1);
-        return;
-      }
-    }
     auto fn = [&](int64_t t) { gemv<D>(x, M, w, bias, y, t * rows, std::min(N, (t + 1) * rows)); };
     run_tasks(pool, tasks, fn);
     return;
@@ -257,8 +338,13 @@ void run(const float* x, int64_t M, const WeightMatrix& w, const float* bias, fl
 }  // namespace
 
 bool matmul_avx512_f32(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y,
-                       ThreadPool* pool) {
+                       ThreadPool* pool, bool row_invariant) {
   if (M <= 0 || w.rows <= 0) return true;
+  if (row_invariant) {
+    if (w.dtype != DType::kBF16 || w.cols % 32 != 0) return false;
+    run_bf16_eo(x, M, w, bias, y, pool);
+    return true;
+  }
   switch (w.dtype) {
     case DType::kBF16: run<DType::kBF16>(x, M, w, bias, y, pool); return true;
     case DType::kF16: run<DType::kF16>(x, M, w, bias, y, pool); return true;

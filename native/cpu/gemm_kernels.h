@@ -45,9 +45,10 @@ inline ColSplit gemm_col_split(int64_t mblocks, int64_t N, int threads, int64_t 
 
 }  // namespace
 
-// f32 activations, bf16/f16/f32 weights read in place, f32 accumulation (AVX-512F).
+// f32 activations, bf16/f16/f32 weights read in place, f32 accumulation (AVX-512F). row_invariant: every row
+// computed as the GEMV computes it, for any M (bf16 weights with K % 32 == 0 only; returns false otherwise).
 bool matmul_avx512_f32(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y,
-                       ThreadPool* pool);
+                       ThreadPool* pool, bool row_invariant = false);
 // Same with AVX2+FMA+F16C (GEMV for small M only; larger M returns false).
 bool matmul_avx2_f32(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y,
                      ThreadPool* pool);

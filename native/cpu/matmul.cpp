@@ -227,6 +227,16 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
 
 void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool,
             Precision precision) {
+  if (precision == Precision::kF32RowInvariant && M > kGemvRows) {
+#if defined(__x86_64__) || defined(_M_X64)
+    if (w.quant == Quant::kNone && avx512_usable() && kernels::matmul_avx512_f32(x, M, w, bias, y, pool, true)) return;
+#endif
+    // Every row as the GEMV computes it: groups of kGemvRows rows.
+    for (int64_t m = 0; m < M; m += kGemvRows)
+      matmul(x + m * w.cols, std::min(kGemvRows, M - m), w, bias, y + m * w.rows, pool, Precision::kF32);
+    return;
+  }
+  if (precision == Precision::kF32RowInvariant) precision = Precision::kF32;
   if (w.quant != Quant::kNone) return matmul_quantized(x, M, w, bias, y, pool, precision);
 #if defined(__x86_64__) || defined(_M_X64)
   static const CpuFeatures& f = cpu_features();

@@ -46,8 +46,14 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
 // Activation precision of the matmuls with many rows (prefill, vision). kF32: f32 activations and
 // accumulation (exact to f32 rounding; the fixture tests' mode). kBF16: activations rounded to bf16,
 // f32 accumulation, on AMX tiles where the CPU has them (error bound in benchmarks/RESULTS.md).
-// Small-M matmuls (decode, M <= 8) always use f32 activations: they are memory-bound either way.
-enum class Precision { kF32, kBF16 };
+// Small-M matmuls (decode, M <= 8) always use f32 activations: they are memory-bound either way, and every row
+// of them is computed by the same operations for any M from 1 to 8 (so batching decode rows changes no bits).
+// kF32RowInvariant: kF32 where also every row of a larger M is computed by those same operations (the decoder at
+// f32: a token's keys, values and logits do not depend on how many rows share the call, so a prompt prefix
+// reused from the cache, or computed in other chunks, gives the same bits as computing it again). AVX-512 with
+// bf16 weights (K % 32 == 0) has a blocked GEMM in that order; elsewhere rows go through the GEMV 8 at a time.
+enum class Precision { kF32, kBF16, kF32RowInvariant };
+constexpr int64_t kGemvRows = 8;  // the largest M the GEMV kernels take
 
 // Same as matmul() with an explicit precision. kBF16 falls back to kF32 where no fast bf16 kernel
 // applies (no AMX/AVX512-BF16, a shape the tiles don't cover, or f32/f16 weights).

@@ -16,11 +16,8 @@
 
 namespace plm {
 
-Decoder::Decoder(const LoadedModel& model, ThreadPool* pool, int64_t max_context)
-    : cfg_(model.config.text),
-      pool_(pool),
-      cache_(model.config.text.num_layers, int64_t(model.config.text.num_kv_heads) * model.config.text.head_dim,
-             max_context) {
+Decoder::Decoder(const LoadedModel& model, ThreadPool* pool, KvCache* cache)
+    : cfg_(model.config.text), pool_(pool), cache_(cache) {
   const std::string p = "model.language_model.";
   for (int l = 0; l < cfg_.num_layers; ++l) {
     const std::string L = p + "layers." + std::to_string(l) + ".";
@@ -79,12 +76,37 @@ void Decoder::embed(const int32_t* ids, int64_t n, float* out) const {
   }
 }
 
-void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_out, const CancelToken* cancel,
-                      const DumpFn& dump) {
+cpu::PagedKv Decoder::layer_kv(int layer) const {
+  cpu::PagedKv kv;
+  kv.base = cache_->base();
+  kv.block_stride = cache_->block_stride();
+  kv.layer_offset = cache_->layer_offset(layer);
+  kv.value_offset = cache_->value_offset();
+  kv.block_tokens = KvCache::kBlockTokens;
+  kv.kv_heads = cfg_.num_kv_heads;
+  kv.head_dim = cfg_.head_dim;
+  return kv;
+}
+
+void Decoder::gather_kv(const int32_t* table, int64_t T, int layer, float* k, float* v) const {
+  const cpu::PagedKv kv = layer_kv(layer);
+  const int64_t B = kv.block_tokens, width = int64_t(kv.kv_heads) * kv.head_dim;
+  parallel_for(pool_, (T + B - 1) / B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const float* kb = kv.keys(table[b]);  // [width][B]
+      const float* vb = kv.values(table[b]);
+      const int64_t rows = std::min(B, T - b * B);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < width; ++c) k[(b * B + r) * width + c] = kb[c * B + r];
+      std::memcpy(v + b * B * width, vb, static_cast<size_t>(rows * width) * sizeof(float));
+    }
+  });
+}
+
+void Decoder::prefill(float* x, int64_t n, const int32_t* table, int64_t pos0, int64_t logits_rows, float* logits_out,
+                      const CancelToken* cancel, const DumpFn& dump) {
   const int64_t H = cfg_.hidden_size, hd = cfg_.head_dim, nh = cfg_.num_heads, nkv = cfg_.num_kv_heads;
-  const int64_t qw = nh * hd, kvw = nkv * hd, I = cfg_.intermediate_size;
-  const int64_t pos0 = cache_.length();
-  cache_.reserve(pos0 + n);
+  const int64_t qw = nh * hd, kvw = nkv * hd, I = cfg_.intermediate_size, T = pos0 + n;
   if (dump) dump("hidden.embed", x, {n, H});
 
   float* h = h_.get(n * H);                      // [n, H] normed input
@@ -100,9 +122,11 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
   float* gate = swiglu_tiles ? nullptr : gate_.get(n * I);  // [n, I] each, off AMX
   float* up = swiglu_tiles ? nullptr : up_.get(n * I);
   if (swiglu_tiles) act_.resize(n, I);
+  // On AMX (bf16) the attention reads contiguous copies of the sequence's keys and values and may hand its
+  // output to o as bf16 tiles; elsewhere the paged kernel reads the blocks in place.
   cpu::AttentionShape attn_shape;
   attn_shape.q_len = n;
-  attn_shape.kv_len = pos0 + n;
+  attn_shape.kv_len = T;
   attn_shape.heads = static_cast<int>(nh);
   attn_shape.kv_heads = static_cast<int>(nkv);
   attn_shape.head_dim = static_cast<int>(hd);
@@ -111,9 +135,8 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
   attn_shape.scale = 1.0f / std::sqrt(static_cast<float>(hd));
   attn_shape.causal = true;
   attn_shape.q_offset = pos0;
-  // Attention output: f32 [n, nh, hd], or bf16 in the AMX tile order where attention and o both run on AMX.
-  const bool attn_tiles = cpu::attention_tiles_available(precision_, attn_shape) &&
-                          std::all_of(layers_.begin(), layers_.end(), [&](const Layer& L) {
+  const bool dense_attention = cpu::attention_tiles_available(precision_, attn_shape);
+  const bool attn_tiles = dense_attention && std::all_of(layers_.begin(), layers_.end(), [&](const Layer& L) {
                             return cpu::tile_chain_available(precision_, n, L.o);
                           });
   float* attn = attn_tiles ? nullptr : attn_.get(n * qw);  // [n, nh, hd]
@@ -121,16 +144,23 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
     attn_act_.resize(n, qw);
     attn_shape.out_tiles = attn_act_.data();
   }
+  float* kc = dense_attention ? kc_.get(T * kvw) : nullptr;  // [T, nkv, hd] contiguous keys (AMX attention)
+  float* vc = dense_attention ? vc_.get(T * kvw) : nullptr;
+  float* k = dense_attention ? kc + pos0 * kvw : k_.get(n * kvw);  // [n, nkv, hd] this chunk's keys
+  float* v = dense_attention ? vc + pos0 * kvw : v_.get(n * kvw);
+  std::vector<const int32_t*> tables(static_cast<size_t>(n), table);  // paged attention: every row, one sequence
+  std::vector<int64_t> keys(static_cast<size_t>(n));                  // [n] row i sees positions 0 .. pos0 + i
+  for (int64_t i = 0; i < n; ++i) keys[i] = pos0 + i + 1;
+  cpu::PagedQueries pq{q, qw, attn, qw, n, static_cast<int>(nh), attn_shape.scale, tables.data(), keys.data()};
   cpu::rope_llama_table(inv_freq_.data(), static_cast<int>(hd), pos0, n, cos, sin);
   for (int l = 0; l < cfg_.num_layers; ++l) {
     if (cancel && cancel->is_cancelled()) throw Error(ErrorCode::kCancelled, "cancelled");
     Layer& L = layers_[l];
-    float* kc = cache_.keys(l) + pos0 * kvw;    // [n, nkv, hd] slice of the cache
-    float* vc = cache_.values(l) + pos0 * kvw;
+    const cpu::PagedKv kv = layer_kv(l);
     {
       // RMSNorm fused into the matmuls' bf16 conversion on AMX (prefill); elsewhere normed into h first.
       OpTimer t("decoder.norm+matmul_qkv");
-      const cpu::MatmulOut outs[3] = {{&L.q, nullptr, q}, {&L.k, nullptr, kc}, {&L.v, nullptr, vc}};
+      const cpu::MatmulOut outs[3] = {{&L.q, nullptr, q}, {&L.k, nullptr, k}, {&L.v, nullptr, v}};
       const cpu::RowNorm norm{cpu::RowNorm::kRmsNorm, L.input_norm.data(), nullptr, cfg_.rms_norm_eps};
       cpu::matmul_group(x, n, outs, 3, pool_, precision_, norm, h);
     }
@@ -140,10 +170,16 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
         const int64_t half = hd / 2;
         cpu::rope_rotate_half(q + r0 * qw, r1 - r0, static_cast<int>(nh), static_cast<int>(hd),
                               cos + r0 * half, sin + r0 * half);
-        cpu::rope_rotate_half(kc + r0 * kvw, r1 - r0, static_cast<int>(nkv), static_cast<int>(hd),
+        cpu::rope_rotate_half(k + r0 * kvw, r1 - r0, static_cast<int>(nkv), static_cast<int>(hd),
                               cos + r0 * half, sin + r0 * half);
       });
-      cpu::attention(q, cache_.keys(l), cache_.values(l), attn, attn_shape, pool_, precision_);
+      cpu::store_kv_rows(k, v, n, pos0, table, kv, cache_->base());
+      if (dense_attention) {
+        if (pos0 > 0) gather_kv(table, pos0, l, kc, vc);
+        cpu::attention(q, kc, vc, attn, attn_shape, pool_, precision_);
+      } else {
+        cpu::attention_paged(pq, kv, pool_);
+      }
     }
     {
       // x += o(attn): the residual add in the matmul's epilogue on AMX (prefill), a pass over x elsewhere.
@@ -179,7 +215,6 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
     }
     if (dump) dump("hidden.layers." + std::to_string(l), x, {n, H});
   }
-  cache_.set_length(pos0 + n);
   if (logits_rows <= 0) return;
   logits_rows = std::min(logits_rows, n);
   // Only the rows that need logits are normed, unless every row is being dumped.
@@ -188,6 +223,76 @@ void Decoder::forward(float* x, int64_t n, int64_t logits_rows, float* logits_ou
   cpu::rms_norm(src, final_norm_.data(), h, norm_rows, H, cfg_.rms_norm_eps);
   if (dump) dump("hidden.norm", h, {n, H});
   cpu::matmul(h + (norm_rows - logits_rows) * H, logits_rows, lm_head_, nullptr, logits_out, pool_, precision_);
+}
+
+void Decoder::decode(float* x, int64_t R, const int32_t* const* tables, const int64_t* pos, float* logits_out) {
+  const int64_t H = cfg_.hidden_size, hd = cfg_.head_dim, nh = cfg_.num_heads, nkv = cfg_.num_kv_heads;
+  const int64_t qw = nh * hd, kvw = nkv * hd, I = cfg_.intermediate_size, half = hd / 2, V = cfg_.vocab_size;
+  float* h = h_.get(R * H);        // [R, H] normed input
+  float* q = q_.get(R * qw);       // [R, nh, hd]
+  float* k = k_.get(R * kvw);      // [R, nkv, hd]
+  float* v = v_.get(R * kvw);
+  float* attn = attn_.get(R * qw);  // [R, nh, hd]
+  float* gate = gate_.get(R * I);   // [R, I] each
+  float* up = up_.get(R * I);
+  float* proj = proj_.get(R * H);   // [R, H] the residual add's product
+  float* cos = cos_.get(R * half);  // [R, hd/2], each row at its own position
+  float* sin = sin_.get(R * half);
+  std::vector<int64_t> keys(static_cast<size_t>(R));
+  for (int64_t r = 0; r < R; ++r) {
+    cpu::rope_llama_table(inv_freq_.data(), static_cast<int>(hd), pos[r], 1, cos + r * half, sin + r * half);
+    keys[r] = pos[r] + 1;
+  }
+  cpu::PagedQueries pq{q, qw, attn, qw, R, static_cast<int>(nh), 1.0f / std::sqrt(static_cast<float>(hd)), tables,
+                       keys.data()};
+  // fn(first row, rows) for each group of at most kDecodeGroup rows: the GEMV kernels' row count.
+  auto groups = [&](const auto& fn) {
+    for (int64_t r0 = 0; r0 < R; r0 += kDecodeGroup) fn(r0, std::min(kDecodeGroup, R - r0));
+  };
+  for (int l = 0; l < cfg_.num_layers; ++l) {
+    Layer& L = layers_[l];
+    const cpu::PagedKv kv = layer_kv(l);
+    {
+      OpTimer t("decoder.norm+matmul_qkv");
+      const cpu::RowNorm norm{cpu::RowNorm::kRmsNorm, L.input_norm.data(), nullptr, cfg_.rms_norm_eps};
+      groups([&](int64_t r0, int64_t m) {
+        const cpu::MatmulOut outs[3] = {{&L.q, nullptr, q + r0 * qw}, {&L.k, nullptr, k + r0 * kvw},
+                                        {&L.v, nullptr, v + r0 * kvw}};
+        cpu::matmul_group(x + r0 * H, m, outs, 3, pool_, precision_, norm, h + r0 * H);
+      });
+    }
+    {
+      OpTimer t("decoder.rope+attention");
+      for (int64_t r = 0; r < R; ++r) {
+        cpu::rope_rotate_half(q + r * qw, 1, static_cast<int>(nh), static_cast<int>(hd), cos + r * half, sin + r * half);
+        cpu::rope_rotate_half(k + r * kvw, 1, static_cast<int>(nkv), static_cast<int>(hd), cos + r * half, sin + r * half);
+        cpu::store_kv_rows(k + r * kvw, v + r * kvw, 1, pos[r], tables[r], kv, cache_->base());
+      }
+      cpu::attention_paged(pq, kv, pool_);
+    }
+    {
+      OpTimer t("decoder.matmul_o+residual");
+      groups([&](int64_t r0, int64_t m) {
+        cpu::matmul(attn + r0 * qw, m, L.o, nullptr, x + r0 * H, pool_, precision_, cpu::Epilogue::kAccumulate, nullptr,
+                    proj + r0 * H);
+      });
+    }
+    {
+      OpTimer t("decoder.mlp");
+      const cpu::RowNorm post_norm{cpu::RowNorm::kRmsNorm, L.post_norm.data(), nullptr, cfg_.rms_norm_eps};
+      groups([&](int64_t r0, int64_t m) {
+        const cpu::MatmulOut outs[2] = {{&L.gate, nullptr, gate + r0 * I}, {&L.up, nullptr, up + r0 * I}};
+        cpu::matmul_group(x + r0 * H, m, outs, 2, pool_, precision_, post_norm, h + r0 * H);
+        cpu::silu_mul(gate + r0 * I, up + r0 * I, gate + r0 * I, m * I, pool_);
+        cpu::matmul(gate + r0 * I, m, L.down, nullptr, x + r0 * H, pool_, precision_, cpu::Epilogue::kAccumulate, nullptr,
+                    proj + r0 * H);
+      });
+    }
+  }
+  cpu::rms_norm(x, final_norm_.data(), h, R, H, cfg_.rms_norm_eps);
+  groups([&](int64_t r0, int64_t m) {
+    cpu::matmul(h + r0 * H, m, lm_head_, nullptr, logits_out + r0 * V, pool_, precision_);
+  });
 }
 
 }  // namespace plm

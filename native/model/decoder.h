@@ -1,4 +1,7 @@
-// The Llama 3 decoder on the CPU, as transformers computes it, in f32 with weights read in place.
+// The Llama 3 decoder on the CPU, as transformers computes it, in f32 with weights read in place, over the
+// paged KV cache (model/kv_cache.h) of any number of sequences: a prefill chunk of one sequence, or one decode
+// token for each of many sequences at once. A row's result never depends on the other rows of a call (see
+// cpu/attention_paged.h and the row-invariant GEMV in cpu/gemm_avx512.cpp), so batching changes no bits.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -7,6 +10,7 @@
 #include "core/scratch.h"
 #include "core/thread_pool.h"
 #include "cpu/matmul.h"
+#include "cpu/attention_paged.h"
 #include "cpu/quant.h"
 #include "model/kv_cache.h"
 #include "model/model.h"
@@ -17,9 +21,12 @@ namespace plm {
 
 class Decoder {
  public:
-  // Activation precision of the large matmuls (cpu::Precision::kBF16: AMX tiles where available).
-  void set_precision(cpu::Precision p) { precision_ = p; }
-  Decoder(const LoadedModel& model, ThreadPool* pool, int64_t max_context);
+  // Activation precision of the large matmuls (cpu::Precision::kBF16: AMX tiles where available). At f32 every
+  // matmul row is computed as the decode GEMV computes it (cpu::Precision::kF32RowInvariant), so a token's keys,
+  // values and logits are the same bits whichever chunk or batch computed them, and a reused prefix equals a
+  // recomputed one.
+  void set_precision(cpu::Precision p) { precision_ = p == cpu::Precision::kF32 ? cpu::Precision::kF32RowInvariant : p; }
+  Decoder(const LoadedModel& model, ThreadPool* pool, KvCache* cache);
   // Converts the layer matrices and the LM head to weight-only int8/q4 (owned copies; the embedding table
   // stays in the checkpoint dtype). Returns the quantized bytes.
   size_t quantize(cpu::Quant q);
@@ -27,14 +34,18 @@ class Decoder {
   // decoder); the others stay in the checkpoint dtype. Bit-identical to quantize(file.quant()).
   void use_quantized(const QuantizedFile& file);
 
-  // Runs n tokens appended to the cache. embeds [n, hidden] are the input rows (already merged);
-  // logits_out [logits_rows, vocab] for the last logits_rows rows.
-  void forward(float* embeds, int64_t n, int64_t logits_rows, float* logits_out, const CancelToken* cancel,
-               const DumpFn& dump);
+  // Prefill: x [n, hidden] (embeddings, features merged) are positions [pos0, pos0 + n) of the sequence whose
+  // block table is `table` (blocks for those positions already allocated); their keys and values go to the
+  // cache. logits_out [logits_rows, vocab] for the last logits_rows rows. x is overwritten.
+  void prefill(float* x, int64_t n, const int32_t* table, int64_t pos0, int64_t logits_rows, float* logits_out,
+               const CancelToken* cancel, const DumpFn& dump);
+  // Decode: x [R, hidden], row r the token at position pos[r] of the sequence with block table tables[r] (its
+  // block allocated); logits_out [R, vocab]. Rows go through the matmuls in groups of at most kDecodeGroup.
+  void decode(float* x, int64_t R, const int32_t* const* tables, const int64_t* pos, float* logits_out);
+  static constexpr int64_t kDecodeGroup = 8;
   // embeds [n, hidden] for token ids.
   void embed(const int32_t* ids, int64_t n, float* out) const;
 
-  KvCache& cache() { return cache_; }
   int hidden() const { return cfg_.hidden_size; }
   int vocab() const { return cfg_.vocab_size; }
 
@@ -51,10 +62,15 @@ class Decoder {
   std::vector<float> inv_freq_;    // [head_dim / 2]
   cpu::WeightMatrix embed_, lm_head_;
   std::vector<cpu::QuantizedMatrix> quantized_;  // storage behind quantized WeightMatrix views
-  KvCache cache_;
+  KvCache* cache_;
+  cpu::PagedKv layer_kv(int layer) const;
+  // Contiguous copies of one layer's keys and values [T, kv_heads * hd] for the AMX attention (prefill at bf16).
+  void gather_kv(const int32_t* table, int64_t T, int layer, float* k, float* v) const;
   // Activations, kept between calls (core/scratch.h); sizes for n rows.
   Scratch<float> h_, proj_;           // [n, H] normed input, residual add's product (paths off AMX)
   Scratch<float> q_, attn_;           // [n, nh * hd] queries, attention output (f32 path)
+  Scratch<float> k_, v_;              // [n, nkv * hd] new keys and values (before they go to the blocks)
+  Scratch<float> kc_, vc_;            // [T, nkv * hd] gathered keys and values (AMX attention)
   Scratch<float> cos_, sin_;          // [n, hd / 2]
   Scratch<float> gate_, up_;          // [n, I] (paths off AMX)
   cpu::TileActivations act_, attn_act_;  // SwiGLU [n, I] and attention [n, nh * hd] as bf16 tiles (AMX)

@@ -4,20 +4,17 @@
 #include <cstdint>
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
+#include <mutex>
 
 #include "core/error.h"
 #include "core/json.h"
+#include "model/kv_cache.h"
 #include "model/sampler.h"
 
 namespace plm {
-namespace {
-
-double ms_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-}
-
-}  // namespace
+constexpr int kDefaultCpuSequences = 4;
 
 // "auto" takes the bf16 matrix units where the CPU has them; the fixture tests ask for "f32" explicitly.
 constexpr bool kAutoPrefersBf16 = true;
@@ -43,6 +40,11 @@ std::unique_ptr<Engine> Engine::load(const std::string& dir, const EngineOptions
   if (options.backend != "cpu" && options.backend != "cuda" && options.backend != "auto")
     throw Error(ErrorCode::kInvalidArgument, "backend must be \"cpu\", \"cuda\" or \"auto\", got \"" +
                                                  options.backend + "\"");
+  SchedulerOptions sched;
+  sched.max_context = e->max_context_;
+  if (options.prefill_chunk > 0) sched.prefill_chunk = options.prefill_chunk;
+  if (options.media_cache_bytes > 0) sched.media_cache_bytes = options.media_cache_bytes;
+  if (options.sequences < 0) throw Error(ErrorCode::kInvalidArgument, "sequences must be >= 0");
   if (options.backend != "cpu") {
     std::string why;
     e->runner_ = make_cuda_runner(*e->model_, options.cuda_device, e->max_context_, progress, &why);
@@ -77,9 +79,22 @@ std::unique_ptr<Engine> Engine::load(const std::string& dir, const EngineOptions
       if (progress) progress(1.0, "quantized weights");
     }
     e->quantization_.quant = quant;
-    e->runner_ = make_cpu_runner(*e->model_, e->pool_.get(), e->max_context_, resolve_precision(options.precision),
-                                 quant, e->quantized_file_.get());
+    const int sequences = options.sequences > 0 ? options.sequences : kDefaultCpuSequences;
+    const TextConfig& t = e->model_->config.text;
+    const size_t per_token = KvCache::bytes_per_token(t.num_layers, t.num_kv_heads, t.head_dim);
+    const size_t kv_bytes = options.kv_cache_bytes > 0 ? options.kv_cache_bytes
+                                                       : per_token * static_cast<size_t>(e->max_context_) * sequences;
+    e->paged_ = make_cpu_runner(*e->model_, e->pool_.get(), kv_bytes, resolve_precision(options.precision), quant,
+                                e->quantized_file_.get());
+    if (options.sequences <= 0 && options.kv_cache_bytes > 0) {
+      // An explicit budget without a sequence count: as many as fit at the full context, at least one.
+      const int64_t fit = static_cast<int64_t>(options.kv_cache_bytes / (per_token * e->max_context_));
+      sched.max_sequences = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(fit, 64)));
+    } else {
+      sched.max_sequences = sequences;
+    }
   }
+  e->scheduler_ = std::make_unique<Scheduler>(*e->model_, e->paged_.get(), e->runner_.get(), sched);
   return e;
 }
 
@@ -114,122 +129,100 @@ void Engine::validate_prompt(const int32_t* ids, int64_t n, const MediaInput* me
 std::vector<float> Engine::encode_images(const float* pixels, int64_t tiles, const CancelToken* cancel) {
   if (tiles <= 0) throw Error(ErrorCode::kInvalidArgument, "encodeImages needs at least one tile");
   std::vector<float> out;
-  runner_->encode_images(pixels, tiles, &out, cancel);
+  scheduler_->run_exclusive([&] {
+    if (paged_) {
+      out.resize(static_cast<size_t>(tiles * model_->config.tokens_per_tile() * model_->config.text.hidden_size));
+      paged_->encode_tiles(pixels, tiles, out.data(), cancel, nullptr);
+    } else {
+      runner_->encode_images(pixels, tiles, &out, cancel);
+    }
+  });
   return out;
 }
 
 void Engine::encode_images_in_backend(const float* pixels, int64_t tiles, const CancelToken* cancel) {
   if (tiles <= 0) throw Error(ErrorCode::kInvalidArgument, "encodeImages needs at least one tile");
-  runner_->encode_images(pixels, tiles, nullptr, cancel);
+  if (paged_) {
+    encode_images(pixels, tiles, cancel);
+    return;
+  }
+  scheduler_->run_exclusive([&] { runner_->encode_images(pixels, tiles, nullptr, cancel); });
 }
 
 void Engine::forward(const int32_t* ids, int64_t n, const MediaInput* media, int64_t logits_rows, float* logits,
                      const CancelToken* cancel, const DumpFn& dump) {
   validate_prompt(ids, n, media, 0);
-  runner_->set_dump(dump);
-  struct ClearDump {
-    Runner* r;
-    ~ClearDump() { r->set_dump(nullptr); }
-  } clear{runner_.get()};
-  runner_->truncate(0);
   const bool use_media = media && media->tiles > 0;
-  if (use_media) runner_->encode_images(media->pixels, media->tiles, nullptr, cancel);
-  ForwardRequest req;
-  req.ids = ids;
-  req.n = n;
-  req.use_features = use_media;
-  req.logits_rows = std::min(logits_rows, n);
-  req.logits_out = logits;
-  runner_->forward(req, cancel);
+  scheduler_->run_exclusive([&] {
+    if (!paged_) {
+      scheduler_->forget_legacy_prefix();
+      runner_->set_dump(dump);
+      struct ClearDump {
+        Runner* r;
+        ~ClearDump() { r->set_dump(nullptr); }
+      } clear{runner_.get()};
+      runner_->truncate(0);
+      if (use_media) runner_->encode_images(media->pixels, media->tiles, nullptr, cancel);
+      ForwardRequest req;
+      req.ids = ids;
+      req.n = n;
+      req.use_features = use_media;
+      req.logits_rows = std::min(logits_rows, n);
+      req.logits_out = logits;
+      runner_->forward(req, cancel);
+      return;
+    }
+    const ModelConfig& c = model_->config;
+    const int64_t H = c.text.hidden_size;
+    std::vector<float> features;  // [tiles * tokens_per_tile, H]
+    std::vector<const float*> rows(static_cast<size_t>(n), nullptr);
+    if (use_media) {
+      features.resize(static_cast<size_t>(media->tiles * c.tokens_per_tile() * H));
+      // With a dump, all tiles at once (one tensor per stage); otherwise in groups that bound activation memory.
+      const int64_t group = dump ? media->tiles : 4, S = c.vision.image_size;
+      for (int64_t t0 = 0; t0 < media->tiles; t0 += group)
+        paged_->encode_tiles(media->pixels + t0 * 3 * S * S, std::min(group, media->tiles - t0),
+                             features.data() + t0 * c.tokens_per_tile() * H, cancel, dump);
+      int64_t row = 0;
+      for (int64_t i = 0; i < n; ++i)
+        if (ids[i] == c.image_token_id || ids[i] == c.video_token_id) rows[i] = features.data() + (row++) * H;
+    }
+    auto blocks = scheduler_->temp_blocks(n);
+    paged_->prefill(ids, rows.data(), n, blocks->table.data(), 0, std::min(logits_rows, n), logits, cancel, dump);
+  });
 }
 
 GenerateResult Engine::generate(const int32_t* ids, int64_t n, const MediaInput* media, const GenerateOptions& options,
                                 const CancelToken* cancel) {
-  if (options.max_tokens < 0) throw Error(ErrorCode::kInvalidArgument, "maxTokens must be >= 0");
-  validate_prompt(ids, n, media, options.max_tokens);
-  GenerateResult result;
-  result.prompt_tokens = n;
-  std::vector<int32_t> stop = options.stop_ids;
-  if (stop.empty()) stop = model_->generation.eos_token_ids;
-  const int64_t vocab = model_->config.text.vocab_size;
-  std::vector<float> logits(static_cast<size_t>(vocab));
-  std::vector<int32_t> history(ids, ids + n);
-  Sampler sampler(options.sampling);
-  const bool simple_sampling = options.sampling.repetition_penalty == 1.f;
-  auto cancelled = [&] { return cancel && cancel->is_cancelled(); };
-
-  runner_->truncate(0);
-  const bool use_media = media && media->tiles > 0;
-  auto t0 = std::chrono::steady_clock::now();
-  try {
-    if (use_media) {
-      runner_->encode_images(media->pixels, media->tiles, nullptr, cancel);
-      result.vision_ms = ms_since(t0);
-    }
-    auto t1 = std::chrono::steady_clock::now();
-    ForwardRequest req;
-    req.ids = ids;
-    req.n = n;
-    req.use_features = use_media;
-    req.logits_rows = 1;
-    req.logits_out = logits.data();
-    runner_->forward(req, cancel);
-    result.prefill_ms = ms_since(t1);
-  } catch (const Error& err) {
-    if (err.code() != ErrorCode::kCancelled) throw;
-    result.finish_reason = "cancelled";
-    return result;
+  Scheduler::Request req;
+  req.ids.assign(ids, ids + n);
+  if (media && media->tiles > 0) {
+    MediaItem item;
+    const int64_t S = model_->config.vision.present ? model_->config.vision.image_size : 0;
+    item.pixels = std::make_shared<std::vector<float>>(media->pixels, media->pixels + media->tiles * 3 * S * S);
+    item.tiles = media->tiles;
+    req.media.push_back(std::move(item));
   }
-
-  auto t2 = std::chrono::steady_clock::now();
-  result.finish_reason = "length";
-  std::vector<float> raw;  // the unmodified row, kept when keep_logits
-  auto choose = [&]() {
-    if (options.keep_logits) raw = logits;
-    int32_t t = sampler.sample(logits.data(), vocab, history);
-    if (options.keep_logits) logits.swap(raw);
-    return t;
+  req.options = options;
+  // The caller's token outlives this call; the scheduler holds a non-owning alias of it.
+  if (cancel) req.cancel = std::shared_ptr<CancelToken>(std::shared_ptr<CancelToken>(), const_cast<CancelToken*>(cancel));
+  std::mutex m;
+  std::condition_variable cv;
+  bool done = false;
+  GenerateResult out;
+  std::exception_ptr error;
+  req.on_done = [&](GenerateResult&& r, std::exception_ptr e) {
+    std::lock_guard<std::mutex> lock(m);
+    out = std::move(r);
+    error = e;
+    done = true;
+    cv.notify_all();
   };
-  int32_t token = options.max_tokens > 0 ? choose() : -1;
-  for (int step = 0; step < options.max_tokens; ++step) {
-    if (cancelled()) {
-      result.finish_reason = "cancelled";
-      break;
-    }
-    result.tokens.push_back(token);
-    history.push_back(token);
-    if (options.keep_logits) result.logits.insert(result.logits.end(), logits.begin(), logits.end());
-    const bool is_stop = std::find(stop.begin(), stop.end(), token) != stop.end();
-    const bool keep_going = options.on_token ? options.on_token(token) : true;
-    if (is_stop) {
-      result.finish_reason = "stop";
-      break;
-    }
-    if (!keep_going) {
-      result.finish_reason = cancelled() ? "cancelled" : "stop";
-      break;
-    }
-    if (step + 1 == options.max_tokens) break;
-    try {
-      if (runner_->samples_on_device() && simple_sampling && !options.keep_logits) {
-        token = runner_->decode_step(token, options.sampling, static_cast<uint64_t>(step + 1), nullptr);
-      } else {
-        ForwardRequest req;
-        req.ids = &token;
-        req.n = 1;
-        req.logits_rows = 1;
-        req.logits_out = logits.data();
-        runner_->forward(req, cancel);
-        token = choose();
-      }
-    } catch (const Error& err) {
-      if (err.code() != ErrorCode::kCancelled) throw;
-      result.finish_reason = "cancelled";
-      break;
-    }
-  }
-  result.decode_ms = ms_since(t2);
-  return result;
+  scheduler_->submit(std::move(req));
+  std::unique_lock<std::mutex> lock(m);
+  cv.wait(lock, [&] { return done; });
+  if (error) std::rethrow_exception(error);
+  return out;
 }
 
 }  // namespace plm

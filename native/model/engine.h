@@ -10,6 +10,7 @@
 #include "model/model.h"
 #include "model/quantized_file.h"
 #include "model/runner.h"
+#include "model/scheduler.h"
 
 namespace plm {
 
@@ -37,6 +38,12 @@ struct EngineOptions {
   // silently skipped): kCorruptFile / kFileRead / kUnsupportedVersion / kStaleFile.
   std::string quantized_file;
   bool find_quantized_file = true;
+  // Sequences generating at once (the rest wait); 0: 4 on the CPU. The CUDA backend runs one at a time.
+  int sequences = 0;
+  // KV cache budget in bytes; 0: max_context x sequences positions. Pages are touched only as used.
+  size_t kv_cache_bytes = 0;
+  int64_t prefill_chunk = 0;     // prompt positions per prefill step; 0: 256
+  size_t media_cache_bytes = 0;  // image features kept for reuse; 0: 256 MiB
 };
 
 // How the decoder's matrices are held after load.
@@ -45,27 +52,10 @@ struct QuantizationInfo {
   std::string file;  // the plm-quant file they were mapped from; empty when quantized at load (or none)
 };
 
-// Pixels of every image and video frame in the prompt, concatenated in prompt order.
+// Pixels of every image and video frame in the prompt, concatenated in prompt order (one media item).
 struct MediaInput {
   const float* pixels = nullptr;  // [tiles, 3, S, S]
   int64_t tiles = 0;
-};
-
-struct GenerateOptions {
-  int max_tokens = 256;
-  SamplingParams sampling;
-  std::vector<int32_t> stop_ids;  // eos ids; empty: the checkpoint's generation_config eos list
-  // Called with each new token; return false to stop (stop strings are checked by the caller).
-  std::function<bool(int32_t token)> on_token;
-  bool keep_logits = false;       // keep the logits row each token was chosen from (validation)
-};
-
-struct GenerateResult {
-  std::vector<int32_t> tokens;      // generated ids only
-  std::string finish_reason;        // "stop", "length", "cancelled"
-  std::vector<float> logits;        // [tokens, vocab] when keep_logits
-  int64_t prompt_tokens = 0;
-  double vision_ms = 0, prefill_ms = 0, decode_ms = 0;
 };
 
 class Engine {
@@ -75,12 +65,14 @@ class Engine {
   ~Engine();
 
   const LoadedModel& model() const { return *model_; }
-  Runner& runner() { return *runner_; }
-  std::string backend_name() const { return runner_->backend_name(); }
+  std::string backend_name() const { return paged_ ? paged_->backend_name() : runner_->backend_name(); }
+  Scheduler& scheduler() { return *scheduler_; }
+  int64_t max_context() const { return max_context_; }
   const std::string& backend_note() const { return backend_note_; }
   const QuantizationInfo& quantization() const { return quantization_; }
 
-  // Fresh sequence: clears the cache, runs ids (with media merged), writes logits [logits_rows, vocab].
+  // A fresh sequence, alone (between scheduler steps): runs ids (with media merged) in one chunk, writes logits
+  // [logits_rows, vocab]; nothing is kept.
   void forward(const int32_t* ids, int64_t n, const MediaInput* media, int64_t logits_rows, float* logits,
                const CancelToken* cancel, const DumpFn& dump = nullptr);
 
@@ -90,7 +82,8 @@ class Engine {
   // CUDA): what generate() does with an image, and what a vision benchmark should time.
   void encode_images_in_backend(const float* pixels, int64_t tiles, const CancelToken* cancel);
 
-  // Fresh sequence: prefill then sample until a stop id, max_tokens, on_token() == false or cancel.
+  // One request through the scheduler (alongside any others), waiting for its end: prefill then sample until a
+  // stop id, max_tokens, on_token() == false or cancel. Throws the request's error.
   GenerateResult generate(const int32_t* ids, int64_t n, const MediaInput* media, const GenerateOptions& options,
                           const CancelToken* cancel);
 
@@ -101,18 +94,20 @@ class Engine {
   Engine() = default;
   std::unique_ptr<LoadedModel> model_;
   std::unique_ptr<ThreadPool> pool_;
-  std::unique_ptr<QuantizedFile> quantized_file_;  // outlives runner_, which reads its mapped matrices
-  std::unique_ptr<Runner> runner_;
+  std::unique_ptr<QuantizedFile> quantized_file_;  // outlives the runners, which read its mapped matrices
+  std::unique_ptr<PagedRunner> paged_;             // CPU
+  std::unique_ptr<Runner> runner_;                 // CUDA (one sequence at a time)
+  std::unique_ptr<Scheduler> scheduler_;           // declared last: stopped first
   std::string backend_note_;
   QuantizationInfo quantization_;
   int64_t max_context_ = 0;
 };
 
 // Factories, one per backend (runner_cpu.cpp, runner_cuda.cpp).
-std::unique_ptr<Runner> make_cpu_runner(const LoadedModel& model, ThreadPool* pool, int64_t max_context,
-                                        cpu::Precision precision = cpu::Precision::kF32,
-                                        cpu::Quant quant = cpu::Quant::kNone,
-                                        const QuantizedFile* quantized = nullptr);
+std::unique_ptr<PagedRunner> make_cpu_runner(const LoadedModel& model, ThreadPool* pool, size_t kv_cache_bytes,
+                                             cpu::Precision precision = cpu::Precision::kF32,
+                                             cpu::Quant quant = cpu::Quant::kNone,
+                                             const QuantizedFile* quantized = nullptr);
 // Returns null and sets *why_not when the CUDA library, driver or device is unavailable.
 std::unique_ptr<Runner> make_cuda_runner(const LoadedModel& model, int device, int64_t max_context,
                                          const ProgressFn& progress, std::string* why_not);

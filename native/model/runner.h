@@ -1,6 +1,9 @@
-// The one interface behind which the CPU and CUDA backends run a loaded PerceptionLM.
-// A runner owns the KV cache of one sequence. The engine drives it: encode images, forward a chunk
-// of tokens (prefill or one decode token), read logits, sample.
+// The interfaces behind which the backends run a loaded PerceptionLM, driven by the engine's scheduler
+// (model/scheduler.h):
+// - PagedRunner (CPU): many sequences over one paged KV cache (model/kv_cache.h): encode image tiles, prefill a
+//   chunk of one sequence, decode one token for each of many sequences at once.
+// - Runner (CUDA, until its paged path exists): owns the KV cache of one sequence; the scheduler runs one
+//   sequence at a time on it and reuses the prompt prefix its cache already holds.
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -34,6 +37,28 @@ struct ForwardRequest {
   bool use_features = false;     // rows whose id is the image/video token take the last encoded features
   int64_t logits_rows = 1;       // 0: none, 1: last row, n: all rows
   float* logits_out = nullptr;   // [logits_rows, vocab]
+};
+
+class KvCache;
+
+class PagedRunner {
+ public:
+  virtual ~PagedRunner() = default;
+  virtual std::string backend_name() const = 0;
+  virtual KvCache& kv_cache() = 0;
+  // pixels [tiles, 3, S, S] -> features [tiles * tokens_per_tile, hidden] (f32, host memory).
+  virtual void encode_tiles(const float* pixels, int64_t tiles, float* features, const CancelToken* cancel,
+                            const DumpFn& dump) = 0;
+  // Positions [pos0, pos0 + n) of the sequence with block table `table`: row i is the embedding of ids[i], or
+  // the feature row media_rows[i] (hidden floats) where that is not null. Writes their keys and values;
+  // logits [logits_rows, vocab] for the last rows.
+  virtual void prefill(const int32_t* ids, const float* const* media_rows, int64_t n, const int32_t* table,
+                       int64_t pos0, int64_t logits_rows, float* logits, const CancelToken* cancel,
+                       const DumpFn& dump) = 0;
+  // One token for each of R sequences: ids[r] at position pos[r] of the sequence with table tables[r];
+  // logits [R, vocab].
+  virtual void decode(const int32_t* ids, int64_t R, const int32_t* const* tables, const int64_t* pos,
+                      float* logits) = 0;
 };
 
 class Runner {

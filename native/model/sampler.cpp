@@ -16,6 +16,45 @@ int32_t Sampler::argmax(const float* logits, int64_t vocab) {
   return static_cast<int32_t>(best);
 }
 
+int64_t Sampler::apply_mask(float* logits, int64_t vocab, const uint8_t* mask) {
+  int64_t allowed = 0;
+  for (int64_t i = 0; i < vocab; ++i) {
+    if (mask[i >> 3] & (1u << (i & 7))) ++allowed;
+    else logits[i] = -INFINITY;
+  }
+  return allowed;
+}
+
+void Sampler::logprobs(const float* logits, int64_t vocab, float temperature, int32_t token, int top,
+                       float* token_logprob, std::vector<std::pair<int32_t, float>>* top_out) {
+  const double inv_t = temperature > 0.f ? 1.0 / temperature : 1.0;
+  double mx = -INFINITY;
+  for (int64_t i = 0; i < vocab; ++i) mx = std::max(mx, logits[i] * inv_t);
+  double total = 0;
+  for (int64_t i = 0; i < vocab; ++i) total += std::exp(logits[i] * inv_t - mx);
+  const double lse = mx + std::log(total);
+  *token_logprob = static_cast<float>(logits[token] * inv_t - lse);
+  top_out->clear();
+  if (top <= 0) return;
+  std::vector<std::pair<float, int32_t>> best;  // a min-heap of the top candidates
+  auto worse = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  };
+  for (int64_t i = 0; i < vocab; ++i) {
+    const std::pair<float, int32_t> c{logits[i], static_cast<int32_t>(i)};
+    if (static_cast<int>(best.size()) < top) {
+      best.push_back(c);
+      std::push_heap(best.begin(), best.end(), worse);
+    } else if (worse(c, best.front())) {
+      std::pop_heap(best.begin(), best.end(), worse);
+      best.back() = c;
+      std::push_heap(best.begin(), best.end(), worse);
+    }
+  }
+  std::sort(best.begin(), best.end(), worse);
+  for (const auto& c : best) top_out->emplace_back(c.second, static_cast<float>(c.first * inv_t - lse));
+}
+
 int32_t Sampler::sample(float* logits, int64_t vocab, const std::vector<int32_t>& history) {
   if (params_.repetition_penalty != 1.f && params_.repetition_penalty > 0.f) {
     std::unordered_set<int32_t> seen(history.begin(), history.end());
