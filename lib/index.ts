@@ -15,8 +15,11 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { native, packageRoot } from './native';
 
-export { loadModel, PerceptionLM } from './model';
+export { loadModel, PerceptionLM, Chat } from './model';
 export type {
+  ChatInput,
+  ChatOptions,
+  ChatTurnOptions,
   CompleteResult,
   FinishReason,
   ForwardOptions,
@@ -28,7 +31,9 @@ export type {
   LoadModelOptions,
   LoadProgress,
   Message,
+  ModelStats,
   PerceptionLMConfig,
+  TokenLogprob,
   VideoInput,
 } from './model';
 export { quantizeModel, defaultQuantizedPath, QUANTIZED_FILE_SUFFIX } from './quantize';

@@ -245,9 +245,9 @@ export interface ModelStats {
   waitingSequences: number;
   /** The `sequences` limit. */
   maxSequences: number;
-  /** KV cache bytes held by running sequences, open chats and cached prefixes. */
+  /** KV cache bytes held by running sequences and open chats. */
   kvCacheBytesUsed: number;
-  /** Of which: cached prefixes nobody uses (dropped first when space is needed). */
+  /** KV cache bytes of finished requests' prefixes kept for reuse (given up as soon as space is needed). */
   kvCacheBytesCached: number;
   /** The KV cache budget. */
   kvCacheBytesBudget: number;
@@ -1126,6 +1126,14 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   const maxContext = options.maxContext ?? 0;
   if (!Number.isInteger(threads) || threads < 0) throw new PlmError('ERR_INVALID_ARGUMENT', `threads must be an integer >= 0, got ${threads}`);
   if (!Number.isInteger(maxContext) || maxContext < 0) throw new PlmError('ERR_INVALID_ARGUMENT', `maxContext must be an integer >= 0, got ${maxContext}`);
+  const sequences = options.sequences ?? 0;
+  if (!Number.isInteger(sequences) || sequences < 0 || sequences > 256) {
+    throw new PlmError('ERR_INVALID_ARGUMENT', `sequences must be an integer from 1 to 256 (0 = default), got ${sequences}`);
+  }
+  const kvCacheBytes = options.kvCacheBytes ?? 0;
+  if (!Number.isSafeInteger(kvCacheBytes) || kvCacheBytes < 0) {
+    throw new PlmError('ERR_INVALID_ARGUMENT', `kvCacheBytes must be a whole number of bytes >= 0 (0 = default), got ${kvCacheBytes}`);
+  }
   const qf = options.quantizedFile;
   if (qf !== undefined && qf !== false && (typeof qf !== 'string' || qf.length === 0)) {
     throw new PlmError('ERR_INVALID_ARGUMENT', `quantizedFile must be a path or false, got ${String(qf)}`);
@@ -1138,7 +1146,9 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
 
   let handle: NativeModel;
   try {
-    const nativeOptions: NativeLoadOptions = { backend, threads, maxContext, precision: options.precision ?? 'auto', quantize: options.quantize ?? 'none' };
+    const nativeOptions: NativeLoadOptions = {
+      backend, threads, maxContext, precision: options.precision ?? 'auto', quantize: options.quantize ?? 'none', sequences, kvCacheBytes,
+    };
     if (quantizedFile !== undefined) nativeOptions.quantizedFile = quantizedFile;
     handle = await native.loadModel(abs, nativeOptions, (fraction, stage) => {
       options.onProgress?.({ fraction, stage });

@@ -259,6 +259,7 @@ void Scheduler::clear_cache() {
     if (cache_) cache_->drop_cached();
     media_cache_->clear();
     legacy_keys_.clear();
+    refresh_stats();
   });
 }
 
@@ -314,18 +315,22 @@ void Scheduler::loop() {
       const auto error = std::current_exception();
       while (!active_.empty()) finish(*active_.front(), "cancelled", error);
     }
-    std::lock_guard<std::mutex> lock(mutex_);
-    stats_.active = static_cast<int64_t>(active_.size());
-    stats_.waiting = static_cast<int64_t>(waiting_.size() + incoming_.size());
-    if (cache_) {
-      stats_.kv_blocks_in_use = cache_->blocks_in_use();
-      stats_.kv_blocks_cached = cache_->blocks_cached();
-      stats_.kv_blocks_capacity = cache_->capacity();
-      stats_.kv_block_bytes = static_cast<int64_t>(cache_->block_bytes());
-      stats_.kv_bytes_resident = cache_->blocks_touched() * static_cast<int64_t>(cache_->block_bytes());
-    }
-    stats_.media_cache_bytes = static_cast<int64_t>(media_cache_->bytes());
+    refresh_stats();
   }
+}
+
+void Scheduler::refresh_stats() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  stats_.active = static_cast<int64_t>(active_.size());
+  stats_.waiting = static_cast<int64_t>(waiting_.size() + incoming_.size());
+  if (cache_) {
+    stats_.kv_blocks_in_use = cache_->blocks_in_use();
+    stats_.kv_blocks_cached = cache_->blocks_cached();
+    stats_.kv_blocks_capacity = cache_->capacity();
+    stats_.kv_block_bytes = static_cast<int64_t>(cache_->block_bytes());
+    stats_.kv_bytes_resident = cache_->blocks_touched() * static_cast<int64_t>(cache_->block_bytes());
+  }
+  stats_.media_cache_bytes = static_cast<int64_t>(media_cache_->bytes());
 }
 
 void Scheduler::step() {
@@ -737,14 +742,17 @@ void Scheduler::finish(Sequence& s, const std::string& reason, std::exception_pt
   }
   auto done = std::move(s.req.on_done);
   GenerateResult result = error ? GenerateResult() : std::move(s.result);
-  // Remove it from the active list (it may not be there: a failure at admission).
+  // Remove it from the active list (it may not be there: a failure at admission). The counters are current
+  // before the caller hears of the end.
   for (auto it = active_.begin(); it != active_.end(); ++it)
     if (it->get() == &s) {
       std::unique_ptr<Sequence> keep = std::move(*it);
       active_.erase(it);
+      refresh_stats();
       if (done) done(std::move(result), error);
       return;
     }
+  refresh_stats();
   if (done) done(std::move(result), error);
 }
 

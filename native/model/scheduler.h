@@ -183,6 +183,7 @@ class Scheduler {
   void ensure_blocks(Sequence& s, int64_t positions);
   void publish_full_blocks(Sequence& s);
   void end_session_turn(Sequence& s);
+  void refresh_stats();  // engine thread: copies the counters for stats()
   friend class Session;
   void release_blocks_later(std::vector<int32_t> blocks);  // any thread
 
