@@ -6,9 +6,8 @@ import * as path from 'path';
 import * as readline from 'readline';
 import { PlmError } from './errors';
 import { pull, PullProgress } from './hub';
-import type { Message, PerceptionLM } from './model';
+import type { PerceptionLM } from './model';
 import { startServer } from './server';
-import type { MessageContent } from './chat_template';
 
 let keepProcessAlive = false;
 
@@ -136,8 +135,16 @@ export async function runChat(
   keepProcessAlive = true;
   const tty = Boolean(process.stdin.isTTY);
   const rl = readline.createInterface({ input: process.stdin, output: process.stdout, terminal: tty, historySize: 200 });
-  const history: Message[] = [];
-  if (opts.system) history.push({ role: 'system', content: opts.system });
+  // The chat keeps the conversation's context in the model's cache: a follow-up costs about its own length.
+  const chat = model.createChat({
+    ...(opts.system ? { system: opts.system } : {}),
+    maxTokens: opts.maxTokens,
+    temperature: opts.temperature,
+    topP: opts.topP,
+    topK: opts.topK,
+    seed: opts.seed,
+    maxNumTiles: opts.maxTiles,
+  });
   let pendingImages: string[] = [];
   let current: AbortController | undefined;
   let lastSigint = 0;
@@ -182,7 +189,7 @@ export async function runChat(
     if (text === '') return;
     if (text === '/exit' || text === '/quit') return quit();
     if (text === '/clear') {
-      history.length = opts.system ? 1 : 0;
+      chat.reset();
       pendingImages = [];
       out('(history cleared)\n');
       return;
@@ -201,29 +208,14 @@ export async function runChat(
       out('commands: /image PATH, /clear, /exit\n');
       return;
     }
-    const content: MessageContent<string, never>[] = [...pendingImages.map((image) => ({ type: 'image' as const, image })), { type: 'text', text }];
+    const images = pendingImages;
     pendingImages = [];
-    history.push({ role: 'user', content: content as Message['content'] });
     current = new AbortController();
-    let answer = '';
     try {
-      for await (const c of model.generate({
-        messages: history,
-        maxTokens: opts.maxTokens,
-        temperature: opts.temperature,
-        topP: opts.topP,
-        topK: opts.topK,
-        seed: opts.seed,
-        maxNumTiles: opts.maxTiles,
-        signal: current.signal,
-      })) {
-        answer += c.text;
-        out(c.text);
-      }
+      // An answer stopped with Ctrl-C stays in the history as far as it was shown.
+      for await (const c of chat.stream({ text, images }, { signal: current.signal })) out(c.text);
       out('\n');
-      history.push({ role: 'assistant', content: answer });
     } catch (e) {
-      history.pop();
       const err = e as { code?: string; message?: string };
       out(`\nplm: ${err.code ?? 'ERR_INTERNAL'}: ${err.message ?? String(e)}\n`);
     } finally {

@@ -1023,7 +1023,7 @@ export class Chat {
       async *[Symbol.asyncIterator](): AsyncGenerator<GenerateChunk> {
         const { request, user } = self.begin(input, options);
         let text = '';
-        let ended = false;
+        let failed = false;
         try {
           for await (const ev of self.model.streamIn(request, self.session)) {
             if (ev.kind === 'chunk') {
@@ -1031,13 +1031,14 @@ export class Chat {
               yield ev.chunk;
             } else if (ev.kind === 'done') {
               text = ev.result.text;
-              ended = true;
             }
           }
+        } catch (e) {
+          failed = true;  // a failed turn (bad input, disposed model) does not join the history
+          throw e;
         } finally {
-          self.messages.push(user, { role: 'assistant', content: text });
+          if (!failed) self.messages.push(user, { role: 'assistant', content: text });
           self.busy = false;
-          void ended;
         }
       },
     };
