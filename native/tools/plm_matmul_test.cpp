@@ -67,21 +67,26 @@ struct Result {
   int64_t bad = 0;
 };
 
-Result run_case(WType t, const Case& c, bool use_bias, ThreadPool* pool, std::mt19937& rng) {
-  const int64_t M = c.M, K = c.K, N = c.N;
-  std::uniform_real_distribution<float> uni(-1.f, 1.f);
-  std::vector<float> x(static_cast<size_t>(M * K)), bias(static_cast<size_t>(N));
-  for (float& v : x) v = uni(rng);
-  for (float& v : bias) v = uni(rng);
-
-  // Weights in their stored form, and wf: the exact values the kernel multiplies by (as double).
+// Random weights of type t in their stored form, and wf: the exact values the kernel multiplies by (as double).
+struct TestWeights {
   std::vector<float> w32;
   std::vector<uint16_t> w16;
-  std::vector<double> wf(static_cast<size_t>(N * K));
+  QuantizedMatrix qm;
+  std::vector<double> wf;
   WeightMatrix w;
+};
+
+TestWeights make_weights(WType t, int64_t N, int64_t K, std::mt19937& rng) {
+  std::uniform_real_distribution<float> uni(-1.f, 1.f);
+  TestWeights tw;
+  std::vector<float>& w32 = tw.w32;
+  std::vector<uint16_t>& w16 = tw.w16;
+  std::vector<double>& wf = tw.wf;
+  QuantizedMatrix& qm = tw.qm;
+  WeightMatrix& w = tw.w;
+  wf.resize(static_cast<size_t>(N * K));
   w.rows = N;
   w.cols = K;
-  QuantizedMatrix qm;
   if (t == WType::kF32 || t == WType::kQ8 || t == WType::kQ4) {
     w32.resize(static_cast<size_t>(N * K));
     for (float& v : w32) v = uni(rng);
@@ -120,6 +125,19 @@ Result run_case(WType t, const Case& c, bool use_bias, ThreadPool* pool, std::mt
     w.dtype = t == WType::kBF16 ? DType::kBF16 : DType::kF16;
     w.data = w16.data();
   }
+  return tw;
+}
+
+Result run_case(WType t, const Case& c, bool use_bias, ThreadPool* pool, std::mt19937& rng) {
+  const int64_t M = c.M, K = c.K, N = c.N;
+  std::uniform_real_distribution<float> uni(-1.f, 1.f);
+  std::vector<float> x(static_cast<size_t>(M * K)), bias(static_cast<size_t>(N));
+  for (float& v : x) v = uni(rng);
+  for (float& v : bias) v = uni(rng);
+
+  const TestWeights tw = make_weights(t, N, K, rng);
+  const WeightMatrix& w = tw.w;
+  const std::vector<double>& wf = tw.wf;
 
   // Canary after y: a kernel must not write past M*N.
   std::vector<float> y(static_cast<size_t>(M * N + 16), 12345.f);
@@ -610,6 +628,54 @@ int main(int argc, char** argv) {
                   prec == Precision::kBF16 ? "bf16" : "f32 ", kind == RowNorm::kLayerNorm ? "LayerNorm" : "RMSNorm", M, K,
                   same ? "bit-identical to norm, then matmul_group" : "DIFFERS from norm, then matmul_group  FAIL");
     }
+  // Row invariance: a row's result must not depend on the other rows of the call. Batched decode needs it of the
+  // GEMV (M = 1..8 at any precision: each row equal to that row alone); the decoder at f32 needs it of every M
+  // (Precision::kF32RowInvariant: equal to the GEMV's rows). Bit for bit, every weight type.
+  for (WType t : types) {
+    for (const int64_t K : {int64_t(64), int64_t(96), int64_t(40), int64_t(1056), int64_t(1152)}) {
+      if ((t == WType::kQ4 || t == WType::kQ8) && K % kQ4Group != 0) continue;
+      const int64_t N = 45, M = 40;
+      const TestWeights tw = make_weights(t, N, K, rng);
+      std::vector<float> x(static_cast<size_t>(M * K)), bias(static_cast<size_t>(N));
+      for (auto& v : x) v = uni(rng);
+      for (auto& v : bias) v = uni(rng);
+      std::vector<float> alone(static_cast<size_t>(M * N));  // [M, N] each row computed alone
+      for (int64_t m = 0; m < M; ++m)
+        matmul(x.data() + m * K, 1, tw.w, bias.data(), alone.data() + m * N, &pool, Precision::kF32);
+      bool gemv_same = true;
+      for (int64_t g = 2; g <= kGemvRows; ++g)
+        for (int64_t m0 = 0; m0 + g <= M; m0 += 7) {
+          std::vector<float> y(static_cast<size_t>(g * N));
+          matmul(x.data() + m0 * K, g, tw.w, bias.data(), y.data(), &pool, Precision::kF32);
+          gemv_same = gemv_same && std::memcmp(y.data(), alone.data() + m0 * N, y.size() * sizeof(float)) == 0;
+        }
+      bool rows_same = true;
+      for (const int64_t m : {int64_t(9), int64_t(17), M}) {
+        std::vector<float> y(static_cast<size_t>(m * N));
+        matmul(x.data(), m, tw.w, bias.data(), y.data(), &pool, Precision::kF32RowInvariant);
+        rows_same = rows_same && std::memcmp(y.data(), alone.data(), y.size() * sizeof(float)) == 0;
+      }
+#if defined(__x86_64__) || defined(_M_X64)
+      // The default int8 / q4 decode on VNNI CPUs (x rounded to int8 per row block) is row-invariant too.
+      if ((t == WType::kQ8 || t == WType::kQ4) && cpu_features().avx512_vnni && K % 128 == 0) {
+        std::vector<float> one(static_cast<size_t>(M * N)), many(static_cast<size_t>(kGemvRows * N));
+        for (int64_t m = 0; m < M; ++m) {
+          const MatmulOut out{&tw.w, bias.data(), one.data() + m * N};
+          kernels::gemv_vnni(x.data() + m * K, 1, &out, 1, &pool);
+        }
+        for (int64_t m0 = 0; m0 + kGemvRows <= M; m0 += kGemvRows) {
+          const MatmulOut out{&tw.w, bias.data(), many.data()};
+          kernels::gemv_vnni(x.data() + m0 * K, kGemvRows, &out, 1, &pool);
+          gemv_same = gemv_same && std::memcmp(many.data(), one.data() + m0 * N, many.size() * sizeof(float)) == 0;
+        }
+      }
+#endif
+      record(gemv_same);
+      record(rows_same);
+      std::printf("  row invariance %-4s K=%-4" PRId64 ": GEMV rows (M = 2..8) %s; kF32RowInvariant (M = 9, 17, 40) %s\n",
+                  wtype_name(t), K, gemv_same ? "equal alone" : "DIFFER  FAIL", rows_same ? "equal alone" : "DIFFER  FAIL");
+    }
+  }
   if (failures) {
     std::printf("FAILED: %d of %d cases\n", failures, total);
     return 1;
