@@ -6,6 +6,10 @@ benchmarks need no download.
 
 Shapes: PE-L/14-448 vision tower (width 1024, depth 23, 16 heads, CLS token), 2x2-pooling projector,
 Llama-3.2-1B decoder (hidden 2048, 16 layers, 32 heads, 8 kv heads, intermediate 8192, tied, vocab 128256).
+
+--shape kv-1b: the same KV cache geometry (16 layers, 32 heads of 64, 8 kv heads) with a hidden size of 256, an
+intermediate size of 256 and a one-block vision tower, so long prompts prefill in seconds (benchmarks of KV
+cache memory: benchmarks/sequences.js --only memory --kv-model).
 """
 from __future__ import annotations
 
@@ -26,11 +30,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / ".bench" / "plm-1b-random"))
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--shape", choices=("1b", "kv-1b"), default="1b")
     args = ap.parse_args()
     out = Path(args.out)
     t0 = time.time()
-    v = C.vision_config(C.PE_L, 1024, 23, 16, img_size=448, patch=14)
-    t = C.text_config(128256, 2048, 16, 32, 8, 8192, head_dim=64, rope_scaling=C.llama3_scaling(), tie=True,
+    if args.shape == "1b":
+        v = C.vision_config(C.PE_L, 1024, 23, 16, img_size=448, patch=14)
+        hidden, inter = 2048, 8192
+    else:
+        v = C.vision_config(C.PE_L, 64, 1, 4, img_size=448, patch=14)
+        hidden, inter = 256, 256
+    t = C.text_config(128256, hidden, 16, 32, 8, inter, head_dim=64, rope_scaling=C.llama3_scaling(), tie=True,
                       bos=128000, eos=(128001, 128009))
     cfg = C.plm_config(v, t, True, pooling=2, image_token_id=128002, video_token_id=128003, tie=True)
     from transformers import PerceptionLMForConditionalGeneration

@@ -690,6 +690,7 @@ bool Scheduler::take_token(Sequence& s, float* logits) {
 
 bool Scheduler::accept_token(Sequence& s, int32_t token, const TokenLogprobs* lp) {
   const GenerateOptions& o = s.req.options;
+  refresh_stats();  // a caller reading stats() on this token sees the blocks that produced it
   if (s.result.tokens.empty()) {
     s.first_token = Clock::now();
     s.result.first_token_ms = ms_between(s.submitted, s.first_token);
