@@ -86,7 +86,7 @@ function addModelOptions(cmd: Command): Command {
     .option('-m, --model <dir>', 'model directory (default: the bundled random-weight tiny model)')
     .addOption(new Option('--backend <name>', 'compute backend').choices(['auto', 'cpu', 'cuda']).default('auto'))
     .option('--threads <n>', 'CPU threads (0 = physical cores)', intArg('--threads', 0))
-    .addOption(new Option('--quantize <kind>', 'weight-only quantization of the decoder (CPU): mapped from DIR/model.<kind>.plmq.safetensors when `plm quantize` wrote it, else converted at load').choices(['none', 'int8', 'q4']).default('none'))
+    .addOption(new Option('--quantize <kind>', 'weight-only quantization of the decoder (CPU): mapped from DIR/model.<kind>.plmq.safetensors when `plm quantize` wrote it, else converted at load').choices(['none', 'int8', 'q4']))
     .option('--quantized-file <file>', 'a plm-quant file written by `plm quantize --out` (its kind is used)')
     .option('--no-quantized-file', 'convert at load even when DIR holds a quantized file');
 }
@@ -267,7 +267,7 @@ async function runInfo(opts: InfoOpts): Promise<void> {
 interface BenchCliOpts {
   model?: string;
   precision: 'auto' | 'f32' | 'bf16';
-  quantize: 'none' | 'int8' | 'q4';
+  quantize?: 'none' | 'int8' | 'q4';
   threads?: number;
   runs: number;
   only: string;
@@ -495,7 +495,7 @@ Examples:
     .description('CPU benchmark with synthetic inputs: decode and prefill tok/s, vision ms per tile, time to first token, peak RSS')
     .option('-m, --model <dir>', 'model directory (default: the bundled random-weight tiny model)')
     .addOption(new Option('--precision <p>', "activation precision ('auto': bf16 where the CPU has AVX512-BF16/AMX, else f32)").choices(['auto', 'f32', 'bf16']).default('auto'))
-    .addOption(new Option('--quantize <kind>', 'weight-only quantization of the decoder at load').choices(['none', 'int8', 'q4']).default('none'))
+    .addOption(new Option('--quantize <kind>', 'weight-only quantization of the decoder at load').choices(['none', 'int8', 'q4']))
     .option('--threads <n>', 'CPU threads', intArg('--threads', 1), 2)
     .option('--runs <n>', 'runs per figure (the median is reported)', intArg('--runs', 1), 3)
     .option('--only <list>', 'figures to measure: decode,prefill,vision,ttft', 'decode,prefill,vision,ttft')

@@ -58,7 +58,8 @@ export interface LoadModelOptions {
   /**
    * Weight-only quantization of the decoder's matrices, converted at load on the CPU backend: 'int8'
    * (one scale per output row) or 'q4' (4-bit, groups of 32). Decode reads fewer bytes per token and is
-   * faster at a measured accuracy cost (README, "Quantization"). Default 'none'.
+   * faster at a measured accuracy cost (README, "Quantization"). Default: the env var PLM_QUANTIZE when set,
+   * else 'none' (an explicit value always wins).
    */
   quantize?: NativeQuantize;
   /**
@@ -1148,7 +1149,9 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   let handle: NativeModel;
   try {
     const nativeOptions: NativeLoadOptions = {
-      backend, threads, maxContext, precision: options.precision ?? 'auto', quantize: options.quantize ?? 'none', sequences, kvCacheBytes,
+      backend, threads, maxContext, precision: options.precision ?? 'auto', sequences, kvCacheBytes,
+      // Unset: the engine applies PLM_QUANTIZE (else none); an explicit 'none' is never overridden.
+      ...(options.quantize !== undefined ? { quantize: options.quantize } : {}),
     };
     if (quantizedFile !== undefined) nativeOptions.quantizedFile = quantizedFile;
     handle = await native.loadModel(abs, nativeOptions, (fraction, stage) => {

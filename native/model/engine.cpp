@@ -57,9 +57,9 @@ std::unique_ptr<Engine> Engine::load(const std::string& dir, const EngineOptions
   if (!e->runner_) {
     e->pool_ = std::make_unique<ThreadPool>(options.threads);
     std::string q = options.quantize;
-    if (q.empty() || q == "none") {
+    if (q.empty()) {
       const char* env = std::getenv("PLM_QUANTIZE");
-      if (env && *env) q = env;
+      q = env && *env ? env : "none";
     }
     cpu::Quant quant = cpu::parse_quant(q);
     std::string file = options.quantized_file;

@@ -26,8 +26,9 @@ struct EngineOptions {
   std::string precision = "auto";
   // Weight-only quantization of the decoder matrices, converted at load (CPU backend): "none", "int8" (one
   // scale per output row) or "q4" (4-bit, groups of 32 with an f32 scale). Decode reads the quantized bytes;
-  // embeddings stay in the checkpoint dtype. The env var PLM_QUANTIZE applies when this is "none".
-  std::string quantize = "none";
+  // embeddings stay in the checkpoint dtype. "" (not chosen): the env var PLM_QUANTIZE, else "none"; an explicit
+  // "none" is never overridden.
+  std::string quantize;
   // Where the quantized matrices come from (CPU backend). A plm-quant file (model/quantized_file.h, written by
   // `plm quantize`) is mmap'd with no conversion and computes bit for bit what quantize-at-load computes.
   //   quantized_file "" and find_quantized_file (the default): when quantize is "int8"/"q4" and
