@@ -1,7 +1,7 @@
 /**
  * Builds the model input (token ids + pixel values) from chat messages, a prompt string or raw ids,
  * plus images and videos: renders the chat template, tokenizes, preprocesses the media in order of
- * appearance and expands each placeholder into its run of feature slots (plm-spec.md 7.2-7.3).
+ * appearance and expands each placeholder into its run of feature slots (as transformers' PerceptionLMProcessor._expand_media_tokens does).
  *
  * Independent of the native addon: media preprocessing is injected ({@link MediaProcessors}).
  */

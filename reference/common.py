@@ -58,7 +58,7 @@ DEFAULT_SYSTEM = (
 )
 
 # The PLM chat template, character for character as the released checkpoints carry it (it is the
-# string that transformers' PerceptionLM conversion writes). Behaviour: plm-spec.md section 7.2.
+# string that transformers' PerceptionLM conversion writes). Behaviour: the CHAT_TEMPLATE of transformers' convert_perception_lm_weights_to_hf.py.
 PLM_CHAT_TEMPLATE = (
     "{{- bos_token }}"
     "{%- if messages[0]['role'] == 'system' -%}"

@@ -1,5 +1,5 @@
 """Train the bundled tiny PerceptionLM (models/plm-tiny/) on the synthetic shapes world, on the CPU,
-with PLM's three-stage recipe (plm-spec.md / the PLM paper):
+with PLM's three-stage recipe (the PerceptionLM paper, arXiv:2504.13180):
 
   stage 1  projector only, captions, one 112 px image (vision_input_type "vanilla", no tiling)
   stage 2  everything unfrozen, captions + QA, tiling on (thumb+tile, max_num_tiles 2)

@@ -22,7 +22,8 @@ struct EngineOptions {
   // CPU activation precision for prefill, vision and projector matmuls: "f32" (exact to f32 rounding, what the
   // fixture tests check), "bf16" (activations rounded to bf16, f32 accumulation, AMX tiles; several times
   // faster; see benchmarks/RESULTS.md for the measured error), "auto" (see resolve_precision in engine.cpp).
-  // Decode (one token at a time) always runs with f32 activations. The env var PLM_PRECISION overrides "auto".
+  // Decode (up to 8 rows per matmul) keeps f32 activations with bf16/f32 weights; int8/q4 weights on AVX512-VNNI
+  // round them to int8 blocks (cpu/quant.h). The env var PLM_PRECISION overrides "auto".
   std::string precision = "auto";
   // Weight-only quantization of the decoder matrices, converted at load (CPU backend): "none", "int8" (one
   // scale per output row) or "q4" (4-bit, groups of 32 with an f32 scale). Decode reads the quantized bytes;
