@@ -3,9 +3,12 @@
 // logits (32 passes over V; about 0.1 ms at V = 128k, only paid when sampling), then an inverse-CDF draw
 // with a Philox4x32-10 number keyed by (seed, step). Kept set = {l >= max(kth value, top-p cut, min-p cut)}:
 // transformers' order (temperature, top-k, top-p on the top-k set, min-p); ties at a cut are all kept.
+// The same definition as the CPU sampler (model/sampler.cpp): the same (seed, step) draws the same token from
+// the same logits, up to the rounding of the sums that decide a cut or the draw.
 #include <cstdint>
 #include <cfloat>
 
+#include "core/philox.h"
 #include "cuda/common.cuh"
 #include "cuda/sampling.cuh"
 
@@ -13,27 +16,10 @@ namespace plm::cuda {
 
 namespace {
 
-__host__ __device__ inline uint32_t philox(uint64_t seed, uint64_t counter) {
-  uint32_t c0 = uint32_t(counter), c1 = uint32_t(counter >> 32), c2 = 0, c3 = 0;
-  uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
-  for (int i = 0; i < 10; ++i) {
-    const uint64_t p0 = uint64_t(0xD2511F53u) * c0, p1 = uint64_t(0xCD9E8D57u) * c2;
-    const uint32_t hi0 = uint32_t(p0 >> 32), lo0 = uint32_t(p0), hi1 = uint32_t(p1 >> 32), lo1 = uint32_t(p1);
-    const uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
-    c0 = n0;
-    c1 = lo1;
-    c2 = n2;
-    c3 = lo0;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  return c0;
-}
+// One definition with the CPU sampler (core/philox.h, model/sampler.cpp).
+__device__ __forceinline__ uint32_t philox(uint64_t seed, uint64_t counter) { return philox4x32_10(seed, counter); }
 
-__device__ __forceinline__ uint32_t okey(float f) {  // order-preserving float -> uint32
-  const uint32_t u = __float_as_uint(f);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
+__device__ __forceinline__ uint32_t okey(float f) { return float_order_key(__float_as_uint(f)); }
 
 struct ArgPair {
   float v;
@@ -173,7 +159,7 @@ __global__ void __launch_bounds__(1024) k_sample_final(const float* __restrict__
 
 }  // namespace
 
-uint32_t philox_host(uint64_t seed, uint64_t counter) { return philox(seed, counter); }
+uint32_t philox_host(uint64_t seed, uint64_t counter) { return philox4x32_10(seed, counter); }
 
 size_t sample_scratch_bytes() { return sizeof(ArgPair) * kArgmaxBlocks; }
 

@@ -3,11 +3,15 @@
 #include <cstdint>
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <functional>
+
+#include "core/philox.h"
 #include <unordered_set>
 
 namespace plm {
 
-Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
+Sampler::Sampler(const SamplingParams& params) : params_(params) {}
 
 int32_t Sampler::argmax(const float* logits, int64_t vocab) {
   int64_t best = 0;
@@ -55,7 +59,17 @@ void Sampler::logprobs(const float* logits, int64_t vocab, float temperature, in
   for (const auto& c : best) top_out->emplace_back(c.second, static_cast<float>(c.first * inv_t - lse));
 }
 
-int32_t Sampler::sample(float* logits, int64_t vocab, const std::vector<int32_t>& history) {
+namespace {
+
+uint32_t order_key(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  return float_order_key(bits);
+}
+
+}  // namespace
+
+int32_t Sampler::sample(float* logits, int64_t vocab, const std::vector<int32_t>& history, uint64_t step) {
   if (params_.repetition_penalty != 1.f && params_.repetition_penalty > 0.f) {
     std::unordered_set<int32_t> seen(history.begin(), history.end());
     for (int32_t id : seen) {
@@ -64,54 +78,91 @@ int32_t Sampler::sample(float* logits, int64_t vocab, const std::vector<int32_t>
       l = l < 0 ? l * params_.repetition_penalty : l / params_.repetition_penalty;
     }
   }
-  if (params_.temperature <= 0.f) return argmax(logits, vocab);
+  const int32_t best = argmax(logits, vocab);
+  if (params_.temperature <= 0.f) return best;
 
-  const float inv_t = 1.f / params_.temperature;
-  candidates_.resize(static_cast<size_t>(vocab));
-  for (int64_t i = 0; i < vocab; ++i) candidates_[i] = {logits[i] * inv_t, static_cast<int32_t>(i)};
-  auto by_logit = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
-    return a.first > b.first || (a.first == b.first && a.second < b.second);
-  };
-  size_t keep = candidates_.size();
-  if (params_.top_k > 0 && static_cast<size_t>(params_.top_k) < keep) {
-    keep = static_cast<size_t>(params_.top_k);
-    std::partial_sort(candidates_.begin(), candidates_.begin() + keep, candidates_.end(), by_logit);
-  } else {
-    std::sort(candidates_.begin(), candidates_.end(), by_logit);
+  const float mx = logits[best], inv_t = 1.f / params_.temperature;
+  keys_.resize(static_cast<size_t>(vocab));
+  for (int64_t i = 0; i < vocab; ++i) keys_[i] = order_key(logits[i]);
+  uint32_t thr = 0;  // keep keys >= thr
+  if (params_.top_k > 0 && params_.top_k < vocab) {
+    // The k-th largest key: the largest K with count(key >= K) >= top_k.
+    std::vector<uint32_t> k(keys_);
+    std::nth_element(k.begin(), k.begin() + (params_.top_k - 1), k.end(), std::greater<uint32_t>());
+    thr = k[static_cast<size_t>(params_.top_k - 1)];
   }
-  candidates_.resize(keep);
-  // Softmax over the survivors.
-  const float max_logit = candidates_[0].first;
-  std::vector<double> probs(keep);
-  double total = 0;
-  for (size_t i = 0; i < keep; ++i) total += probs[i] = std::exp(static_cast<double>(candidates_[i].first - max_logit));
-  for (double& p : probs) p /= total;
-  // top-p: keep the smallest prefix whose mass reaches top_p (always at least one token).
-  if (params_.top_p < 1.f && params_.top_p > 0.f) {
-    double cum = 0;
-    size_t n = 0;
-    while (n < keep) {
-      cum += probs[n++];
-      if (cum >= params_.top_p) break;
+  if (params_.top_p > 0.f && params_.top_p < 1.f) {
+    kept_.clear();
+    double z = 0;
+    for (int64_t i = 0; i < vocab; ++i) {
+      if (keys_[i] < thr || keys_[i] == 0) continue;
+      const float e = std::exp((logits[i] - mx) * inv_t);
+      kept_.emplace_back(keys_[i], e);
+      z += e;
     }
-    keep = n;
+    const double target = double(params_.top_p) * z;
+    // Groups of equal keys, largest first: a group is kept while the mass of the groups above it is < target.
+    // Only as much is sorted as the walk reaches: the largest 64, then 4x more each time.
+    auto by_key = [](const std::pair<uint32_t, float>& a, const std::pair<uint32_t, float>& b) { return a.first > b.first; };
+    const size_t n = kept_.size();
+    auto sort_more = [&](size_t from) {
+      const size_t to = std::min(n, from + std::max<size_t>(64, 3 * from));
+      if (to < n) std::nth_element(kept_.begin() + from, kept_.begin() + to, kept_.end(), by_key);
+      std::sort(kept_.begin() + from, kept_.begin() + to, by_key);
+      return to;
+    };
+    size_t sorted = 0, i = 0;
+    double above = 0;
+    uint32_t cut = 0;
+    while (i < n) {
+      if (i == sorted) sorted = sort_more(sorted);
+      if (above >= target) break;
+      const uint32_t key = kept_[i].first;
+      cut = key;
+      for (;;) {  // the whole group (ties may continue past what is sorted)
+        if (i == sorted && sorted < n) sorted = sort_more(sorted);
+        if (i >= n || kept_[i].first != key) break;
+        above += kept_[i++].second;
+      }
+    }
+    thr = std::max(thr, cut);
   }
-  // min-p: drop tokens below min_p × the top probability.
   if (params_.min_p > 0.f) {
-    const double floor_p = params_.min_p * probs[0];
-    size_t n = 1;
-    while (n < keep && probs[n] >= floor_p) ++n;
-    keep = n;
+    const float cut = mx + params_.temperature * std::log(params_.min_p);
+    thr = std::max(thr, order_key(cut));
+    thr = std::min(thr, order_key(mx));  // the best token always survives
   }
-  double mass = 0;
-  for (size_t i = 0; i < keep; ++i) mass += probs[i];
-  std::uniform_real_distribution<double> uniform(0.0, mass);
-  double r = uniform(rng_), cum = 0;
-  for (size_t i = 0; i < keep; ++i) {
-    cum += probs[i];
-    if (r < cum) return candidates_[i].second;
+  // Inverse CDF over the kept tokens in index order, in the GPU's 1024 chunks.
+  constexpr int64_t kChunks = 1024;
+  const int64_t cs = (vocab + kChunks - 1) / kChunks;
+  float total = 0.f;
+  std::vector<float> before(static_cast<size_t>(kChunks));
+  for (int64_t c = 0; c < kChunks; ++c) {
+    float sum = 0.f;
+    for (int64_t i = c * cs; i < std::min(vocab, (c + 1) * cs); ++i)
+      if (keys_[i] >= thr) sum += std::exp((logits[i] - mx) * inv_t);
+    before[c] = total;
+    total += sum;
   }
-  return candidates_[keep - 1].second;
+  const float target = philox_uniform(params_.seed, step) * total;
+  for (int64_t c = 0; c < kChunks; ++c) {
+    const float after = c + 1 < kChunks ? before[c + 1] : total;
+    if (!(target >= before[c] && (target < after || c == kChunks - 1))) continue;
+    float acc = before[c];
+    int32_t pick = -1, last = -1;
+    for (int64_t i = c * cs; i < std::min(vocab, (c + 1) * cs); ++i) {
+      if (keys_[i] < thr) continue;
+      last = static_cast<int32_t>(i);
+      acc += std::exp((logits[i] - mx) * inv_t);
+      if (acc > target) {
+        pick = static_cast<int32_t>(i);
+        break;
+      }
+    }
+    if (pick < 0) pick = last;
+    return pick >= 0 ? pick : best;
+  }
+  return best;
 }
 
 }  // namespace plm

@@ -681,7 +681,7 @@ bool Scheduler::take_token(Sequence& s, float* logits) {
     }
   }
   if (o.keep_logits) s.result.logits.insert(s.result.logits.end(), logits, logits + vocab_);
-  const int32_t token = s.sampler->sample(logits, vocab_, s.history);
+  const int32_t token = s.sampler->sample(logits, vocab_, s.history, static_cast<uint64_t>(step));
   TokenLogprobs lp;
   if (o.top_logprobs >= 0)
     Sampler::logprobs(logits, vocab_, o.sampling.temperature, token, o.top_logprobs, &lp.logprob, &lp.top);

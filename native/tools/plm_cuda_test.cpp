@@ -42,6 +42,7 @@
 #include "cuda/runtime.cuh"
 #include "cuda/sampling.cuh"
 #include "model/engine.h"
+#include "model/sampler.h"
 
 using namespace plm;
 namespace cu = plm::cuda;
@@ -519,6 +520,29 @@ void test_sampling() {
   }
   report_bool("sample top_k=2 keeps only the top 2", cnt[2] == 0 && cnt[3] == 0 && cnt[0] + cnt[1] == 500,
               std::to_string(cnt[0]) + "/" + std::to_string(cnt[1]) + "/" + std::to_string(cnt[2]) + "/" + std::to_string(cnt[3]));
+  // One sampler definition: the GPU and the CPU sampler (model/sampler.h) draw the same token for the same
+  // (seed, step) from the same logits, but where the f32 sums that decide a cut or the draw round differently.
+  std::mt19937 rng(77);
+  std::normal_distribution<float> nd(0.f, 3.f);
+  int same = 0;
+  const int trials = 300;
+  const std::vector<int32_t> none;
+  for (int i = 0; i < trials; ++i) {
+    for (auto& v : l) v = nd(rng);
+    cu::h2d(dl.p, l.data(), l.size() * 4);
+    cu::SampleParams sp{0.3f + 0.01f * float(i % 150), i % 3 == 0 ? 0 : 5 + i % 50, i % 2 ? 0.9f : 1.f,
+                        i % 7 == 0 ? 0.02f : 0.f, uint64_t(1000 + i), uint64_t(i * 13)};
+    const int32_t gpu = run(sp);
+    SamplingParams p;
+    p.temperature = sp.temperature;
+    p.top_k = sp.top_k;
+    p.top_p = sp.top_p;
+    p.min_p = sp.min_p;
+    p.seed = sp.seed;
+    std::vector<float> c = l;
+    same += Sampler(p).sample(c.data(), V, none, sp.step) == gpu;
+  }
+  report("sample: GPU and CPU sampler disagree (fraction of 300 random draws)", 1.0 - double(same) / trials, 0.01);
 }
 
 // ---------------- end to end ----------------
