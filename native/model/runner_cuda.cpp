@@ -343,8 +343,21 @@ std::unique_ptr<Runner> make_cuda_runner(const LoadedModel& model, int device, i
     mc.vision_rope_sin = vsin.data();
     mc.pooling_ratio = c.projector_pooling_ratio;
   }
+  // The library finds optional parts (the ViT's norm_pre and final norm, layer scales) by whether their tensors
+  // are given: it gets exactly the ones the config's flags select, so both backends follow the same rule (the
+  // config, whose flags model.cpp checked against the weights) even when a checkpoint carries extra tensors.
+  const std::string vp = "model.vision_tower.timm_model.";
+  auto selected = [&](const std::string& name) {
+    if (name.compare(0, vp.size(), vp) != 0) return true;
+    const std::string leaf = name.substr(vp.size());
+    if (leaf.compare(0, 9, "norm_pre.") == 0) return v.pre_norm;
+    if (leaf.compare(0, 5, "norm.") == 0) return v.post_norm;
+    if (leaf.find(".gamma_") != std::string::npos) return v.layer_scale;
+    return true;
+  };
   std::vector<plm_cuda_tensor> tensors;
   for (const auto& kv : model.weights->all()) {
+    if (!selected(kv.first)) continue;
     const TensorView* tv = kv.second;
     bool ok;
     plm_cuda_tensor pt{};
