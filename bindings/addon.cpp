@@ -4,6 +4,7 @@
 #include <napi.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <map>
 #include <thread>
@@ -593,7 +594,10 @@ Napi::Value NativeModel::Generate(const Napi::CallbackInfo& info) {
     std::shared_ptr<plm::CancelToken> cancel = req.cancel;
     opts.allowed_tokens = [masks, bytes, cancel](int64_t step) -> const uint8_t* {
       std::unique_lock<std::mutex> lock(masks->mutex);
-      masks->ready.wait(lock, [&] { return masks->closed || cancel->is_cancelled() || masks->masks.count(step); });
+      // A cancel sets a flag without notifying: look at it every 50 ms, so a cancelled or disposed request never
+      // holds the engine thread.
+      while (!(masks->closed || cancel->is_cancelled() || masks->masks.count(step)))
+        masks->ready.wait_for(lock, std::chrono::milliseconds(50));
       auto it = masks->masks.find(step);
       if (it == masks->masks.end()) return nullptr;
       masks->current = std::move(it->second);

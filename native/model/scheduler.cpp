@@ -119,8 +119,12 @@ Scheduler::~Scheduler() {
     session_owner_->scheduler = nullptr;
   }
   {
+    // Cancel every request still alive, so a long step (an image tile, a prefill chunk, a wait for a token
+    // mask) ends at its next check instead of running to completion.
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;
+    for (auto& w : live_cancels_)
+      if (auto c = w.lock()) c->cancelled.store(true);
   }
   wake_.notify_all();
   thread_.join();
@@ -202,11 +206,17 @@ void Scheduler::submit(Request request) {
     if (request.session->owner_ != session_owner_)
       throw Error(ErrorCode::kInvalidArgument, "this chat session belongs to another model");
   }
+  if (!request.cancel) request.cancel = std::make_shared<CancelToken>();
   seq->req = std::move(request);
   seq->submitted = Clock::now();
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_) throw Error(ErrorCode::kDisposed, "the model was disposed; load it again with loadModel()");
+    if (live_cancels_.size() > 64 + 2 * (active_count_ + incoming_.size()))  // forget the ended ones now and then
+      live_cancels_.erase(std::remove_if(live_cancels_.begin(), live_cancels_.end(),
+                                         [](const std::weak_ptr<CancelToken>& w) { return w.expired(); }),
+                          live_cancels_.end());
+    live_cancels_.push_back(seq->req.cancel);
     incoming_.push_back(std::move(seq));
     stats_.waiting++;
   }
@@ -321,6 +331,7 @@ void Scheduler::loop() {
 
 void Scheduler::refresh_stats() {
   std::lock_guard<std::mutex> lock(mutex_);
+  active_count_ = active_.size();
   stats_.active = static_cast<int64_t>(active_.size());
   stats_.waiting = static_cast<int64_t>(waiting_.size() + incoming_.size());
   if (cache_) {

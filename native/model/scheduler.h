@@ -200,6 +200,8 @@ class Scheduler {
   std::vector<std::function<void()>*> exclusive_;
   std::vector<int32_t> closing_blocks_;             // from closed sessions: the engine thread releases them
   std::shared_ptr<SessionOwner> session_owner_;
+  std::vector<std::weak_ptr<CancelToken>> live_cancels_;  // cancelled when the scheduler stops
+  size_t active_count_ = 0;                         // active_.size() as of the last refresh_stats
   bool stopping_ = false;
   SchedulerStats stats_;                            // guarded by mutex_ (copied out by stats())
 
