@@ -21,11 +21,11 @@ namespace plm {
 
 class Decoder {
  public:
-  // Activation precision of the large matmuls (cpu::Precision::kBF16: AMX tiles where available). At f32 every
-  // matmul row is computed as the decode GEMV computes it (cpu::Precision::kF32RowInvariant), so a token's keys,
-  // values and logits are the same bits whichever chunk or batch computed them, and a reused prefix equals a
-  // recomputed one.
-  void set_precision(cpu::Precision p) { precision_ = p == cpu::Precision::kF32 ? cpu::Precision::kF32RowInvariant : p; }
+  // Activation precision of the large matmuls (cpu::Precision::kBF16: AMX tiles where available).
+  // cpu::Precision::kF32RowInvariant (precision "f32" asked for): every matmul row is computed as the decode GEMV
+  // computes it, so a token's keys, values and logits are the same bits whichever chunk or batch computed them,
+  // and a reused prefix equals a recomputed one. Batched decode rows are invariant at every precision.
+  void set_precision(cpu::Precision p) { precision_ = p; }
   Decoder(const LoadedModel& model, ThreadPool* pool, KvCache* cache);
   // Converts the layer matrices and the LM head to weight-only int8/q4 (owned copies; the embedding table
   // stays in the checkpoint dtype). Returns the quantized bytes.

@@ -19,12 +19,14 @@ constexpr int kDefaultCpuSequences = 4;
 // "auto" takes the bf16 matrix units where the CPU has them; the fixture tests ask for "f32" explicitly.
 constexpr bool kAutoPrefersBf16 = true;
 
+// "f32" asked for (option or PLM_PRECISION) gives the decoder its row-invariant f32 path (reused prefixes equal
+// recomputed ones bit for bit); "auto" that settles on f32 keeps the fastest f32 kernels.
 static cpu::Precision resolve_precision(std::string p) {
   if (p == "auto") {
     const char* env = std::getenv("PLM_PRECISION");
     if (env && *env) p = env;
   }
-  if (p == "f32") return cpu::Precision::kF32;
+  if (p == "f32") return cpu::Precision::kF32RowInvariant;
   if (p == "bf16") return cpu::Precision::kBF16;  // falls back to f32 kernels where no bf16 kernel applies
   if (p == "auto") return kAutoPrefersBf16 && cpu::bf16_matmul_available() ? cpu::Precision::kBF16 : cpu::Precision::kF32;
   throw Error(ErrorCode::kInvalidArgument, "precision must be \"auto\", \"f32\" or \"bf16\", got \"" + p + "\"");

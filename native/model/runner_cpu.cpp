@@ -23,6 +23,8 @@ class CpuRunner : public PagedRunner {
         cache_(model.config.text.num_layers, model.config.text.num_kv_heads, model.config.text.head_dim, kv_bytes),
         decoder_(model, pool, &cache_) {
     decoder_.set_precision(precision);
+    // The vision tower and the projector have no cache to stay consistent with: their fastest f32 kernels.
+    if (precision == cpu::Precision::kF32RowInvariant) precision = cpu::Precision::kF32;
     if (quantized) decoder_.use_quantized(*quantized);
     else if (quant != cpu::Quant::kNone) decoder_.quantize(quant);
     if (model.config.vision.present) {
