@@ -6,7 +6,7 @@
 import type { PerceptionLM } from './model';
 import { PlmError } from './errors';
 import { HttpError } from './server_guard';
-import { PromptTokenizer, PromptTokenizerOptions } from './server_tokenizer';
+import { PromptTokenizer, PromptTokenizerOptions, sharedPromptTokenizer } from './server_tokenizer';
 
 /** One model of a server. */
 export interface ModelSource {
@@ -108,6 +108,8 @@ export class ServedModel {
   lastUsed = 0;
   slots: SlotQueue | null = null;
   tokenizer: PromptTokenizer | null = null;
+  /** Gives the shared tokenizer back. */
+  releaseTokenizer: (() => Promise<void>) | null = null;
   loading: Promise<PerceptionLM> | null = null;
   idleTimer: NodeJS.Timeout | null = null;
   loadedAt = 0;
@@ -206,7 +208,9 @@ export class ModelRegistry {
     m.loadMs = loadMs;
     m.lastUsed = Date.now();
     m.slots = new SlotQueue(parallelOf(model, this.o.parallel), this.o.maxQueue);
-    m.tokenizer = new PromptTokenizer(model, { ...this.o.tokenizer, log: this.o.log });
+    const st = sharedPromptTokenizer(model, { ...this.o.tokenizer, log: this.o.log });
+    m.tokenizer = st.tokenizer;
+    m.releaseTokenizer = st.release;
     // Load the tokenizer worker now, not on the first request.
     void m.tokenizer.start().catch(() => undefined);
     this.armIdleTimer(m);
@@ -345,12 +349,13 @@ export class ModelRegistry {
     if (m.state !== 'ready' || m.users > 0 || !m.owned) return;
     this.clearIdleTimer(m);
     const model = m.model;
-    const tok = m.tokenizer;
+    const releaseTok = m.releaseTokenizer;
     m.state = 'unloaded';
     m.model = null;
     m.slots = null;
     m.tokenizer = null;
-    await tok?.close();
+    m.releaseTokenizer = null;
+    await releaseTok?.();
     model?.dispose();
     this.o.log(`unloaded model ${m.id} (${why})`);
     this.wakeCapacityWaiters();
@@ -362,7 +367,8 @@ export class ModelRegistry {
     this.wakeCapacityWaiters();
     for (const m of this.models) {
       this.clearIdleTimer(m);
-      await m.tokenizer?.close();
+      await m.releaseTokenizer?.();
+      m.releaseTokenizer = null;
       m.tokenizer = null;
       if (m.owned && m.model) m.model.dispose();
     }

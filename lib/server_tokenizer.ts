@@ -339,3 +339,38 @@ export class PromptTokenizer {
     if (w) await w.terminate();
   }
 }
+
+const shared = new Map<PerceptionLM, Map<string, { pt: PromptTokenizer; refs: number }>>();
+
+/**
+ * A {@link PromptTokenizer} shared by every server of the same model and options (one worker and one
+ * tokenizer copy per model). Call the returned `release()` once; the last release closes it.
+ */
+export function sharedPromptTokenizer(model: PerceptionLM, options: PromptTokenizerOptions = {}): { tokenizer: PromptTokenizer; release: () => Promise<void> } {
+  const key = JSON.stringify({ t: options.timeoutMs ?? null, w: options.worker ?? true });
+  let byKey = shared.get(model);
+  if (!byKey) {
+    byKey = new Map();
+    shared.set(model, byKey);
+  }
+  let e = byKey.get(key);
+  if (!e) {
+    e = { pt: new PromptTokenizer(model, options), refs: 0 };
+    byKey.set(key, e);
+  }
+  e.refs++;
+  const entry = e;
+  const map = byKey;
+  let released = false;
+  return {
+    tokenizer: entry.pt,
+    release: async () => {
+      if (released) return;
+      released = true;
+      if (--entry.refs > 0) return;
+      map.delete(key);
+      if (map.size === 0) shared.delete(model);
+      await entry.pt.close();
+    },
+  };
+}
