@@ -183,13 +183,13 @@ function parseMessages(raw: unknown): ChatRequestMessage[] {
     const m = raw[i] as unknown;
     const param = `messages[${i}]`;
     if (!isPlainObject(m)) throw bad(param, `${param} must be an object`);
-    for (const k of Object.keys(m)) {
-      if (!MESSAGE_KEYS.has(k)) throw unsupported(`${param}.${k}`, `${param}.${k} is not supported`);
-    }
     let role = m.role;
     if (role === 'developer') role = 'system';
     if (role === 'tool' || role === 'function') throw unsupported(`${param}.role`, `${param}.role '${role}' is not supported: this server has no function calling`);
     if (role !== 'system' && role !== 'user' && role !== 'assistant') throw bad(`${param}.role`, `${param}.role must be system, developer, user or assistant`);
+    for (const k of Object.keys(m)) {
+      if (!MESSAGE_KEYS.has(k)) throw unsupported(`${param}.${k}`, `${param}.${k} is not supported`);
+    }
     if (!isNullish(m.tool_calls) && !(Array.isArray(m.tool_calls) && m.tool_calls.length === 0)) throw unsupported(`${param}.tool_calls`, `${param}.tool_calls is not supported`);
     if (!isNullish(m.function_call)) throw unsupported(`${param}.function_call`, `${param}.function_call is not supported`);
     if (!isNullish(m.audio)) throw unsupported(`${param}.audio`, `${param}.audio is not supported`);
