@@ -216,14 +216,15 @@ export class ModelRegistry {
     this.armIdleTimer(m);
   }
 
-  private loadedCount(): number {
-    return this.models.filter((m) => m.state === 'ready' || m.state === 'loading').length;
+  /** Models loaded or loading, `self` not counted. */
+  private loadedCount(self: ServedModel): number {
+    return this.models.filter((m) => m !== self && (m.state === 'ready' || m.state === 'loading')).length;
   }
 
   /** Makes room for one more loaded model: unloads the least recently used idle one, or waits. */
-  private async makeRoom(signal: AbortSignal | undefined): Promise<void> {
+  private async makeRoom(self: ServedModel, signal: AbortSignal | undefined): Promise<void> {
     for (;;) {
-      if (this.loadedCount() < this.o.maxLoaded) return;
+      if (this.loadedCount(self) < this.o.maxLoaded) return;
       const idle = this.models.filter((m) => m.state === 'ready' && m.users === 0 && m.owned).sort((a, b) => a.lastUsed - b.lastUsed);
       if (idle.length > 0) {
         await this.unload(idle[0], 'to make room');
@@ -253,7 +254,7 @@ export class ModelRegistry {
     m.state = 'loading';
     m.loading = (async (): Promise<PerceptionLM> => {
       try {
-        if (!(m.source.model instanceof Promise)) await this.makeRoom(signal);
+        if (!(m.source.model instanceof Promise)) await this.makeRoom(m, signal);
         this.o.log(`loading model ${m.id}`);
         const model = await (m.source.model instanceof Promise ? m.source.model : (m.source.load as () => Promise<PerceptionLM>)());
         if (this.closed) {
