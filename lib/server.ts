@@ -393,13 +393,20 @@ export async function startServer(options: ServerOptions): Promise<PlmServer> {
                 return { type: 'image', image: images.length - 1 };
               }),
       }));
-      // Refuse what cannot fit before any rendering or tokenizing.
-      checkPromptBound(messages, cr.maxTokens, model.maxContext, await tokenizer.maxTokenBytes(), model.config.tokens_per_tile);
-      const imageBytes: Buffer[] = [];
-      for (const im of images) imageBytes.push(await loadImageUrl(im.url, imageOptions, im.param, ac.signal));
-
+      // Refuse what cannot fit before any rendering or tokenizing (a byte count, then a scan of at most
+      // maxContext x 128 bytes: ~2 ms per MB, cheaper than handing the text to the worker), then the
+      // exact count once tokenized.
+      checkPromptBound(messages, cr.maxTokens, model.maxContext, await tokenizer.tokenMaxima(), model.config.tokens_per_tile, true);
       const slots = served.slots;
       if (!slots) throw new HttpError(503, `the model '${served.id}' was unloaded; retry`, 'server_error', 'model_unloaded');
+      // A full queue answers 429 before any work is spent on the request.
+      if (slots.active >= slots.capacity && slots.waitingCount >= slots.maxWaiting) {
+        stats.rejected++;
+        await slots.acquire(ac.signal); // throws the 429
+      }
+      const ids = await tokenizer.tokenize(messages, ac.signal);
+      const imageBytes: Buffer[] = [];
+      for (const im of images) imageBytes.push(await loadImageUrl(im.url, imageOptions, im.param, ac.signal));
       try {
         await slots.acquire(ac.signal);
       } catch (e) {
@@ -413,7 +420,6 @@ export async function startServer(options: ServerOptions): Promise<PlmServer> {
         return;
       }
 
-      const ids = await tokenizer.tokenize(messages, ac.signal);
       const info = promptInfoOf(model);
       const media: MediaProcessors<number, never> = {
         image: async (k, opts) => preprocessImage(imageBytes[k], { tileSize: opts.tileSize, maxNumTiles: tilesFor(served, model, images[k].detail) }),

@@ -2,10 +2,13 @@
  * Chat-template rendering and tokenization for the server, off the JS thread, with a bound checked
  * before any of that work starts.
  *
- * - {@link promptLowerBound}: a request whose text cannot fit the context is rejected up front. A
- *   token of a byte-level BPE covers at most `maxTokenBytes` bytes (128 for Llama 3: the longest
- *   vocabulary entry), so a text of B bytes is at least ceil(B / maxTokenBytes) tokens, and each
- *   image adds at least 2 tiles (thumbnail + one tile) of `tokens_per_tile` tokens.
+ * - {@link promptLowerBound}: a request whose text cannot fit the context is refused up front. Every
+ *   token of the vocabulary holds at most so many bytes in all (128 for Llama 3: a run of spaces), and
+ *   at most so many bytes of letters (64), of digits, of whitespace and of other characters; each byte
+ *   of the text belongs to exactly one token, so a text with B_c bytes of class c has at least
+ *   ceil(B_c / max_c) tokens for every class c (the largest of these is the bound), and each image adds
+ *   at least 2 tiles (thumbnail + one tile) of `tokens_per_tile` tokens. 1 MB of 'a' is thus at least
+ *   15625 tokens.
  * - {@link PromptTokenizer}: renders the template and tokenizes in a worker thread that loads the
  *   checkpoint's own tokenizer and template with the package's code (so the ids are those
  *   `model.buildInput` would give), one job at a time with a deadline; a job over the deadline
@@ -21,18 +24,89 @@ import { tokenizePrompt, PromptModelInfo } from './prompt';
 import { HttpError } from './server_guard';
 import { tokenBytes } from './server_request';
 
-/** The longest vocabulary entry of a tokenizer.json, in bytes (added tokens included). */
-export function maxTokenBytesOf(tokenizerJson: { model?: { vocab?: Record<string, number> | Array<[string, number]> }; added_tokens?: Array<{ content?: string }> }): number {
-  let max = 1;
+/** Bytes of text by character class. */
+export interface ClassBytes {
+  /** All bytes. */
+  total: number;
+  /** Bytes of letters (\p{L}). */
+  letters: number;
+  /** Bytes of digits (\p{N}). */
+  digits: number;
+  /** Bytes of whitespace (\s). */
+  spaces: number;
+  /** Bytes of everything else. */
+  other: number;
+}
+
+const IS_LETTER = /\p{L}/u;
+const IS_DIGIT = /\p{N}/u;
+const IS_SPACE = /\s/u;
+
+const zeroClasses = (): ClassBytes => ({ total: 0, letters: 0, digits: 0, spaces: 0, other: 0 });
+
+/** Adds the UTF-8 bytes of each character of `s` to its class (a lone surrogate counts 3 bytes, as UTF-8 encodes U+FFFD). */
+export function classBytes(s: string, into: ClassBytes = zeroClasses()): ClassBytes {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x80) {
+      into.total++;
+      if ((c >= 0x61 && c <= 0x7a) || (c >= 0x41 && c <= 0x5a)) into.letters++;
+      else if (c >= 0x30 && c <= 0x39) into.digits++;
+      else if (c === 0x20 || (c >= 0x09 && c <= 0x0d)) into.spaces++;
+      else into.other++;
+      continue;
+    }
+    let ch = s[i];
+    if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
+      const d = s.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) {
+        ch = s.slice(i, i + 2);
+        i++;
+      }
+    }
+    const n = c < 0x800 ? 2 : ch.length === 2 ? 4 : 3;
+    into.total += n;
+    if (IS_LETTER.test(ch)) into.letters += n;
+    else if (IS_DIGIT.test(ch)) into.digits += n;
+    else if (IS_SPACE.test(ch)) into.spaces += n;
+    else into.other += n;
+  }
+  return into;
+}
+
+type TokenizerJson = { model?: { vocab?: Record<string, number> | Array<[string, number]> }; added_tokens?: Array<{ content?: string }> };
+
+/**
+ * The most bytes of each class that one token of a tokenizer.json holds (added tokens included). A
+ * token that is not whole UTF-8 (a fragment of a character) counts all its bytes in every class.
+ */
+export function tokenClassMaxima(tokenizerJson: TokenizerJson): ClassBytes {
+  const max: ClassBytes = { total: 1, letters: 1, digits: 1, spaces: 1, other: 1 };
+  const dec = new TextDecoder('utf-8', { fatal: false });
+  const add = (bytes: Buffer): void => {
+    const text = dec.decode(bytes);
+    const c = text.includes('\ufffd') ? { total: bytes.length, letters: bytes.length, digits: bytes.length, spaces: bytes.length, other: bytes.length } : classBytes(text);
+    for (const k of ['total', 'letters', 'digits', 'spaces', 'other'] as const) max[k] = Math.max(max[k], c[k]);
+  };
   const vocab = tokenizerJson.model?.vocab;
   const tokens = Array.isArray(vocab) ? vocab.map((v) => v[0]) : Object.keys(vocab ?? {});
-  for (const t of tokens) max = Math.max(max, tokenBytes(t).length);
-  for (const a of tokenizerJson.added_tokens ?? []) if (typeof a.content === 'string') max = Math.max(max, Buffer.byteLength(a.content));
+  for (const t of tokens) add(Buffer.from(tokenBytes(t)));
+  for (const a of tokenizerJson.added_tokens ?? []) if (typeof a.content === 'string') add(Buffer.from(a.content, 'utf8'));
   return max;
 }
 
 /** The facts about a model that prompt building needs (as the model computes them). */
 export function promptInfoOf(model: PerceptionLM): PromptModelInfo {
+  const cached = infoCache.get(model);
+  if (cached && cached.maxContext === model.maxContext) return cached;
+  const info = computePromptInfo(model);
+  infoCache.set(model, info);
+  return info;
+}
+
+const infoCache = new WeakMap<PerceptionLM, PromptModelInfo>();
+
+function computePromptInfo(model: PerceptionLM): PromptModelInfo {
   let pre: Record<string, unknown> = {};
   try {
     pre = JSON.parse(fs.readFileSync(path.join(model.dir, 'preprocessor_config.json'), 'utf8')) as Record<string, unknown>;
@@ -54,37 +128,66 @@ export function promptInfoOf(model: PerceptionLM): PromptModelInfo {
   };
 }
 
-// Generous: strips at least what Jinja's `trim` (Python str.strip) strips, so the bound stays low.
-const EDGE_SPACE = /^[\s\u0085\u180e\u200b-\u200d\u2060\ufeff\x1c-\x1f]+|[\s\u0085\u180e\u200b-\u200d\u2060\ufeff\x1c-\x1f]+$/g;
+/** Characters that Jinja's `trim` (Python str.strip) may remove, and a few more: stripping more keeps the bound low. */
+function isEdgeSpace(c: number): boolean {
+  return (
+    (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c === 0x85 || c === 0xa0 || c === 0x1680 || c === 0x180e ||
+    (c >= 0x2000 && c <= 0x200d) || c === 0x2028 || c === 0x2029 || c === 0x202f || c === 0x205f || c === 0x2060 || c === 0x3000 || c === 0xfeff
+  );
+}
+
+/** `s` without leading and trailing whitespace (a loop, not a regular expression: linear on any input). */
+function trimEdges(s: string): string {
+  let a = 0;
+  let b = s.length;
+  while (a < b && isEdgeSpace(s.charCodeAt(a))) a++;
+  while (b > a && isEdgeSpace(s.charCodeAt(b - 1))) b--;
+  return a === 0 && b === s.length ? s : s.slice(a, b);
+}
 
 /**
- * The fewest tokens the rendered prompt can have: ceil(text bytes / maxTokenBytes) plus
- * 2 x tokensPerTile per image. Assumes the template writes every message's (trimmed) text, as the
- * PerceptionLM template does.
+ * The fewest tokens the rendered prompt can have (see the file comment). Assumes the template writes
+ * every message's (trimmed) text, as the PerceptionLM template does. With `classes` false only the
+ * byte count is used (no scan of the text).
  */
-export function promptLowerBound(messages: ReadonlyArray<ChatMessage<unknown, never>>, maxTokenBytes: number, tokensPerTile: number): { tokens: number; textBytes: number; images: number } {
-  let textBytes = 0;
+export function promptLowerBound(messages: ReadonlyArray<ChatMessage<unknown, never>>, maxima: ClassBytes, tokensPerTile: number, classes = true): { tokens: number; text: ClassBytes; images: number } {
+  const texts: string[] = [];
   let images = 0;
   for (const m of messages) {
-    if (typeof m.content === 'string') textBytes += Buffer.byteLength(m.content.replace(EDGE_SPACE, ''));
+    if (typeof m.content === 'string') texts.push(trimEdges(m.content));
     else {
       for (const p of m.content) {
-        if (p.type === 'text') textBytes += Buffer.byteLength(p.text.replace(EDGE_SPACE, ''));
+        if (p.type === 'text') texts.push(trimEdges(p.text));
         else if (p.type === 'image') images++;
       }
     }
   }
-  return { tokens: Math.ceil(textBytes / maxTokenBytes) + images * 2 * tokensPerTile, textBytes, images };
+  const text = zeroClasses();
+  if (classes) {
+    for (const t of texts) classBytes(t, text);
+  } else {
+    for (const t of texts) text.total += Buffer.byteLength(t);
+  }
+  let textTokens = Math.ceil(text.total / maxima.total);
+  if (classes) for (const k of ['letters', 'digits', 'spaces', 'other'] as const) textTokens = Math.max(textTokens, Math.ceil(text[k] / maxima[k]));
+  return { tokens: textTokens + images * 2 * tokensPerTile, text, images };
 }
 
-/** Throws a 400 `ERR_CONTEXT_OVERFLOW` when the prompt cannot fit, before any tokenization. */
-export function checkPromptBound(messages: ReadonlyArray<ChatMessage<unknown, never>>, maxTokens: number, maxContext: number, maxTokenBytes: number, tokensPerTile: number): void {
-  const b = promptLowerBound(messages, maxTokenBytes, tokensPerTile);
+/**
+ * Throws a 400 `ERR_CONTEXT_OVERFLOW` when the prompt cannot fit, before any rendering or tokenization.
+ * With `classes` false only the byte count is checked (native, no scan of the text); with true also the
+ * per-class count, a scan of at most maxContext x maxima.total bytes (~2 ms per MB).
+ */
+export function checkPromptBound(messages: ReadonlyArray<ChatMessage<unknown, never>>, maxTokens: number, maxContext: number, maxima: ClassBytes, tokensPerTile: number, classes: boolean): void {
+  const quick = promptLowerBound(messages, maxima, tokensPerTile, false);
+  const b = quick.tokens + maxTokens > maxContext || !classes ? quick : promptLowerBound(messages, maxima, tokensPerTile, true);
   if (b.tokens + maxTokens > maxContext) {
+    const textTokens = b.tokens - b.images * 2 * tokensPerTile;
     throw new HttpError(
       400,
-      `the prompt cannot fit the context: its ${b.textBytes} bytes of text are at least ${Math.ceil(b.textBytes / maxTokenBytes)} tokens ` +
-        `(a token covers at most ${maxTokenBytes} bytes)${b.images ? ` and its ${b.images} image(s) at least ${b.images * 2 * tokensPerTile}` : ''}, ` +
+      `the prompt cannot fit the context: its ${b.text.total} bytes of text are at least ${textTokens} tokens ` +
+        `(no token of this vocabulary holds more than ${maxima.total} bytes, nor more than ${maxima.letters} bytes of letters)` +
+        `${b.images ? ` and its ${b.images} image(s) at least ${b.images * 2 * tokensPerTile}` : ''}, ` +
         `plus max_tokens ${maxTokens} > the context limit of ${maxContext} tokens. Shorten the messages or lower max_tokens.`,
       'invalid_request_error',
       'ERR_CONTEXT_OVERFLOW',
@@ -127,14 +230,14 @@ if (workerData.typescript) {
 const { PlmTokenizer } = require(workerData.modules.tokenizer);
 const { ChatTemplate } = require(workerData.modules.chatTemplate);
 const { tokenizePrompt } = require(workerData.modules.prompt);
-const { maxTokenBytesOf } = require(workerData.modules.self);
+const { tokenClassMaxima } = require(workerData.modules.self);
 const path = require('path');
-let tok, tpl, maxTokenBytes;
+let tok, tpl, maxima;
 try {
   tok = PlmTokenizer.fromDirectory(workerData.dir);
   tpl = ChatTemplate.fromDirectory(workerData.dir, tok.config);
-  maxTokenBytes = maxTokenBytesOf(JSON.parse(fs.readFileSync(path.join(workerData.dir, 'tokenizer.json'), 'utf8')));
-  parentPort.postMessage({ ready: true, maxTokenBytes });
+  maxima = tokenClassMaxima(JSON.parse(fs.readFileSync(path.join(workerData.dir, 'tokenizer.json'), 'utf8')));
+  parentPort.postMessage({ ready: true, maxima });
 } catch (e) {
   parentPort.postMessage({ ready: false, error: { message: e && e.message, code: e && e.code } });
 }
@@ -174,7 +277,7 @@ export class PromptTokenizer {
   private readonly info: PromptModelInfo;
   private readonly timeoutMs: number;
   private readonly useWorker: boolean;
-  private maxBytes = 0;
+  private maxima: ClassBytes | null = null;
   /** 'worker' or 'main-thread' (also after a worker failed to start). */
   mode: 'worker' | 'main-thread';
 
@@ -188,15 +291,15 @@ export class PromptTokenizer {
     this.mode = this.useWorker ? 'worker' : 'main-thread';
   }
 
-  /** The longest token in bytes (for {@link checkPromptBound}); starts the worker when needed. */
-  async maxTokenBytes(): Promise<number> {
-    if (this.maxBytes > 0) return this.maxBytes;
+  /** The most bytes of each class one token holds (for {@link checkPromptBound}); starts the worker when needed. */
+  async tokenMaxima(): Promise<ClassBytes> {
+    if (this.maxima) return this.maxima;
     if (this.mode === 'worker') await this.start().catch(() => undefined);
-    if (this.maxBytes === 0) {
+    if (!this.maxima) {
       // Main-thread mode (or a failed worker): read the vocabulary here, once.
-      this.maxBytes = maxTokenBytesOf(JSON.parse(fs.readFileSync(path.join(this.model.dir, 'tokenizer.json'), 'utf8')) as Parameters<typeof maxTokenBytesOf>[0]);
+      this.maxima = tokenClassMaxima(JSON.parse(fs.readFileSync(path.join(this.model.dir, 'tokenizer.json'), 'utf8')) as TokenizerJson);
     }
-    return this.maxBytes;
+    return this.maxima;
   }
 
   /** Starts the worker (once); resolves when its tokenizer is loaded. */
@@ -221,10 +324,10 @@ export class PromptTokenizer {
     worker.unref();
     this.worker = worker;
     this.ready = new Promise<void>((resolve, reject) => {
-      const onFirst = (m: { ready?: boolean; maxTokenBytes?: number; error?: { message?: string } }): void => {
+      const onFirst = (m: { ready?: boolean; maxima?: ClassBytes; error?: { message?: string } }): void => {
         worker.off('error', onError);
         if (m.ready) {
-          this.maxBytes = m.maxTokenBytes ?? 0;
+          this.maxima = m.maxima ?? null;
           resolve();
         } else {
           onError(new Error(m.error?.message ?? 'the tokenizer worker failed to start'));

@@ -275,14 +275,18 @@ test('/metrics: Prometheus text with requests by route and status, tokens, laten
 test('a prompt that cannot fit is refused before tokenizing; one that fits the bound but not the context is counted off the JS thread', async () => {
   const h = (await (await fetch(`${srv.url}/health`)).json()) as { models: Array<{ tokenizer: string }> };
   expect(h.models[0].tokenizer).toBe('worker');
-  // 4096-token context, a token covers at most 128 bytes: 600 KB of text cannot fit.
+  // 4096-token context, no token holds more than 128 bytes: 600 KB of text cannot fit.
   const huge = await post({ ...hi, messages: [{ role: 'user', content: 'a'.repeat(600_000) }] });
   expect(huge.status).toBe(400);
   const hj = (await huge.json()) as ErrorJson;
   expect(hj.error).toMatchObject({ code: 'ERR_CONTEXT_OVERFLOW', param: 'messages' });
   expect(hj.error.message).toMatch(/cannot fit the context: its 600000 bytes of text are at least 4688 tokens/);
-  // 60000 'a' is 7500 tokens: under the bound, over the context: tokenized (in the worker) and refused
-  // by the exact count, while /health keeps answering.
+  // Nor more than 64 bytes of letters: 300 KB of 'a' is at least 4688 tokens too.
+  const letters = await post({ ...hi, messages: [{ role: 'user', content: 'a'.repeat(300_000) }] });
+  expect(letters.status).toBe(400);
+  expect(((await letters.json()) as ErrorJson).error.message).toMatch(/its 300000 bytes of text are at least 4688 tokens/);
+  // 60000 'a' is 7500 tokens: under the bound (938), over the context: tokenized (in the worker) and
+  // refused by the exact count, while /health keeps answering.
   let bigDone = false;
   const big = post({ ...hi, messages: [{ role: 'user', content: 'a'.repeat(60_000) }] }).then(async (r) => {
     bigDone = true;
