@@ -18,7 +18,7 @@ import { isPlmError, PlmError } from './errors';
 import { GenerateProgress, loadModel, LoadProgress, PerceptionLM } from './model';
 import { createProgress } from './progress_bar';
 import { native, packageRoot } from './native';
-import { keepAlive, runChat, runPull, runServe } from './cli_shipping';
+import { keepAlive, runChat, runPull } from './cli_shipping';
 import { runServeCommand, ServeCliOptions } from './server_cli';
 import { BenchFigure, runBench } from './bench';
 import { defaultQuantizedPath, quantizeModel, QuantizeKind, QuantizeResult } from './quantize';
