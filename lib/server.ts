@@ -318,7 +318,7 @@ export async function startServer(options: ServerOptions): Promise<PlmServer> {
   metrics.gauge('plm_cached_prompt_tokens', 'Prompt tokens served from the prefix cache since load (model.stats()).', () => perModel((m) => statsOf(m)?.cachedPromptTokens));
   metrics.gauge('plm_engine_prompt_tokens', 'Prompt tokens the engine processed since load (model.stats()).', () => perModel((m) => statsOf(m)?.promptTokens));
 
-  const tilesFor = (served: ServedModel, model: PerceptionLM, detail: ImageDetail): number => {
+  const tilesFor = (model: PerceptionLM, detail: ImageDetail): number => {
     if (detail === 'low') return 1;
     const ckpt = promptInfoOf(model).maxNumTiles;
     return options.maxTiles !== undefined ? Math.min(ckpt, options.maxTiles) : ckpt;
@@ -422,7 +422,7 @@ export async function startServer(options: ServerOptions): Promise<PlmServer> {
 
       const info = promptInfoOf(model);
       const media: MediaProcessors<number, never> = {
-        image: async (k, opts) => preprocessImage(imageBytes[k], { tileSize: opts.tileSize, maxNumTiles: tilesFor(served, model, images[k].detail) }),
+        image: async (k, opts) => preprocessImage(imageBytes[k], { tileSize: opts.tileSize, maxNumTiles: tilesFor(model, images[k].detail) }),
         video: async () => {
           throw new PlmError('ERR_INVALID_ARGUMENT', 'videos are not accepted by this server');
         },
@@ -432,7 +432,7 @@ export async function startServer(options: ServerOptions): Promise<PlmServer> {
         inputIds: ids,
         images: images.map((_, k) => k),
         maxTokens: cr.maxTokens,
-        maxNumTiles: tilesFor(served, model, 'high'),
+        maxNumTiles: tilesFor(model, 'high'),
         signal: ac.signal,
       });
       promptTokens = built.inputIds.length;
