@@ -131,11 +131,23 @@ export interface ModelLease {
   release(): void;
 }
 
-/** How many requests a model runs at once: `parallel`, else its `sequences` (the engine's budget), else 1. */
+/** The engine's sequence limit (`model.stats().maxSequences`, or a `sequences` property), or undefined. */
+export function engineSequences(model: PerceptionLM): number | undefined {
+  const m = model as unknown as { sequences?: unknown; stats?: () => { maxSequences?: unknown } };
+  let seq = m.sequences;
+  if (seq === undefined && typeof m.stats === 'function') {
+    try {
+      seq = m.stats.call(model).maxSequences;
+    } catch {
+      seq = undefined;
+    }
+  }
+  return typeof seq === 'number' && Number.isInteger(seq) && seq >= 1 ? seq : undefined;
+}
+
+/** How many requests a model runs at once: `parallel`, else the engine's sequences (what fits its KV budget), else 1. */
 export function parallelOf(model: PerceptionLM, parallel: number | undefined): number {
-  if (parallel !== undefined) return parallel;
-  const seq = (model as unknown as { sequences?: unknown }).sequences;
-  return typeof seq === 'number' && Number.isInteger(seq) && seq >= 1 ? seq : 1;
+  return parallel ?? engineSequences(model) ?? 1;
 }
 
 /** The models of one server. */
@@ -208,6 +220,10 @@ export class ModelRegistry {
     m.loadMs = loadMs;
     m.lastUsed = Date.now();
     m.slots = new SlotQueue(parallelOf(model, this.o.parallel), this.o.maxQueue);
+    const seq = engineSequences(model);
+    if (seq !== undefined && m.slots.capacity > seq) {
+      this.o.log(`model ${m.id}: ${m.slots.capacity} requests may run at once but the engine runs ${seq} sequences; the others wait inside the engine (load it with more sequences)`);
+    }
     const st = sharedPromptTokenizer(model, { ...this.o.tokenizer, log: this.o.log });
     m.tokenizer = st.tokenizer;
     m.releaseTokenizer = st.release;

@@ -23,6 +23,7 @@ beforeAll(async () => {
   srv = await startServer({
     model,
     port: 0,
+    parallel: 1,
     maxQueue: 1,
     maxBodyBytes: 1024 * 1024,
     maxImagePixels: 4_000_000,
