@@ -69,7 +69,7 @@ function startChild(serverModule) {
   });
 }
 
-const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
+let agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
 function request(url, method, body) {
   return new Promise((resolve) => {
     const t0 = performance.now();
@@ -91,6 +91,7 @@ const pct = (v, p) => {
 };
 
 async function measure(label, serverModule) {
+  agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
   const { child, url } = await startChild(serverModule);
   const body = JSON.stringify({ messages: [{ role: 'user', content: payload() }], max_tokens: 16 });
   // Warm up: one ordinary request (starts the tokenizer worker).
@@ -98,28 +99,36 @@ async function measure(label, serverModule) {
   const end = Date.now() + seconds * 1000;
   const rejections = [];
   const statuses = {};
+  const health = [];
+  let pendingSince = 0;
+  const probe = async () => {
+    while (Date.now() < end) {
+      pendingSince = performance.now();
+      // A probe still unanswered when the run ends counts with the time it has waited (below).
+      const r = await Promise.race([request(`${url}/health`, 'GET'), new Promise((res) => setTimeout(() => res(null), Math.max(0, end - Date.now())))]);
+      if (r === null) break;
+      pendingSince = 0;
+      if (r.status === 200) health.push(r.ms);
+      await new Promise((res) => setTimeout(res, 20));
+    }
+    if (pendingSince) health.push(performance.now() - pendingSince);
+  };
   const attack = async () => {
     while (Date.now() < end) {
-      const r = await request(`${url}/v1/chat/completions`, 'POST', body);
+      const r = await Promise.race([request(`${url}/v1/chat/completions`, 'POST', body), new Promise((res) => setTimeout(() => res(null), Math.max(0, end - Date.now()) + 100))]);
+      if (r === null) break;
       statuses[r.status] = (statuses[r.status] || 0) + 1;
       rejections.push(r.ms);
       if (interval > 0) await new Promise((res) => setTimeout(res, interval));
     }
   };
-  const health = [];
-  const probe = async () => {
-    while (Date.now() < end) {
-      const r = await request(`${url}/health`, 'GET');
-      if (r.status === 200) health.push(r.ms);
-      await new Promise((res) => setTimeout(res, 20));
-    }
-  };
   await Promise.all([probe(), ...Array.from({ length: attackers }, attack)]);
   child.kill('SIGKILL');
+  agent.destroy();
   const f = (x) => x.toFixed(1);
   console.log(
     `| ${label} | ${attackers ? `${attackers} x ${payloadKind} x ${bytes} B` : 'none (baseline)'} | ${health.length} | ${f(pct(health, 50))} | ${f(pct(health, 90))} | ${f(pct(health, 99))} | ${f(Math.max(...health))} | ` +
-      `${rejections.length} (${Object.entries(statuses).map(([k, v]) => `${v}x${k}`).join(', ')}) | ${f(pct(rejections, 50))} |`,
+      `${rejections.length} (${Object.entries(statuses).map(([k, v]) => `${v}x${k}`).join(', ')}) | ${rejections.length ? f(pct(rejections, 50)) : '-'} |`,
   );
 }
 
@@ -142,7 +151,7 @@ async function measure(label, serverModule) {
   const order = runs.length > 1 ? [...runs, ...runs] : runs;
   for (const [label, file] of order) await measure(label, file);
   console.log(`load average ${require('os').loadavg().map((x) => x.toFixed(2)).join(' ')}`);
-  agent.destroy();
+  process.exit(0);
 })().catch((e) => {
   console.error(e);
   process.exit(1);

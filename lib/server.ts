@@ -39,6 +39,7 @@ import { ImageDetail, ChatRequest, parseChatRequest, toOpenAILogprob, EngineLogp
 import { loadImageUrl, ImageSourceOptions } from './server_images';
 import { ModelLease, ModelRegistry, ModelSource, ServedModel } from './server_models';
 import { MetricsRegistry } from './server_metrics';
+import { JsonBodyError, JsonParser } from './server_json';
 import { checkPromptBound, promptInfoOf } from './server_tokenizer';
 
 export { HttpError, toHttpError } from './server_guard';
@@ -269,6 +270,7 @@ export async function startServer(options: ServerOptions): Promise<PlmServer> {
   });
   const created = Math.floor(Date.now() / 1000);
   const controllers = new Set<AbortController>();
+  const jsonParser = new JsonParser();
   const stats = { requests: 0, completed: 0, cancelled: 0, rejected: 0, errors: 0 };
   const hostPolicy = new HostPolicy(o.host, options.allowedHosts ?? []);
   const cors = options.cors ?? [];
@@ -360,9 +362,11 @@ export async function startServer(options: ServerOptions): Promise<PlmServer> {
       const raw = await readBody(req, o.maxBodyBytes);
       let body: unknown;
       try {
-        body = JSON.parse(raw.toString('utf8'));
+        // Large bodies are parsed off the JS thread.
+        body = await jsonParser.parse(raw);
       } catch (e) {
-        throw new HttpError(400, `the body is not valid JSON: ${(e as Error).message}`, 'invalid_request_error', 'invalid_json');
+        if (e instanceof JsonBodyError) throw new HttpError(400, `the body is not valid JSON: ${e.message}`, 'invalid_request_error', 'invalid_json');
+        throw e;
       }
       const cr: ChatRequest = parseChatRequest(body, { maxTokensLimit: o.maxTokensLimit, defaultMaxTokens: o.defaultMaxTokens });
       stream = cr.stream;
@@ -754,7 +758,7 @@ export async function startServer(options: ServerOptions): Promise<PlmServer> {
       closing ??= new Promise<void>((resolve) => {
         for (const c of controllers) c.abort();
         server.close(() => {
-          void registry.close().then(resolve, resolve);
+          void Promise.all([registry.close(), jsonParser.close()]).then(() => resolve(), () => resolve());
         });
         server.closeAllConnections();
       });

@@ -12,6 +12,7 @@ import { loadModel, PerceptionLM } from '../lib/model';
 import { PlmServer, startServer } from '../lib/server';
 import { apiKeyMatches, corsOrigin, HostPolicy, hostName, requestPath } from '../lib/server_guard';
 import { decodeDataUrl, percentDecodeBytes } from '../lib/server_images';
+import { JsonBodyError, JsonParser } from '../lib/server_json';
 import { Gen, prng, request, sendRaw, useImage } from './helpers/server_fuzz';
 
 const root = path.resolve(__dirname, '..');
@@ -82,6 +83,28 @@ test('unit: request paths, Host names, CORS, API keys and percent-decoding never
   for (const bad of ['%', '%Z1', '%E0%A4%A', 'x%4']) expect(percentDecodeBytes(bad)).toBeNull();
   expect(() => decodeDataUrl('data:image/png,%ZZ', 'p')).toThrow(/malformed percent escape/);
   expect(decodeDataUrl('data:image/png;base64,AAEC', 'p')).toEqual(Buffer.from([0, 1, 2]));
+});
+
+test('unit: large bodies are parsed in a worker with the same result and errors as JSON.parse', async () => {
+  const parser = new JsonParser(1024);
+  try {
+    const value = { messages: [{ role: 'user', content: 'é漢😀'.repeat(50_000) }], n: [1, 2.5, null, true], nested: { a: { b: 'c' } } };
+    const text = JSON.stringify(value);
+    expect(await parser.parse(Buffer.from(text))).toEqual(value);
+    // A slice of a larger buffer (not transferable as is) and a small body (parsed inline).
+    const big = Buffer.from(`xx${text}yy`);
+    expect(await parser.parse(big.subarray(2, big.length - 2))).toEqual(value);
+    expect(await parser.parse(Buffer.from('{"a":1}'))).toEqual({ a: 1 });
+    let syntax = '';
+    try {
+      JSON.parse(`${text.slice(0, 5000)}`);
+    } catch (e) {
+      syntax = (e as Error).message;
+    }
+    await expect(parser.parse(Buffer.from(text.slice(0, 5000)))).rejects.toEqual(new JsonBodyError(syntax));
+  } finally {
+    await parser.close();
+  }
 });
 
 test('bad percent escapes and odd targets in the path are JSON errors, not a crash', async () => {
