@@ -5,7 +5,7 @@
 //
 //   npm run build:ts
 //   node benchmarks/server_health.js [--model models/plm-tiny] [--seconds 20] [--attackers 1]
-//                                    [--payload a|spaces|english] [--bytes 1000000] [--interval MS between a client's requests]
+//                                    [--payload a|dashes|spaces|english] [--bytes 1000000] [--interval MS between a client's requests]
 //                                    [--server dist/lib/server.js]   (--attackers 0: /health alone, the baseline)
 //                                    [--compare-main]   (also main's lib/server.ts, compiled to dist/lib/, alternating)
 //
@@ -48,7 +48,8 @@ const bytes = Number(arg('bytes', '1000000'));
 const modelDir = arg('model', 'models/plm-tiny');
 
 function payload() {
-  if (payloadKind === 'spaces') return ' '.repeat(bytes);
+  if (payloadKind === 'spaces') return ' '.repeat(bytes); // trimmed away by the template: an empty prompt
+  if (payloadKind === 'dashes') return '-'.repeat(bytes); // under the byte bound, slow to tokenize (worker)
   if (payloadKind === 'english') {
     const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
     return readme.repeat(Math.ceil(bytes / readme.length)).slice(0, bytes);
