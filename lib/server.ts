@@ -666,7 +666,9 @@ export async function startServer(options: ServerOptions): Promise<PlmServer> {
     if (route === '/health') {
       if (req.method !== 'GET' && req.method !== 'HEAD') throw methodNotAllowed('GET');
       const h = health();
-      sendJson(res, h.status, h.body);
+      // Without the key (when one is set) only the status: model ids, paths in load errors and counters stay private.
+      const full = apiKey === undefined || apiKeyMatches(presentedKey(req.headers), apiKey);
+      sendJson(res, h.status, full ? h.body : { status: (h.body as { status: string }).status });
       return;
     }
     if (route === '/metrics') {

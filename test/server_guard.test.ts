@@ -203,7 +203,10 @@ test('--api-key: 401 on every route but /health, constant-time match, works with
     }
     const chat = await fetch(`${srv.url}/v1/chat/completions`, { method: 'POST', body: '{}' });
     expect(chat.status).toBe(401);
-    expect((await get(srv, '/health')).status).toBe(200);
+    const h = await get(srv, '/health');
+    expect(h.status).toBe(200);
+    expect(JSON.parse(h.body)).toEqual({ status: 'ok' });
+    expect(JSON.parse((await get(srv, '/health', { authorization: 'Bearer sk-test-123' })).body)).toMatchObject({ status: 'ok', model: 'plm-tiny-random' });
     expect((await get(srv, '/v1/models', { authorization: 'Bearer sk-test-123' })).status).toBe(200);
     const client = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: 'sk-test-123', maxRetries: 0 });
     const c = await client.chat.completions.create({ model: 'plm-tiny-random', messages: [{ role: 'user', content: 'Hi' }], max_tokens: 2 });
