@@ -7,7 +7,7 @@
  *   plm info [--model DIR] [--json]
  *   plm chat [--model DIR]
  *   plm pull <owner/name> [--revision main] [--dir DIR]
- *   plm serve [--port 8080] [--host 127.0.0.1] [--model DIR] [--max-queue N] [--allow-remote-images]
+ *   plm serve [--port 8080] [--host 127.0.0.1] [--model DIR]... [--parallel N] [--api-key KEY] (plm serve --help)
  *   plm bench [--model DIR] [--precision auto|bf16|f32] [--quantize none|int8|q4] [--json]
  *   plm quantize --model DIR --kind int8|q4 [--out FILE] [--json]
  */
@@ -18,7 +18,8 @@ import { isPlmError, PlmError } from './errors';
 import { GenerateProgress, loadModel, LoadProgress, PerceptionLM } from './model';
 import { createProgress } from './progress_bar';
 import { native, packageRoot } from './native';
-import { keepAlive, runChat, runPull, runServe } from './cli_shipping';
+import { keepAlive, runChat, runPull } from './cli_shipping';
+import { runServeCommand, ServeCliOptions } from './server_cli';
 import { BenchFigure, runBench } from './bench';
 import { defaultQuantizedPath, quantizeModel, QuantizeKind, QuantizeResult } from './quantize';
 
@@ -468,27 +469,61 @@ Examples:
     )
     .action(async (repo: string, opts: { revision: string; dir?: string; json?: boolean }) => runPull(repo, opts));
 
-  const serve = program.command('serve').description('OpenAI-compatible HTTP server (POST /v1/chat/completions, GET /v1/models, GET /health)');
-  addModelOptions(serve)
+  const serve = program.command('serve').description('OpenAI-compatible HTTP server (POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics)');
+  addModelOptions(serve);
+  {
+    // --model repeats here: several models, each loaded on first use.
+    const modelOpt = serve.options.find((opt) => opt.long === '--model');
+    modelOpt?.argParser((v: string, prev: string[] | undefined) => [...(prev ?? []), v]);
+    if (modelOpt) modelOpt.description = 'model directory; repeat for several models (each loaded on first use) (default: the bundled tiny model)';
+  }
+  const collect = (v: string, prev: string[] | undefined): string[] => [...(prev ?? []), v];
+  const secondsArg = (name: string) => (v: string): number => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a number of seconds > 0`);
+    return n;
+  };
+  serve
+    .option('--models-dir <dir>', 'serve every checkpoint folder (with config.json) in DIR, each loaded on first use')
+    .option('--alias <name>', 'model id in the API instead of the folder name (repeatable: one per --model, in order)', collect)
     .option('--port <n>', 'port (0 = any free port)', intArg('--port', 0), 8080)
     .option('--host <host>', 'address to listen on', '127.0.0.1')
-    .option('--max-queue <n>', 'requests waiting behind the running one (429 beyond)', intArg('--max-queue', 0), 16)
+    .option('--parallel <n>', "requests generating at once per model (default: the model's sequences, what fits its KV budget; 1 on an engine without them)", intArg('--parallel', 1))
+    .option('--max-queue <n>', 'requests waiting per model behind the running ones (429 beyond)', intArg('--max-queue', 0), 16)
     .option('--max-tokens-limit <n>', 'largest max_tokens a request may ask for', intArg('--max-tokens-limit', 1), 4096)
     .option('--max-body <bytes>', 'largest request body in bytes (413 beyond)', intArg('--max-body', 1024), 32 * 1024 * 1024)
     .option('--max-image-pixels <n>', 'largest image (width x height; 400 beyond)', intArg('--max-image-pixels', 1), 50_000_000)
-    .option('--allow-remote-images', 'fetch http(s) image_url URLs (default: data: URLs only)')
+    .option('--max-tiles <n>', "most 448px tiles per image for image_url.detail high/auto, thumbnail excluded (default: the checkpoint's max_num_tiles); detail low = 1", intArg('--max-tiles', 1))
+    .option('--allow-remote-images', 'fetch http(s) image_url URLs from global addresses only (10 MB, 5 s, 3 redirects; default: data: URLs only)')
+    .option('--cors <origin>', 'send CORS headers to this browser origin (repeatable; * = any; default: no CORS headers)', collect)
+    .option('--api-key <key>', 'require Authorization: Bearer KEY on every route but /health (default: $PLM_API_KEY; prefer the variable, arguments show in ps)')
+    .option('--allow-host <name>', 'accept this Host header besides localhost names and the bound address (repeatable; * = any)', collect)
+    .option('--headers-timeout <s>', 'seconds to receive the request headers', secondsArg('--headers-timeout'), 10)
+    .option('--request-timeout <s>', 'seconds to receive the whole request (not the answer)', secondsArg('--request-timeout'), 60)
+    .option('--max-connections <n>', 'open connections at most (more are closed)', intArg('--max-connections', 1), 256)
+    .option('--idle-timeout <s>', 'unload a model after this many seconds without requests, 0 = never (default: 300 with several models, 0 with one)', floatArg('--idle-timeout', 0))
+    .option('--max-loaded <n>', 'models loaded at once; the least recently used idle one makes room', intArg('--max-loaded', 1), 3)
     .option('-q, --quiet', 'no access log')
     .addHelpText(
       'after',
       `
+Environment:
+  PLM_API_KEY   the API key (as --api-key)
+
 Examples:
   plm serve --model ~/models/Perception-LM-1B --port 8080
+  plm serve --model ./plm-1b --alias plm-1b --parallel 4 --max-tiles 16
+  plm serve --models-dir ~/models --idle-timeout 600          (each model loads on first use)
+  PLM_API_KEY=secret plm serve --host 0.0.0.0 --allow-host plm.lan --cors https://app.example
   curl http://127.0.0.1:8080/v1/chat/completions -H 'content-type: application/json' \\
     -d '{"messages":[{"role":"user","content":"Hello"}],"max_tokens":32}'`,
     )
-    .action(
-      async (opts: CommonOpts & { port: number; host: string; maxQueue: number; maxTokensLimit: number; maxBody: number; maxImagePixels: number; allowRemoteImages?: boolean }) =>
-        runServe(opts, () => openModel(opts)),
+    .action(async (opts: CommonOpts & Omit<ServeCliOptions, 'model'> & { model?: string[] }) =>
+      runServeCommand(
+        opts,
+        (model) => openModel({ ...opts, model }),
+        () => path.basename(defaultModelDir()),
+      ),
     );
   const bench = program
     .command('bench')

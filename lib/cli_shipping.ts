@@ -1,5 +1,5 @@
 /**
- * The `plm chat`, `plm pull` and `plm serve` commands (registered by cli.ts).
+ * The `plm chat` and `plm pull` commands (registered by cli.ts; `plm serve` is in server_cli.ts).
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -7,7 +7,6 @@ import * as readline from 'readline';
 import { PlmError } from './errors';
 import { pull, PullProgress } from './hub';
 import type { PerceptionLM } from './model';
-import { startServer } from './server';
 
 let keepProcessAlive = false;
 
@@ -90,40 +89,6 @@ export async function runPull(repo: string, opts: { revision: string; dir?: stri
     if (ac.signal.aborted) throw new PlmError('ERR_CANCELLED', 'download interrupted; run the same command again to resume');
     throw e;
   }
-}
-
-/** `plm serve`: starts the server and keeps running until SIGINT/SIGTERM. */
-export async function runServe(
-  opts: { port: number; host: string; maxQueue: number; maxTokensLimit: number; maxBody: number; maxImagePixels: number; allowRemoteImages?: boolean; quiet?: boolean },
-  open: () => Promise<PerceptionLM>,
-): Promise<void> {
-  const model = await open();
-  const srv = await startServer({
-    model,
-    host: opts.host,
-    port: opts.port,
-    maxQueue: opts.maxQueue,
-    maxTokensLimit: opts.maxTokensLimit,
-    maxBodyBytes: opts.maxBody,
-    maxImagePixels: opts.maxImagePixels,
-    allowRemoteImages: Boolean(opts.allowRemoteImages),
-    log: opts.quiet ? undefined : (line) => process.stderr.write(`plm serve: ${line}\n`),
-  });
-  keepProcessAlive = true;
-  // The machine-readable first line of stdout: tests and scripts read the URL from it.
-  process.stdout.write(`plm serve: listening on ${srv.url} (model ${path.basename(model.dir)}, backend ${model.backend})\n`);
-  let stopping = false;
-  const stop = (): void => {
-    if (stopping) process.exit(1);
-    stopping = true;
-    process.stderr.write('plm serve: shutting down\n');
-    void srv.close().then(() => {
-      model.dispose();
-      process.exit(0);
-    });
-  };
-  process.on('SIGINT', stop);
-  process.on('SIGTERM', stop);
 }
 
 /** `plm chat`: a REPL with history, /image PATH, /clear, /exit; Ctrl-C stops the answer. */

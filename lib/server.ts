@@ -1,17 +1,22 @@
 /**
- * An OpenAI-compatible HTTP server for a loaded {@link PerceptionLM} (node:http only).
+ * An OpenAI-compatible HTTP server for PerceptionLM models (node:http only).
  *
  * Routes:
  * - `POST /v1/chat/completions`: `messages` with string content or `text` / `image_url` parts
- *   (`data:` URLs always; `http(s)` URLs only with `allowRemoteImages`), `max_tokens` /
- *   `max_completion_tokens`, `temperature`, `top_p`, `top_k`, `seed`, `stop`, `stream`
+ *   (`data:` URLs always; `http(s)` URLs only with `allowRemoteImages`; `detail` 'low' = one tile),
+ *   `model`, `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`, `top_k`, `min_p`,
+ *   `repetition_penalty`, `seed`, `stop`, `logprobs` / `top_logprobs`, `response_format`, `stream`
  *   (Server-Sent Events in OpenAI's `chat.completion.chunk` format, ending with `data: [DONE]`) and
- *   `stream_options.include_usage`.
- * - `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`.
+ *   `stream_options.include_usage`. Anything else OpenAI defines is a 400 naming the field.
+ * - `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`, `GET /metrics` (Prometheus).
  *
- * One generation runs at a time; at most `maxQueue` more wait (429 when full). Bodies larger than
- * `maxBodyBytes` get 413; images with more than `maxImagePixels` pixels and `max_tokens` above
- * `maxTokensLimit` get 400. A client that disconnects cancels its generation (AbortSignal).
+ * Per model, `parallel` requests generate at once and `maxQueue` more wait (429 beyond). Every
+ * request runs inside a guard: whatever fails becomes an OpenAI-shaped JSON error and the process
+ * lives on. No CORS header unless `cors` names origins; `apiKey` makes every route but /health need
+ * `Authorization: Bearer KEY`; a Host header outside `allowedHosts` (localhost names and the bound
+ * address by default) is refused (DNS rebinding). Prompts that cannot fit the context are refused
+ * before tokenizing; rendering and tokenizing run in a worker thread. docs/security-server.md has
+ * the limits and their defaults.
  *
  * @example
  * ```ts
@@ -22,22 +27,46 @@
  */
 import * as http from 'http';
 import { randomUUID } from 'crypto';
-import { AddressInfo } from 'net';
-import sharp from 'sharp';
-import { isPlmError, PlmError } from './errors';
-import type { GenerateOptions, Message, PerceptionLM } from './model';
-import type { MessageContent } from './chat_template';
+import { AddressInfo, Socket } from 'net';
+import { PlmError } from './errors';
+import { preprocessImage } from './image';
+import type { GenerateChunk, GenerateOptions, PerceptionLM } from './model';
+import { buildPrompt, MediaProcessors } from './prompt';
+import type { ChatMessage, MessageContent } from './chat_template';
+import { REMOTE_IMAGE_DEFAULTS, ResolvedAddress } from './remote_image';
+import { apiKeyMatches, corsOrigin, decodePathSegment, errorBody, HostPolicy, HttpError, presentedKey, requestPath, toHttpError } from './server_guard';
+import { ImageDetail, ChatRequest, parseChatRequest, toOpenAILogprob, EngineLogprob, OpenAILogprob } from './server_request';
+import { loadImageUrl, ImageSourceOptions } from './server_images';
+import { ModelLease, ModelRegistry, ModelSource, ServedModel } from './server_models';
+import { MetricsRegistry } from './server_metrics';
+import { JsonBodyError, JsonParser } from './server_json';
+import { checkPromptBound, promptInfoOf } from './server_tokenizer';
+
+export { HttpError, toHttpError } from './server_guard';
+export type { ModelSource } from './server_models';
 
 /** Options of {@link startServer}. */
 export interface ServerOptions {
-  model: PerceptionLM;
-  /** The id reported by /v1/models and echoed in responses. Default: the model directory's name. */
+  /**
+   * The model to serve: a loaded model, or a promise of one (the port is bound first; generation
+   * routes answer 503 and /health `loading` until it resolves). The caller owns it. Give this or `models`.
+   */
+  model?: PerceptionLM | Promise<PerceptionLM>;
+  /** The id of `model` in /v1/models and responses. Default: the model directory's name. */
   modelId?: string;
+  /** Several models, each given or loaded on first use (see {@link ModelSource}). */
+  models?: ModelSource[];
+  /** Unload a model the server loaded (`models[].load`) after this many ms without requests; 0 = never. Default 300000 (5 min). */
+  idleTimeoutMs?: number;
+  /** Models loaded at once; the least recently used idle one is unloaded to load another. Default 3. */
+  maxLoadedModels?: number;
   /** Default '127.0.0.1'. */
   host?: string;
   /** Default 8080; 0 picks a free port. */
   port?: number;
-  /** Requests waiting behind the running one; more get 429. Default 16. */
+  /** Requests generating at once per model. Default: the model's `sequences` (what fits its KV budget) when it has one, else 1. */
+  parallel?: number;
+  /** Requests waiting per model behind the running ones; more get 429. Default 16. */
   maxQueue?: number;
   /** Largest request body in bytes (413 above). Default 32 MiB. */
   maxBodyBytes?: number;
@@ -47,24 +76,52 @@ export interface ServerOptions {
   maxTokensLimit?: number;
   /** max_tokens when a request gives none. Default 512. */
   defaultMaxTokens?: number;
-  /** Fetch http(s) image URLs (off by default: a server that fetches URLs is an SSRF risk). */
+  /** Largest tiles per image (thumbnail excluded) for `detail` 'high'/'auto': min(checkpoint's max_num_tiles, this). Default: the checkpoint's. */
+  maxTiles?: number;
+  /** Fetch http(s) image URLs (off by default; global addresses only, see ./remote_image). */
   allowRemoteImages?: boolean;
-  /** Timeout of a remote image fetch. Default 15 s. */
+  /** Time for a remote image fetch, redirects included. Default 5000 ms. */
   remoteImageTimeoutMs?: number;
+  /** Largest remote image in bytes. Default 10 MiB. */
+  remoteImageMaxBytes?: number;
+  /** Test hooks of the remote fetch: which address may be dialled, and the resolver. Never widen in production. */
+  remoteImageHooks?: { allowAddress?: (address: string, port: number) => boolean; lookup?: (hostname: string) => Promise<ResolvedAddress[]> };
+  /** Origins that get CORS headers (`'*'` = any). Default: none (no CORS header). */
+  cors?: string[];
+  /** When set, every route but /health needs `Authorization: Bearer <apiKey>` (401 otherwise). */
+  apiKey?: string;
+  /** Host header names accepted besides localhost names and the bound address (`'*'` = any). */
+  allowedHosts?: string[];
+  /** Time to receive the request headers. Default 10000 ms. */
+  headersTimeoutMs?: number;
+  /** Time to receive the whole request (headers and body; not the answer). Default 60000 ms. */
+  requestTimeoutMs?: number;
+  /** Idle time of a kept-alive connection. Default 5000 ms. */
+  keepAliveTimeoutMs?: number;
+  /** Open connections at most; more are closed at once. Default 256. */
+  maxConnections?: number;
+  /** Longest chat-template rendering + tokenization of one request. Default 30000 ms. */
+  tokenizeTimeoutMs?: number;
+  /** Render and tokenize in a worker thread. Default true. */
+  tokenizeInWorker?: boolean;
   /** Access log and events; default: none. */
   log?: (line: string) => void;
-  /** Called when a generation ends (tests, metrics). */
+  /** Called when a chat completion ends (tests, metrics). */
   onRequestDone?: (info: RequestDoneInfo) => void;
 }
 
 /** What {@link ServerOptions.onRequestDone} receives. */
 export interface RequestDoneInfo {
   id: string;
+  /** The served model's id. */
+  model: string;
   stream: boolean;
   finishReason: 'stop' | 'length' | 'cancelled' | 'error';
   completionTokens: number;
   promptTokens: number;
   ms: number;
+  /** Requests of this model holding a generation slot when this one got its slot (itself included); 0 if it never did. */
+  concurrent: number;
 }
 
 /** A running server. */
@@ -74,81 +131,10 @@ export interface PlmServer {
   port: number;
   /** e.g. 'http://127.0.0.1:8080' */
   url: string;
-  /** Stops accepting connections, cancels running generations and resolves once closed. */
+  /** Resolves when every model that loads with the server is ready (rejects when one fails). */
+  ready: Promise<void>;
+  /** Stops accepting connections, cancels running generations, disposes the models it loaded and resolves once closed. */
   close(): Promise<void>;
-}
-
-/** OpenAI-style error with an HTTP status. */
-export class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-    readonly type: string = 'invalid_request_error',
-    readonly code: string | null = null,
-    readonly param: string | null = null,
-  ) {
-    super(message);
-    this.name = 'HttpError';
-  }
-}
-
-interface OpenAIContentPart {
-  type?: unknown;
-  text?: unknown;
-  image_url?: unknown;
-}
-
-interface OpenAIMessage {
-  role?: unknown;
-  content?: unknown;
-}
-
-/** Bounded FIFO of one running job and `max` waiting ones. */
-class SlotQueue {
-  active = 0;
-  private readonly waiting: Array<{ resolve: () => void; reject: (e: unknown) => void; signal: AbortSignal; onAbort: () => void }> = [];
-  constructor(readonly max: number) {}
-
-  get waitingCount(): number {
-    return this.waiting.length;
-  }
-
-  /** Resolves when the caller may run; throws 429 when the queue is full. Call release() after. */
-  acquire(signal: AbortSignal): Promise<void> {
-    if (this.active === 0 && this.waiting.length === 0) {
-      this.active = 1;
-      return Promise.resolve();
-    }
-    if (this.waiting.length >= this.max) {
-      return Promise.reject(
-        new HttpError(429, `the server is busy: 1 request running and ${this.waiting.length} waiting (max ${this.max}); retry later`, 'rate_limit_error', 'queue_full'),
-      );
-    }
-    return new Promise<void>((resolve, reject) => {
-      const entry = {
-        resolve,
-        reject,
-        signal,
-        onAbort: () => {
-          const i = this.waiting.indexOf(entry);
-          if (i >= 0) this.waiting.splice(i, 1);
-          reject(new PlmError('ERR_CANCELLED', 'the client disconnected while waiting'));
-        },
-      };
-      signal.addEventListener('abort', entry.onAbort, { once: true });
-      this.waiting.push(entry);
-    });
-  }
-
-  release(): void {
-    const next = this.waiting.shift();
-    if (next) {
-      next.signal.removeEventListener('abort', next.onAbort);
-      next.resolve();
-    } else {
-      this.active = 0;
-    }
-  }
 }
 
 const DEFAULTS = {
@@ -159,12 +145,21 @@ const DEFAULTS = {
   maxImagePixels: 50_000_000,
   maxTokensLimit: 4096,
   defaultMaxTokens: 512,
-  remoteImageTimeoutMs: 15_000,
+  idleTimeoutMs: 300_000,
+  maxLoadedModels: 3,
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 60_000,
+  keepAliveTimeoutMs: 5_000,
+  maxConnections: 256,
+  tokenizeTimeoutMs: 30_000,
 };
 
+const TTFT_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
+const TOKEN_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
+
 function sendJson(res: http.ServerResponse, status: number, body: unknown, extraHeaders: Record<string, string> = {}): void {
-  if (res.headersSent) {
-    res.end();
+  if (res.headersSent || res.destroyed) {
+    if (!res.writableEnded && !res.destroyed) res.end();
     return;
   }
   const data = JSON.stringify(body);
@@ -172,38 +167,15 @@ function sendJson(res: http.ServerResponse, status: number, body: unknown, extra
   res.end(data);
 }
 
-function errorBody(e: HttpError): unknown {
-  return { error: { message: e.message, type: e.type, param: e.param, code: e.code } };
-}
-
-/** Maps any thrown value to an OpenAI-style HttpError. */
-export function toHttpError(e: unknown): HttpError {
-  if (e instanceof HttpError) return e;
-  if (isPlmError(e)) {
-    switch (e.code) {
-      case 'ERR_INVALID_ARGUMENT':
-      case 'ERR_IMAGE_DECODE':
-      case 'ERR_CONTEXT_OVERFLOW':
-      case 'ERR_FILE_NOT_FOUND':
-      case 'ERR_FFMPEG_MISSING':
-        return new HttpError(400, e.message, 'invalid_request_error', e.code);
-      case 'ERR_CANCELLED':
-        return new HttpError(499, e.message, 'cancelled', e.code);
-      case 'ERR_OUT_OF_MEMORY':
-        return new HttpError(503, e.message, 'server_error', e.code);
-      default:
-        return new HttpError(500, e.message, 'server_error', e.code);
-    }
-  }
-  return new HttpError(500, e instanceof Error ? e.message : String(e), 'server_error', 'ERR_INTERNAL');
+function sendError(res: http.ServerResponse, e: HttpError): void {
+  sendJson(res, e.status, errorBody(e), { ...e.headers, ...(e.status === 413 ? { connection: 'close' } : {}) });
 }
 
 /** Reads the body up to `limit` bytes; 413 beyond (the rest is drained, up to a cap, then the socket is closed). */
 function readBody(req: http.IncomingMessage, limit: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const declared = Number(req.headers['content-length']);
-    const tooLarge = (): HttpError =>
-      new HttpError(413, `the request body exceeds the limit of ${limit} bytes`, 'invalid_request_error', 'body_too_large');
+    const tooLarge = (): HttpError => new HttpError(413, `the request body exceeds the limit of ${limit} bytes`, 'invalid_request_error', 'body_too_large');
     let size = 0;
     let over = false;
     const chunks: Buffer[] = [];
@@ -226,110 +198,12 @@ function readBody(req: http.IncomingMessage, limit: number): Promise<Buffer> {
       if (!over) resolve(Buffer.concat(chunks));
     });
     req.on('error', (e) => {
-      if (!over) reject(e);
+      if (!over) reject(new HttpError(400, `reading the request failed: ${e.message}`, 'invalid_request_error', 'bad_request'));
+    });
+    req.on('close', () => {
+      if (!over && !req.complete) reject(new PlmError('ERR_CANCELLED', 'the client disconnected'));
     });
   });
-}
-
-function num(body: Record<string, unknown>, key: string, min: number, max: number, integer = false): number | undefined {
-  const v = body[key];
-  if (v === undefined || v === null) return undefined;
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max || (integer && !Number.isInteger(v))) {
-    throw new HttpError(400, `${key} must be ${integer ? 'an integer' : 'a number'} in [${min}, ${max}]`, 'invalid_request_error', 'invalid_value', key);
-  }
-  return v;
-}
-
-const DATA_URL = /^data:([^;,]*)((?:;[^;,]*)*?)(;base64)?,(.*)$/s;
-
-/** Decodes a data: URL, or fetches an http(s) URL when allowed, and checks the pixel limit. */
-async function loadImageUrl(url: string, opts: Required<Pick<ServerOptions, 'allowRemoteImages' | 'maxImagePixels' | 'remoteImageTimeoutMs' | 'maxBodyBytes'>>, param: string, signal: AbortSignal): Promise<Buffer> {
-  let bytes: Buffer;
-  const m = DATA_URL.exec(url);
-  if (m) {
-    bytes = m[3] ? Buffer.from(m[4], 'base64') : Buffer.from(decodeURIComponent(m[4]), 'latin1');
-  } else if (/^https?:\/\//i.test(url)) {
-    if (!opts.allowRemoteImages) {
-      throw new HttpError(400, 'http(s) image URLs are disabled on this server; send the image as a data: URL (base64), or start the server with --allow-remote-images', 'invalid_request_error', 'ERR_INVALID_ARGUMENT', param);
-    }
-    let r: Response;
-    try {
-      r = await fetch(url, { redirect: 'follow', signal: AbortSignal.any([signal, AbortSignal.timeout(opts.remoteImageTimeoutMs)]) });
-    } catch (e) {
-      throw new HttpError(400, `could not fetch the image ${url}: ${(e as Error).message}`, 'invalid_request_error', 'ERR_IMAGE_DECODE', param);
-    }
-    if (!r.ok) throw new HttpError(400, `fetching the image ${url} gave HTTP ${r.status}`, 'invalid_request_error', 'ERR_IMAGE_DECODE', param);
-    const len = Number(r.headers.get('content-length'));
-    if (Number.isFinite(len) && len > opts.maxBodyBytes) {
-      throw new HttpError(400, `the image at ${url} is larger than ${opts.maxBodyBytes} bytes`, 'invalid_request_error', 'ERR_IMAGE_DECODE', param);
-    }
-    bytes = Buffer.from(await r.arrayBuffer());
-    if (bytes.length > opts.maxBodyBytes) {
-      throw new HttpError(400, `the image at ${url} is larger than ${opts.maxBodyBytes} bytes`, 'invalid_request_error', 'ERR_IMAGE_DECODE', param);
-    }
-  } else {
-    throw new HttpError(400, 'image_url.url must be a data: URL (or an http(s) URL when the server allows remote images)', 'invalid_request_error', 'ERR_INVALID_ARGUMENT', param);
-  }
-  if (bytes.length === 0) throw new HttpError(400, 'the image is empty', 'invalid_request_error', 'ERR_IMAGE_DECODE', param);
-  let meta: { width?: number; height?: number };
-  try {
-    meta = await sharp(bytes, { limitInputPixels: false, pages: 1 }).metadata();
-  } catch (e) {
-    throw new HttpError(400, `the image could not be decoded (${(e as Error).message}); send a JPEG, PNG, WebP, GIF or TIFF`, 'invalid_request_error', 'ERR_IMAGE_DECODE', param);
-  }
-  const pixels = (meta.width ?? 0) * (meta.height ?? 0);
-  if (pixels <= 0) throw new HttpError(400, 'the image has no pixels', 'invalid_request_error', 'ERR_IMAGE_DECODE', param);
-  if (pixels > opts.maxImagePixels) {
-    throw new HttpError(400, `the image has ${meta.width}x${meta.height} = ${pixels} pixels, more than this server's limit of ${opts.maxImagePixels}`, 'invalid_request_error', 'image_too_large', param);
-  }
-  return bytes;
-}
-
-/** Converts OpenAI chat messages to perception-lm messages (images fetched/decoded). */
-async function convertMessages(raw: unknown, o: Parameters<typeof loadImageUrl>[1], signal: AbortSignal): Promise<Message[]> {
-  if (!Array.isArray(raw) || raw.length === 0) {
-    throw new HttpError(400, 'messages must be a non-empty array', 'invalid_request_error', 'invalid_value', 'messages');
-  }
-  const out: Message[] = [];
-  for (let i = 0; i < raw.length; i++) {
-    const m = raw[i] as OpenAIMessage;
-    const param = `messages[${i}]`;
-    if (typeof m !== 'object' || m === null) throw new HttpError(400, `${param} must be an object`, 'invalid_request_error', 'invalid_value', param);
-    let role = m.role;
-    if (role === 'developer') role = 'system';
-    if (role !== 'system' && role !== 'user' && role !== 'assistant') {
-      throw new HttpError(400, `${param}.role must be system, user or assistant`, 'invalid_request_error', 'invalid_value', `${param}.role`);
-    }
-    if (typeof m.content === 'string') {
-      out.push({ role, content: m.content });
-      continue;
-    }
-    if (m.content === null && role === 'assistant') {
-      out.push({ role, content: '' });
-      continue;
-    }
-    if (!Array.isArray(m.content)) {
-      throw new HttpError(400, `${param}.content must be a string or an array of content parts`, 'invalid_request_error', 'invalid_value', `${param}.content`);
-    }
-    const parts: MessageContent<Buffer, never>[] = [];
-    for (let j = 0; j < m.content.length; j++) {
-      const p = m.content[j] as OpenAIContentPart;
-      const pp = `${param}.content[${j}]`;
-      if (p?.type === 'text' && typeof p.text === 'string') {
-        parts.push({ type: 'text', text: p.text });
-      } else if (p?.type === 'image_url') {
-        const iu = p.image_url as { url?: unknown } | string | undefined;
-        const url = typeof iu === 'string' ? iu : iu?.url;
-        if (typeof url !== 'string') throw new HttpError(400, `${pp}.image_url.url must be a string`, 'invalid_request_error', 'invalid_value', `${pp}.image_url`);
-        if (role !== 'user') throw new HttpError(400, `${pp}: images are accepted in user messages only`, 'invalid_request_error', 'invalid_value', pp);
-        parts.push({ type: 'image', image: await loadImageUrl(url, o, pp, signal) });
-      } else {
-        throw new HttpError(400, `${pp}: unsupported content part (supported: text, image_url)`, 'invalid_request_error', 'invalid_value', pp);
-      }
-    }
-    out.push({ role, content: parts as Message['content'] });
-  }
-  return out;
 }
 
 function modelIdOf(model: PerceptionLM): string {
@@ -337,15 +211,26 @@ function modelIdOf(model: PerceptionLM): string {
   return parts[parts.length - 1] ?? 'perception-lm';
 }
 
+/** Normalized route label for metrics. */
+function routeOf(p: string): string {
+  if (p === '/v1/chat/completions' || p === '/chat/completions') return '/v1/chat/completions';
+  if (p === '/v1/models' || p === '/models') return '/v1/models';
+  if (p.startsWith('/v1/models/')) return '/v1/models/{id}';
+  if (p === '/health' || p === '/metrics') return p;
+  return 'other';
+}
+
 /**
- * Starts the server and resolves once it listens.
+ * Starts the server and resolves once it listens (models given as promises or `preload` sources may
+ * still be loading: see {@link PlmServer.ready}).
  *
+ * @throws PlmError ERR_INVALID_ARGUMENT when the port is in use or cannot be bound (the message names it).
  * @example
  * ```ts
- * const srv = await startServer({ model, port: 0 });
+ * const srv = await startServer({ model, port: 0, parallel: 4, apiKey: process.env.PLM_API_KEY });
  * const r = await fetch(`${srv.url}/v1/chat/completions`, {
  *   method: 'POST',
- *   headers: { 'content-type': 'application/json' },
+ *   headers: { 'content-type': 'application/json', authorization: `Bearer ${process.env.PLM_API_KEY}` },
  *   body: JSON.stringify({ messages: [{ role: 'user', content: 'Hi' }] }),
  * });
  * await srv.close();
@@ -353,15 +238,97 @@ function modelIdOf(model: PerceptionLM): string {
  */
 export async function startServer(options: ServerOptions): Promise<PlmServer> {
   const o = { ...DEFAULTS, allowRemoteImages: false, ...stripUndefined(options) };
-  const model = options.model;
-  const modelId = options.modelId ?? modelIdOf(model);
-  const created = Math.floor(Date.now() / 1000);
-  const queue = new SlotQueue(o.maxQueue);
-  const controllers = new Set<AbortController>();
-  const stats = { requests: 0, completed: 0, cancelled: 0, rejected: 0, errors: 0 };
+  const positive = (name: string, v: number | undefined, min = 1): void => {
+    if (v !== undefined && (!Number.isInteger(v) || v < min)) throw new PlmError('ERR_INVALID_ARGUMENT', `${name} must be an integer >= ${min}, got ${v}`);
+  };
+  positive('parallel', options.parallel);
+  positive('maxQueue', o.maxQueue, 0);
+  positive('maxTiles', options.maxTiles);
+  positive('maxConnections', o.maxConnections);
+  positive('maxLoadedModels', o.maxLoadedModels);
+  positive('idleTimeoutMs', o.idleTimeoutMs, 0);
   const log = options.log ?? ((): void => undefined);
 
-  async function chatCompletions(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+  // Models.
+  let sources: ModelSource[];
+  if (options.models && options.models.length > 0) {
+    if (options.model) throw new PlmError('ERR_INVALID_ARGUMENT', 'give either model or models, not both');
+    sources = options.models;
+  } else if (options.model) {
+    const id = options.modelId ?? (options.model instanceof Promise ? 'perception-lm' : modelIdOf(options.model));
+    sources = [{ id, model: options.model }];
+  } else {
+    throw new PlmError('ERR_INVALID_ARGUMENT', 'startServer needs a model (or models)');
+  }
+  const registry = new ModelRegistry(sources, {
+    idleTimeoutMs: o.idleTimeoutMs,
+    maxLoaded: o.maxLoadedModels,
+    parallel: options.parallel,
+    maxQueue: o.maxQueue,
+    tokenizer: { timeoutMs: o.tokenizeTimeoutMs, worker: options.tokenizeInWorker ?? true },
+    log,
+  });
+  const created = Math.floor(Date.now() / 1000);
+  const controllers = new Set<AbortController>();
+  const jsonParser = new JsonParser();
+  const stats = { requests: 0, completed: 0, cancelled: 0, rejected: 0, errors: 0 };
+  const hostPolicy = new HostPolicy(o.host, options.allowedHosts ?? []);
+  const cors = options.cors ?? [];
+  const apiKey = options.apiKey !== undefined && options.apiKey !== '' ? options.apiKey : undefined;
+  const imageOptions: ImageSourceOptions = {
+    allowRemoteImages: o.allowRemoteImages,
+    maxImagePixels: o.maxImagePixels,
+    remote: {
+      timeoutMs: options.remoteImageTimeoutMs ?? REMOTE_IMAGE_DEFAULTS.timeoutMs,
+      maxBytes: options.remoteImageMaxBytes ?? REMOTE_IMAGE_DEFAULTS.maxBytes,
+      maxRedirects: REMOTE_IMAGE_DEFAULTS.maxRedirects,
+      ...(options.remoteImageHooks ?? {}),
+    },
+  };
+
+  // Metrics.
+  const metrics = new MetricsRegistry();
+  const mRequests = metrics.counter('plm_http_requests_total', 'HTTP requests by route, method and status.');
+  const mPromptTokens = metrics.counter('plm_prompt_tokens_total', 'Prompt tokens of completed chat requests (image features included).');
+  const mCompletionTokens = metrics.counter('plm_completion_tokens_total', 'Generated tokens.');
+  const mTtft = metrics.histogram('plm_time_to_first_token_seconds', 'From the request arriving to the first generated token.', TTFT_BUCKETS);
+  const mPerToken = metrics.histogram('plm_time_per_output_token_seconds', 'Time between consecutive generated tokens.', TOKEN_BUCKETS);
+  const perModel = <T>(f: (m: ServedModel) => T | undefined): Array<{ labels: Record<string, string>; value: number }> =>
+    registry.models.flatMap((m) => {
+      const v = f(m);
+      return typeof v === 'number' ? [{ labels: { model: m.id }, value: v }] : [];
+    });
+  const statsOf = (m: ServedModel): Record<string, number> | undefined => {
+    const s = (m.model as unknown as { stats?: () => Record<string, number> } | null)?.stats;
+    if (typeof s !== 'function') return undefined;
+    try {
+      return s.call(m.model);
+    } catch {
+      return undefined;
+    }
+  };
+  metrics.gauge('plm_model_loaded', 'Whether the model is loaded (1) or not (0).', () => perModel((m) => (m.state === 'ready' ? 1 : 0)));
+  metrics.gauge('plm_requests_running', 'Chat requests holding a generation slot.', () => perModel((m) => m.slots?.active ?? 0));
+  metrics.gauge('plm_queue_depth', 'Chat requests waiting for a generation slot.', () => perModel((m) => m.slots?.waitingCount ?? 0));
+  metrics.gauge('plm_parallel_slots', 'Requests that may generate at once.', () => perModel((m) => m.slots?.capacity));
+  metrics.gauge('plm_active_sequences', "Sequences the engine is running (model.stats(); the server's running requests when the engine has no stats).", () =>
+    perModel((m) => statsOf(m)?.activeSequences ?? m.slots?.active ?? 0),
+  );
+  metrics.gauge('plm_waiting_sequences', 'Sequences waiting inside the engine (model.stats()).', () => perModel((m) => statsOf(m)?.waitingSequences));
+  metrics.gauge('plm_kv_cache_bytes_used', 'KV-cache bytes in use (model.stats()).', () => perModel((m) => statsOf(m)?.kvCacheBytesUsed));
+  metrics.gauge('plm_kv_cache_bytes_budget', 'KV-cache byte budget (model.stats()).', () => perModel((m) => statsOf(m)?.kvCacheBytesBudget));
+  metrics.gauge('plm_kv_cache_bytes_cached', "KV-cache bytes of finished requests' prefixes kept for reuse (model.stats()).", () => perModel((m) => statsOf(m)?.kvCacheBytesCached));
+  metrics.gauge('plm_image_cache_hits', 'Images whose features came from the cache since load (model.stats()).', () => perModel((m) => statsOf(m)?.imageCacheHits));
+  metrics.gauge('plm_cached_prompt_tokens', 'Prompt tokens served from the prefix cache since load (model.stats()).', () => perModel((m) => statsOf(m)?.cachedPromptTokens));
+  metrics.gauge('plm_engine_prompt_tokens', 'Prompt tokens the engine processed since load (model.stats()).', () => perModel((m) => statsOf(m)?.promptTokens));
+
+  const tilesFor = (model: PerceptionLM, detail: ImageDetail): number => {
+    if (detail === 'low') return 1;
+    const ckpt = promptInfoOf(model).maxNumTiles;
+    return options.maxTiles !== undefined ? Math.min(ckpt, options.maxTiles) : ckpt;
+  };
+
+  async function chatCompletions(req: http.IncomingMessage, res: http.ServerResponse, t0: number): Promise<void> {
     const ac = new AbortController();
     controllers.add(ac);
     // 'close' on the response before it finished = the client went away.
@@ -369,79 +336,158 @@ export async function startServer(options: ServerOptions): Promise<PlmServer> {
       if (!res.writableFinished) ac.abort();
     });
     const id = `chatcmpl-${randomUUID().replace(/-/g, '').slice(0, 24)}`;
-    const t0 = Date.now();
-    let acquired = false;
+    let lease: ModelLease | undefined;
+    let slotHeld = false;
     let stream = false;
     let completionTokens = 0;
     let promptTokens = 0;
+    let concurrent = 0;
+    let modelId = '';
+    let finished = false;
     const done = (finishReason: RequestDoneInfo['finishReason']): void => {
+      if (finished) return;
+      finished = true;
       if (finishReason === 'cancelled') stats.cancelled++;
       else if (finishReason === 'error') stats.errors++;
       else stats.completed++;
-      const info = { id, stream, finishReason, completionTokens, promptTokens, ms: Date.now() - t0 };
-      log(`${id} ${finishReason} ${completionTokens} tokens ${info.ms} ms`);
+      if (modelId) {
+        mPromptTokens.inc({ model: modelId }, promptTokens);
+        mCompletionTokens.inc({ model: modelId }, completionTokens);
+      }
+      const info: RequestDoneInfo = { id, model: modelId, stream, finishReason, completionTokens, promptTokens, ms: Date.now() - t0, concurrent };
+      log(`${id} ${modelId} ${finishReason} ${completionTokens} tokens ${info.ms} ms`);
       options.onRequestDone?.(info);
     };
     try {
       const raw = await readBody(req, o.maxBodyBytes);
-      let body: Record<string, unknown>;
+      let body: unknown;
       try {
-        body = JSON.parse(raw.toString('utf8')) as Record<string, unknown>;
+        // Large bodies are parsed off the JS thread.
+        body = await jsonParser.parse(raw);
       } catch (e) {
-        throw new HttpError(400, `the body is not valid JSON: ${(e as Error).message}`, 'invalid_request_error', 'invalid_json');
+        if (e instanceof JsonBodyError) throw new HttpError(400, `the body is not valid JSON: ${e.message}`, 'invalid_request_error', 'invalid_json');
+        throw e;
       }
-      if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new HttpError(400, 'the body must be a JSON object');
-      stream = body.stream === true;
-      const n = num(body, 'n', 1, 1, true);
-      void n;
-      const maxTokens =
-        num(body, 'max_completion_tokens', 1, o.maxTokensLimit, true) ?? num(body, 'max_tokens', 1, o.maxTokensLimit, true) ?? Math.min(o.defaultMaxTokens, o.maxTokensLimit);
-      const temperature = num(body, 'temperature', 0, 2);
-      const topP = num(body, 'top_p', 0, 1);
-      const topK = num(body, 'top_k', 0, 1_000_000, true);
-      const seed = num(body, 'seed', 0, Number.MAX_SAFE_INTEGER, true);
-      let stop: string[] | undefined;
-      if (typeof body.stop === 'string') stop = [body.stop];
-      else if (Array.isArray(body.stop) && body.stop.every((s) => typeof s === 'string')) stop = body.stop as string[];
-      else if (body.stop !== undefined && body.stop !== null) throw new HttpError(400, 'stop must be a string or an array of strings', 'invalid_request_error', 'invalid_value', 'stop');
-      const includeUsage = (body.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true;
-      const messages = await convertMessages(body.messages, o, ac.signal);
+      const cr: ChatRequest = parseChatRequest(body, { maxTokensLimit: o.maxTokensLimit, defaultMaxTokens: o.defaultMaxTokens });
+      stream = cr.stream;
+      const served = registry.resolve(cr.model);
+      modelId = served.id;
+      lease = await registry.acquire(served, ac.signal);
+      const model = lease.model;
+      if (cr.responseFormat && (model as unknown as { supportsResponseFormat?: unknown }).supportsResponseFormat !== true) {
+        throw new HttpError(
+          400,
+          `response_format ${cr.responseFormat.type} is not supported by this build of perception-lm (no constrained decoding in this engine); remove response_format or use a build that supports it`,
+          'invalid_request_error',
+          'unsupported_parameter',
+          'response_format',
+        );
+      }
+      const tokenizer = served.tokenizer;
+      if (!tokenizer) throw new HttpError(503, `the model '${served.id}' was unloaded; retry`, 'server_error', 'model_unloaded');
 
+      // Messages for the template: image parts carry their index; bytes are fetched next.
+      const images: Array<{ url: string; detail: ImageDetail; param: string }> = [];
+      const messages: ChatMessage<number, never>[] = cr.messages.map((m) => ({
+        role: m.role,
+        content:
+          typeof m.content === 'string'
+            ? m.content
+            : m.content.map((p): MessageContent<number, never> => {
+                if (p.type === 'text') return { type: 'text', text: p.text };
+                images.push({ url: p.url, detail: p.detail, param: p.param });
+                return { type: 'image', image: images.length - 1 };
+              }),
+      }));
+      // Refuse what cannot fit before any rendering or tokenizing (a byte count, then a scan of at most
+      // maxContext x 128 bytes: ~2 ms per MB, cheaper than handing the text to the worker), then the
+      // exact count once tokenized.
+      checkPromptBound(messages, cr.maxTokens, model.maxContext, await tokenizer.tokenMaxima(), model.config.tokens_per_tile, true);
+      const slots = served.slots;
+      if (!slots) throw new HttpError(503, `the model '${served.id}' was unloaded; retry`, 'server_error', 'model_unloaded');
+      // A full queue answers 429 before any work is spent on the request.
+      if (slots.active >= slots.capacity && slots.waitingCount >= slots.maxWaiting) {
+        stats.rejected++;
+        await slots.acquire(ac.signal); // throws the 429
+      }
+      const ids = await tokenizer.tokenize(messages, ac.signal);
+      const imageBytes: Buffer[] = [];
+      for (const im of images) imageBytes.push(await loadImageUrl(im.url, imageOptions, im.param, ac.signal));
       try {
-        await queue.acquire(ac.signal);
+        await slots.acquire(ac.signal);
       } catch (e) {
         if (e instanceof HttpError && e.status === 429) stats.rejected++;
         throw e;
       }
-      acquired = true;
+      slotHeld = true;
+      concurrent = slots.active;
       if (ac.signal.aborted) {
         done('cancelled');
         return;
       }
-      const gen: GenerateOptions = { messages, maxTokens, temperature, topP, topK, seed, stop: stop?.length ? stop : undefined, signal: ac.signal };
-      // Prompt size for usage (template + tokenization + media); cheap next to the generation.
-      const built = await model.buildInput(gen);
+
+      const info = promptInfoOf(model);
+      const media: MediaProcessors<number, never> = {
+        image: async (k, opts) => preprocessImage(imageBytes[k], { tileSize: opts.tileSize, maxNumTiles: tilesFor(model, images[k].detail) }),
+        video: async () => {
+          throw new PlmError('ERR_INVALID_ARGUMENT', 'videos are not accepted by this server');
+        },
+      };
+      if (!model.tokenizer) throw new HttpError(500, `${model.dir} has no tokenizer.json`, 'server_error', 'ERR_FILE_NOT_FOUND');
+      const built = await buildPrompt(model.tokenizer, model.chatTemplate, info, media, {
+        inputIds: ids,
+        images: images.map((_, k) => k),
+        maxTokens: cr.maxTokens,
+        maxNumTiles: tilesFor(model, 'high'),
+        signal: ac.signal,
+      });
       promptTokens = built.inputIds.length;
-      // Generate from the built input so media is not decoded twice.
-      gen.messages = undefined;
-      gen.inputIds = built.inputIds;
-      if (built.pixelValues && built.numTiles > 0) {
-        gen.pixelValues = built.pixelValues;
-        gen.numTiles = built.numTiles;
-      }
+      const wantLogprobs = cr.logprobs;
+      const gen: GenerateOptions & { topLogprobs?: number; responseFormat?: unknown } = {
+        inputIds: built.inputIds,
+        ...(built.pixelValues && built.numTiles > 0 ? { pixelValues: built.pixelValues, numTiles: built.numTiles } : {}),
+        maxTokens: cr.maxTokens,
+        temperature: cr.temperature,
+        topP: cr.topP,
+        topK: cr.topK,
+        minP: cr.minP,
+        repetitionPenalty: cr.repetitionPenalty,
+        seed: cr.seed,
+        stop: cr.stop,
+        signal: ac.signal,
+        ...(wantLogprobs ? { topLogprobs: Math.max(1, cr.topLogprobs) } : {}),
+        ...(cr.responseFormat ? { responseFormat: cr.responseFormat } : {}),
+      };
       const eos = new Set(model.config.generation?.eos_token_ids ?? []);
       let lastToken = -1;
-      const finishOf = (): 'stop' | 'length' => (completionTokens >= maxTokens && !eos.has(lastToken) ? 'length' : 'stop');
+      const finishOf = (): 'stop' | 'length' => (completionTokens >= cr.maxTokens && !eos.has(lastToken) ? 'length' : 'stop');
       const usage = (): unknown => ({ prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens });
+      const idToToken = (tid: number): string | undefined => model.tokenizer?.idToToken(tid);
+      let lastTokenAt = 0;
+      const noLogprobs = (): HttpError =>
+        new HttpError(400, 'logprobs is not supported by this build of perception-lm (the engine reports no log-probabilities); remove logprobs', 'invalid_request_error', 'unsupported_parameter', 'logprobs');
+      /** Counts a chunk; returns its logprob entry (or throws when logprobs were asked for and the engine has none). */
+      const onChunk = (c: GenerateChunk): OpenAILogprob | null => {
+        if (c.tokenId < 0) return null;
+        const now = performance.now();
+        if (completionTokens === 0) mTtft.observe((Date.now() - t0) / 1000, { model: modelId });
+        else mPerToken.observe((now - lastTokenAt) / 1000, { model: modelId });
+        lastTokenAt = now;
+        completionTokens++;
+        lastToken = c.tokenId;
+        if (!wantLogprobs) return null;
+        const lp = (c as GenerateChunk & { logprob?: EngineLogprob }).logprob;
+        if (!lp) throw noLogprobs();
+        return toOpenAILogprob(lp, idToToken, cr.topLogprobs);
+      };
 
       if (!stream) {
         let text = '';
+        const content: OpenAILogprob[] = [];
         for await (const c of model.generate(gen)) {
           text += c.text;
-          if (c.tokenId >= 0) {
-            completionTokens++;
-            lastToken = c.tokenId;
-          }
+          const lp = onChunk(c);
+          if (lp) content.push(lp);
         }
         if (ac.signal.aborted) {
           done('cancelled');
@@ -454,40 +500,53 @@ export async function startServer(options: ServerOptions): Promise<PlmServer> {
           created: Math.floor(Date.now() / 1000),
           model: modelId,
           system_fingerprint: null,
-          choices: [{ index: 0, message: { role: 'assistant', content: text, refusal: null }, logprobs: null, finish_reason: finish }],
+          choices: [{ index: 0, message: { role: 'assistant', content: text, refusal: null }, logprobs: wantLogprobs ? { content, refusal: null } : null, finish_reason: finish }],
           usage: usage(),
         });
         done(finish);
         return;
       }
 
-      res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
-      res.flushHeaders();
-      const chunk = (delta: Record<string, unknown>, finish: string | null): string =>
+      const chunk = (delta: Record<string, unknown>, finish: string | null, logprobs: OpenAILogprob[] | null = null): string =>
         `data: ${JSON.stringify({
           id,
           object: 'chat.completion.chunk',
           created: Math.floor(Date.now() / 1000),
           model: modelId,
           system_fingerprint: null,
-          choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
-          ...(includeUsage ? { usage: null } : {}),
+          choices: [{ index: 0, delta, logprobs: logprobs ? { content: logprobs, refusal: null } : null, finish_reason: finish }],
+          ...(cr.includeUsage ? { usage: null } : {}),
         })}\n\n`;
-      res.write(chunk({ role: 'assistant', content: '' }, null));
+      let started = false;
+      const startStream = (): void => {
+        if (started) return;
+        started = true;
+        res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
+        res.flushHeaders();
+        res.write(chunk({ role: 'assistant', content: '' }, null));
+      };
+      // With logprobs the headers wait for the first token, so that a build without them can still answer 400.
+      if (!wantLogprobs) startStream();
+      // Tokens whose text is held back (an incomplete character, a possible stop string) pass their
+      // logprobs on to the next chunk that carries text.
+      let pendingLogprobs: OpenAILogprob[] = [];
       for await (const c of model.generate(gen)) {
-        if (c.tokenId >= 0) {
-          completionTokens++;
-          lastToken = c.tokenId;
+        const lp = onChunk(c);
+        startStream();
+        if (lp) pendingLogprobs.push(lp);
+        if (c.text.length > 0 && !res.destroyed) {
+          res.write(chunk({ content: c.text }, null, wantLogprobs ? pendingLogprobs : null));
+          pendingLogprobs = [];
         }
-        if (c.text.length > 0 && !res.destroyed) res.write(chunk({ content: c.text }, null));
       }
+      startStream();
       if (ac.signal.aborted || res.destroyed) {
         done('cancelled');
         return;
       }
       const finish = finishOf();
-      res.write(chunk({}, finish));
-      if (includeUsage) {
+      res.write(chunk({}, finish, wantLogprobs && pendingLogprobs.length > 0 ? pendingLogprobs : null));
+      if (cr.includeUsage) {
         res.write(`data: ${JSON.stringify({ id, object: 'chat.completion.chunk', created: Math.floor(Date.now() / 1000), model: modelId, system_fingerprint: null, choices: [], usage: usage() })}\n\n`);
       }
       res.end('data: [DONE]\n\n');
@@ -503,82 +562,210 @@ export async function startServer(options: ServerOptions): Promise<PlmServer> {
       log(`${id} error ${he.status} ${he.message}`);
       if (res.headersSent) {
         // Mid-stream: report the error as an SSE event, then end.
-        res.end(`data: ${JSON.stringify(errorBody(he))}\n\ndata: [DONE]\n\n`);
+        if (!res.writableEnded && !res.destroyed) res.end(`data: ${JSON.stringify(errorBody(he))}\n\ndata: [DONE]\n\n`);
       } else {
-        sendJson(res, he.status, errorBody(he), he.status === 413 ? { connection: 'close' } : {});
+        sendError(res, he);
       }
     } finally {
       controllers.delete(ac);
-      if (acquired) queue.release();
+      if (slotHeld) lease?.served.slots?.release();
+      lease?.release();
     }
   }
 
-  const server = http.createServer((req, res) => {
+  function modelEntry(m: ServedModel): Record<string, unknown> {
+    return { id: m.id, object: 'model', created, owned_by: 'perception-lm', status: m.state };
+  }
+
+  function health(): { status: number; body: unknown } {
+    const loading = registry.models.some((m) => m.state === 'loading' && m.startupLoad);
+    const failed = registry.models.some((m) => m.state === 'error');
+    const status = failed ? 'error' : loading ? 'loading' : 'ok';
+    const q = { running: 0, waiting: 0, parallel: 0, maxWaiting: o.maxQueue };
+    for (const m of registry.models) {
+      q.running += m.slots?.active ?? 0;
+      q.waiting += m.slots?.waitingCount ?? 0;
+      q.parallel += m.slots?.capacity ?? 0;
+    }
+    const single = registry.models.length === 1 ? registry.models[0] : undefined;
+    return {
+      status: status === 'ok' ? 200 : 503,
+      body: {
+        status,
+        ...(single ? { model: single.id, ...(single.model ? { backend: single.model.backend } : {}) } : {}),
+        queue: q,
+        models: registry.models.map((m) => ({
+          id: m.id,
+          status: m.state,
+          ...(m.model ? { backend: m.model.backend } : {}),
+          ...(m.slots ? { queue: { running: m.slots.active, waiting: m.slots.waitingCount, parallel: m.slots.capacity, maxWaiting: m.slots.maxWaiting } } : {}),
+          ...(m.tokenizer ? { tokenizer: m.tokenizer.mode } : {}),
+          ...(m.error ? { error: m.error.message } : {}),
+        })),
+        stats,
+      },
+    };
+  }
+
+  /** Every request passes here; nothing it does can throw out of it. */
+  async function handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const t0 = Date.now();
     stats.requests++;
-    const url = new URL(req.url ?? '/', 'http://localhost');
-    const p = url.pathname.replace(/\/+$/, '') || '/';
-    res.setHeader('access-control-allow-origin', '*');
+    let route = 'other';
+    res.on('close', () =>
+      mRequests.inc({ route, method: /^[A-Z]{1,10}$/.test(req.method ?? '') ? (req.method as string) : 'other', status: res.headersSent ? String(res.statusCode) : '499' }),
+    );
+    if (!hostPolicy.allows(req.headers.host)) {
+      throw new HttpError(
+        403,
+        `the Host header ${JSON.stringify(String(req.headers.host).slice(0, 100))} is not allowed (DNS rebinding protection); start the server with --allow-host NAME to accept it`,
+        'invalid_request_error',
+        'host_not_allowed',
+      );
+    }
+    const p = requestPath(req.url);
+    route = routeOf(p);
+    const origin = corsOrigin(typeof req.headers.origin === 'string' ? req.headers.origin : undefined, cors);
+    if (origin) {
+      res.setHeader('access-control-allow-origin', origin);
+      if (origin !== '*') res.setHeader('vary', 'origin');
+    }
     if (req.method === 'OPTIONS') {
-      res.writeHead(204, { 'access-control-allow-methods': 'GET, POST, OPTIONS', 'access-control-allow-headers': 'content-type, authorization' });
+      res.writeHead(204, {
+        allow: 'GET, POST, OPTIONS',
+        ...(origin ? { 'access-control-allow-methods': 'GET, POST, OPTIONS', 'access-control-allow-headers': 'content-type, authorization', 'access-control-max-age': '600' } : {}),
+      });
       res.end();
       return;
     }
-    const methodNotAllowed = (allowed: string): void =>
-      sendJson(res, 405, errorBody(new HttpError(405, `${req.method} is not allowed on ${p}; use ${allowed}`, 'invalid_request_error', 'method_not_allowed')), { allow: allowed });
-    if (p === '/v1/chat/completions' || p === '/chat/completions') {
-      if (req.method !== 'POST') return methodNotAllowed('POST');
-      void chatCompletions(req, res);
+    if (apiKey !== undefined && p !== '/health' && !apiKeyMatches(presentedKey(req.headers), apiKey)) {
+      throw new HttpError(401, 'a valid API key is required: send Authorization: Bearer <key>', 'invalid_request_error', 'invalid_api_key', null, { 'www-authenticate': 'Bearer' });
+    }
+    const methodNotAllowed = (allowed: string): HttpError =>
+      new HttpError(405, `${String(req.method).slice(0, 20)} is not allowed on ${p.slice(0, 200)}; use ${allowed}`, 'invalid_request_error', 'method_not_allowed', null, { allow: allowed });
+    if (route === '/v1/chat/completions') {
+      if (req.method !== 'POST') throw methodNotAllowed('POST');
+      await chatCompletions(req, res, t0);
       return;
     }
-    if (p === '/v1/models' || p === '/models') {
-      if (req.method !== 'GET') return methodNotAllowed('GET');
-      sendJson(res, 200, { object: 'list', data: [{ id: modelId, object: 'model', created, owned_by: 'perception-lm' }] });
+    if (route === '/v1/models') {
+      if (req.method !== 'GET') throw methodNotAllowed('GET');
+      sendJson(res, 200, { object: 'list', data: registry.models.map(modelEntry) });
       return;
     }
-    if (p.startsWith('/v1/models/')) {
-      const want = decodeURIComponent(p.slice('/v1/models/'.length));
-      if (want !== modelId) {
-        sendJson(res, 404, errorBody(new HttpError(404, `the model '${want}' does not exist; this server serves '${modelId}'`, 'invalid_request_error', 'model_not_found')));
-        return;
+    if (route === '/v1/models/{id}') {
+      if (req.method !== 'GET') throw methodNotAllowed('GET');
+      const want = decodePathSegment(p.slice('/v1/models/'.length), 'the model id in the path');
+      const m = registry.get(want);
+      if (!m) {
+        throw new HttpError(404, `the model '${want.slice(0, 200)}' does not exist; this server serves ${registry.models.map((x) => `'${x.id}'`).join(', ')}`, 'invalid_request_error', 'model_not_found');
       }
-      sendJson(res, 200, { id: modelId, object: 'model', created, owned_by: 'perception-lm' });
+      sendJson(res, 200, modelEntry(m));
       return;
     }
-    if (p === '/health') {
-      sendJson(res, 200, {
-        status: 'ok',
-        model: modelId,
-        backend: model.backend,
-        queue: { running: queue.active, waiting: queue.waitingCount, maxWaiting: o.maxQueue },
-        stats,
-      });
+    if (route === '/health') {
+      if (req.method !== 'GET' && req.method !== 'HEAD') throw methodNotAllowed('GET');
+      const h = health();
+      // Without the key (when one is set) only the status: model ids, paths in load errors and counters stay private.
+      const full = apiKey === undefined || apiKeyMatches(presentedKey(req.headers), apiKey);
+      sendJson(res, h.status, full ? h.body : { status: (h.body as { status: string }).status });
       return;
     }
-    sendJson(res, 404, errorBody(new HttpError(404, `no route ${req.method} ${p}`, 'invalid_request_error', 'not_found')));
+    if (route === '/metrics') {
+      if (req.method !== 'GET') throw methodNotAllowed('GET');
+      const text = metrics.render();
+      res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8', 'content-length': Buffer.byteLength(text) });
+      res.end(text);
+      return;
+    }
+    throw new HttpError(404, `no route ${String(req.method).slice(0, 20)} ${p.slice(0, 200)}`, 'invalid_request_error', 'not_found');
+  }
+
+  const server = http.createServer({ connectionsCheckingInterval: 1000, requestTimeout: o.requestTimeoutMs, headersTimeout: o.headersTimeoutMs, keepAliveTimeout: o.keepAliveTimeoutMs }, (req, res) => {
+    // Stream errors (resets, aborted bodies) must never become uncaught 'error' events.
+    req.on('error', () => undefined);
+    res.on('error', () => undefined);
+    let p: Promise<void>;
+    try {
+      p = handle(req, res);
+    } catch (e) {
+      p = Promise.reject(e);
+    }
+    p.catch((e: unknown) => {
+      try {
+        const he = toHttpError(e);
+        if (he.status >= 500) log(`internal error on ${String(req.method).slice(0, 20)} ${String(req.url).slice(0, 200)}: ${he.message}`);
+        if (he.status === 499) {
+          if (!res.destroyed) res.destroy();
+          return;
+        }
+        sendError(res, he);
+      } catch {
+        if (!res.destroyed) res.destroy();
+      }
+    });
   });
-  server.requestTimeout = 0; // long generations
-  server.headersTimeout = 30_000;
+  server.maxConnections = o.maxConnections;
+  server.headersTimeout = o.headersTimeoutMs;
+  server.requestTimeout = o.requestTimeoutMs;
+  server.keepAliveTimeout = o.keepAliveTimeoutMs;
+  // Malformed request lines and headers: a JSON 400 (431 for oversized headers, 408 for timeouts), then close.
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+    if (!socket.writable || (err as { code?: string }).code === 'ECONNRESET') {
+      socket.destroy();
+      return;
+    }
+    const code = (err as { code?: string }).code;
+    const status = code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+    const text = status === 431 ? 'Request Header Fields Too Large' : status === 408 ? 'Request Timeout' : 'Bad Request';
+    const body = JSON.stringify(errorBody(new HttpError(status, status === 408 ? 'the request was not received in time' : `malformed HTTP request (${code ?? 'parse error'})`, 'invalid_request_error', 'bad_request')));
+    socket.end(`HTTP/1.1 ${status} ${text}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+  });
+  // Errors after listen (e.g. EMFILE on accept) are logged, never thrown.
+  const onServerError = (e: Error): void => log(`server error: ${e.message}`);
 
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
+    const onListenError = (e: NodeJS.ErrnoException): void => {
+      if (e.code === 'EADDRINUSE') {
+        reject(new PlmError('ERR_INVALID_ARGUMENT', `port ${o.port} on ${o.host} is already in use: stop the other server or choose another port with --port N (0 picks a free one)`, { cause: e }));
+      } else if (e.code === 'EACCES') {
+        reject(new PlmError('ERR_INVALID_ARGUMENT', `no permission to listen on port ${o.port} of ${o.host}: use a port above 1023 with --port N`, { cause: e }));
+      } else if (e.code === 'EADDRNOTAVAIL' || e.code === 'ENOTFOUND') {
+        reject(new PlmError('ERR_INVALID_ARGUMENT', `cannot listen on ${o.host}: no such local address (--host)`, { cause: e }));
+      } else {
+        reject(new PlmError('ERR_INVALID_ARGUMENT', `cannot listen on ${o.host}:${o.port} (--host, --port): ${e.message}`, { cause: e }));
+      }
+    };
+    server.once('error', onListenError);
     server.listen(o.port, o.host, () => {
-      server.off('error', reject);
+      server.off('error', onListenError);
+      server.on('error', onServerError);
       resolve();
     });
   });
+  // The port is bound: now the models that load with the server start loading.
+  const ready = registry.start();
+  ready.catch(() => undefined);
+
   const addr = server.address() as AddressInfo;
   const hostForUrl = addr.family === 'IPv6' || addr.address.includes(':') ? `[${addr.address}]` : addr.address;
+  let closing: Promise<void> | null = null;
   return {
     server,
     host: addr.address,
     port: addr.port,
     url: `http://${hostForUrl}:${addr.port}`,
-    close: () =>
-      new Promise<void>((resolve) => {
+    ready,
+    close: () => {
+      closing ??= new Promise<void>((resolve) => {
         for (const c of controllers) c.abort();
-        server.close(() => resolve());
+        server.close(() => {
+          void Promise.all([registry.close(), jsonParser.close()]).then(() => resolve(), () => resolve());
+        });
         server.closeAllConnections();
-      }),
+      });
+      return closing;
+    },
   };
 }
 

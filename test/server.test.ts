@@ -23,6 +23,7 @@ beforeAll(async () => {
   srv = await startServer({
     model,
     port: 0,
+    parallel: 1,
     maxQueue: 1,
     maxBodyBytes: 1024 * 1024,
     maxImagePixels: 4_000_000,
@@ -143,8 +144,14 @@ test('the openai npm package as a client (non-streaming and streaming)', async (
   expect(typeof text).toBe('string');
   // Typed errors come back as OpenAI APIError.
   await expect(
-    client.chat.completions.create({ model: 'x', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'data:image/png;base64,AAAA' } }] }] }),
+    client.chat.completions.create({ model: 'plm-tiny-random', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'data:image/png;base64,AAAA' } }] }] }),
   ).rejects.toMatchObject({ status: 400, code: 'ERR_IMAGE_DECODE' });
+  // A model this server does not serve is refused, naming the field (issue 21).
+  await expect(client.chat.completions.create({ model: 'x', messages: [{ role: 'user', content: 'Hi' }] })).rejects.toMatchObject({
+    status: 400,
+    code: 'model_not_found',
+    param: 'model',
+  });
 });
 
 test('a bad image gives 400 with a typed error body', async () => {
