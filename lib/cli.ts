@@ -102,7 +102,7 @@ function addSamplingOptions(cmd: Command): Command {
     .option('-q, --quiet', 'no progress or notices on stderr');
 }
 
-async function openModel(opts: CommonOpts): Promise<PerceptionLM> {
+async function openModel(opts: CommonOpts & { sequences?: number }): Promise<PerceptionLM> {
   const dir = path.resolve(opts.model ?? defaultModelDir());
   if (!opts.quiet && isRandomModel(dir)) {
     process.stderr.write(`plm: note: ${dir} has random weights (a test model): its answers are noise. Use --model <dir> with a real PerceptionLM checkpoint.\n`);
@@ -114,6 +114,7 @@ async function openModel(opts: CommonOpts): Promise<PerceptionLM> {
       threads: opts.threads,
       quantize: opts.quantize,
       ...(opts.quantizedFile !== undefined ? { quantizedFile: opts.quantizedFile } : {}),
+      ...(opts.sequences !== undefined ? { sequences: opts.sequences } : {}),
       onProgress: (p: LoadProgress) => progress.update(`loading ${p.stage}`, p.fraction),
     });
   } finally {
@@ -521,7 +522,8 @@ Examples:
     .action(async (opts: CommonOpts & Omit<ServeCliOptions, 'model'> & { model?: string[] }) =>
       runServeCommand(
         opts,
-        (model) => openModel({ ...opts, model }),
+        // --parallel N: the engine generates N sequences at once (its default otherwise).
+        (model) => openModel({ ...opts, model, ...(opts.parallel !== undefined ? { sequences: opts.parallel } : {}) }),
         () => path.basename(defaultModelDir()),
       ),
     );

@@ -138,9 +138,10 @@ export interface GenerateOptions {
   inputIds?: ArrayLike<number>;
   /**
    * With `inputIds` whose placeholders are already expanded: the [numTiles, 3, S, S] pixels they
-   * stand for (as `preprocessImage` / `loadVideoFrames` return them), instead of `images`/`videos`.
+   * stand for (as `preprocessImage` / `loadVideoFrames` return them), instead of `images`/`videos`. An array
+   * gives one entry per image or video, in placeholder order, so each is cached and reused on its own.
    */
-  pixelValues?: Float32Array;
+  pixelValues?: Float32Array | Float32Array[];
   /** Tiles in `pixelValues` (derived from its length when omitted). */
   numTiles?: number;
   /** Also return the logits row each generated token was chosen from (validation). Default false. */
@@ -526,7 +527,19 @@ export class PerceptionLM {
         throw new PlmError('ERR_INVALID_ARGUMENT', 'pixelValues goes with expanded inputIds, not with messages, prompt, images or videos');
       }
       const inputIds = Int32Array.from(options.inputIds);
-      const numTiles = this.tilesOf(options.pixelValues, options.numTiles);
+      const parts = Array.isArray(options.pixelValues) ? options.pixelValues : [options.pixelValues];
+      if (parts.length === 0) throw new PlmError('ERR_INVALID_ARGUMENT', 'pixelValues is an empty array');
+      const mediaPixels = parts.map((p, i) => {
+        // (instanceof fails for arrays made in another realm: the addon's, a worker's, a test sandbox's.)
+        if (Object.prototype.toString.call(p) !== '[object Float32Array]') {
+          throw new PlmError('ERR_INVALID_ARGUMENT', `pixelValues[${i}] must be a Float32Array`);
+        }
+        return { pixels: p, tiles: this.tilesOf(p, parts.length === 1 ? options.numTiles : undefined) };
+      });
+      const numTiles = mediaPixels.reduce((n, m) => n + m.tiles, 0);
+      if (parts.length > 1 && options.numTiles !== undefined && options.numTiles !== numTiles) {
+        throw new PlmError('ERR_INVALID_ARGUMENT', `numTiles is ${options.numTiles} but the pixelValues arrays hold ${numTiles} tiles`);
+      }
       const rows = numTiles * this.config.tokens_per_tile;
       let placeholders = 0;
       for (const id of inputIds) if (id === this.config.image_token_id || id === this.config.video_token_id) placeholders++;
@@ -536,7 +549,16 @@ export class PerceptionLM {
       if (inputIds.length + (options.maxTokens ?? DEFAULT_MAX_TOKENS) > this.maxContext) {
         throw new PlmError('ERR_CONTEXT_OVERFLOW', `the prompt has ${inputIds.length} tokens; with maxTokens it exceeds the context of ${this.maxContext}`);
       }
-      return { inputIds, pixelValues: options.pixelValues, numTiles, media: [], mediaPixels: [{ pixels: options.pixelValues, tiles: numTiles }] };
+      let pixelValues = parts[0];
+      if (parts.length > 1) {
+        pixelValues = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+        let off = 0;
+        for (const p of parts) {
+          pixelValues.set(p, off);
+          off += p.length;
+        }
+      }
+      return { inputIds, pixelValues, numTiles, media: [], mediaPixels };
     }
     if ((options.messages !== undefined || options.prompt !== undefined) && !this.tokenizer) {
       throw new PlmError(

@@ -445,7 +445,8 @@ export async function startServer(options: ServerOptions): Promise<PlmServer> {
       const wantLogprobs = cr.logprobs;
       const gen: GenerateOptions & { topLogprobs?: number; responseFormat?: unknown } = {
         inputIds: built.inputIds,
-        ...(built.pixelValues && built.numTiles > 0 ? { pixelValues: built.pixelValues, numTiles: built.numTiles } : {}),
+        // One entry per image: each is hashed, cached and reused on its own.
+        ...(built.mediaPixels.length > 0 ? { pixelValues: built.mediaPixels.map((m) => m.pixels) } : {}),
         maxTokens: cr.maxTokens,
         temperature: cr.temperature,
         topP: cr.topP,
