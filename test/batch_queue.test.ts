@@ -9,8 +9,8 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { Job, Queue } from 'bullmq';
-import { batch, BatchRecord, defaultModelDir, loadModel, readManifest } from '../lib';
-import { jobIdFor, queueStatus } from '../lib/batch_queue';
+import { batch, BatchModel, BatchRecord, defaultModelDir, loadModel, PerceptionLM, PlmError, readManifest } from '../lib';
+import { enqueue, jobIdFor, queueStatus, runWorker, WorkerEvent } from '../lib/batch_queue';
 import { byId, CLI, comparable, readRecords, ROOT, SCENES, SHAPES, trueCaption, writeManifest } from './helpers/batch_records';
 import { RedisServer, startRedis } from './helpers/redis';
 
@@ -131,5 +131,77 @@ test('three workers, one killed with SIGKILL mid-job: every item exactly once, f
     for (const r of local) if (r.prompt === 'Describe the image.' && r.image !== SHAPES) expect(r.text).toBe(trueCaption(r.image as string));
   } finally {
     model.dispose();
+  }
+});
+
+/**
+ * A model whose generations run until they are cancelled, for the worker's stop paths (the bundled model
+ * finishes an item in ~50 ms, too fast to catch mid-job on purpose); `fail` makes them fail instead.
+ */
+function stalledModel(fail?: PlmError): BatchModel & { started: number } {
+  const m = {
+    started: 0,
+    dir: '/models/stub',
+    backend: 'cpu',
+    quantization: { kind: 'none' as const, file: null },
+    config: { dtype: 'bfloat16' } as PerceptionLM['config'],
+    tokenizer: {} as PerceptionLM['tokenizer'],
+    buildInput: async () => ({ inputIds: Int32Array.of(1, 2, 3), pixelValues: null, numTiles: 0, media: [] }),
+    complete: (o: { signal?: AbortSignal }) => {
+      m.started++;
+      if (fail) return Promise.reject(fail);
+      return new Promise((resolve) =>
+        o.signal?.addEventListener('abort', () =>
+          resolve({ text: '', tokenIds: [], finishReason: 'cancelled', timings: { promptTokens: 3, visionMs: 0, prefillMs: 0, decodeMs: 0, decodeTokensPerSecond: 0, totalMs: 0 } }),
+        ),
+      );
+    },
+  };
+  return m as unknown as BatchModel & { started: number };
+}
+
+test('a worker stopped hard, or hit by an engine failure, puts its running jobs back without using an attempt; /metrics and /health', async () => {
+  const items = ['a', 'b', 'c'].map((id) => ({ id, image: SCENES[0] }));
+  const queue = new Queue('stop', { connection: { url: redis.url } });
+  try {
+    await enqueue(redis.url, items, { queueName: 'stop', attempts: 2 });
+    const model = stalledModel();
+    const hard = new AbortController();
+    const events: WorkerEvent[] = [];
+    let port = 0;
+    const run = runWorker(redis.url, model, {
+      queueName: 'stop',
+      concurrency: 1,
+      prefetch: 1,
+      cancelSignal: hard.signal,
+      metricsPort: 0,
+      onEvent: (ev) => {
+        events.push(ev);
+        if (ev.kind === 'ready') port = ev.metricsPort ?? 0;
+      },
+    });
+    while (model.started === 0 || (await queue.getJobCounts('active')).active < 2) await sleep(10);
+    expect(port).toBeGreaterThan(0);
+    const health = await fetch(`http://127.0.0.1:${port}/health`);
+    expect(health.status).toBe(200);
+    const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    expect(metrics).toMatch(/bullmq_job_count\{queue="stop", state="active"\} 2/);
+    expect(metrics).toMatch(/bullmq_job_count\{queue="stop", state="waiting"\} 1/);
+    expect(metrics).toMatch(/plm_worker_jobs_completed_total\{worker="[^"]+"\} 0/);
+    hard.abort();
+    expect(await run).toMatchObject({ completed: 0, failed: 0 });
+    expect(await queue.getJobCounts('waiting', 'active', 'failed', 'completed')).toEqual({ waiting: 3, active: 0, failed: 0, completed: 0 });
+    for (const j of await queue.getJobs(['waiting'])) expect(j.attemptsMade).toBe(0);
+
+    // An engine failure: the worker stops with it and the job goes back too.
+    const broken = stalledModel(new PlmError('ERR_OUT_OF_MEMORY', 'out of memory (test)'));
+    await expect(runWorker(redis.url, broken, { queueName: 'stop', concurrency: 1, prefetch: 0 })).rejects.toMatchObject({ code: 'ERR_OUT_OF_MEMORY' });
+    expect(broken.started).toBe(1);
+    expect(await queue.getJobCounts('waiting', 'active', 'failed', 'completed')).toEqual({ waiting: 3, active: 0, failed: 0, completed: 0 });
+    for (const j of await queue.getJobs(['waiting'])) expect(j.attemptsMade).toBe(0);
+    expect(events.filter((e) => e.kind === 'failed')).toEqual([]);
+  } finally {
+    await queue.obliterate({ force: true });
+    await queue.close();
   }
 });
