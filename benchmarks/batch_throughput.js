@@ -5,8 +5,8 @@
 //   node benchmarks/batch_throughput.js [--model DIR] [--images 20] [--describe 10] [--max-tiles 4]
 //        [--max-tokens 32] [--size 896] [--rounds 1] [--concurrency N] [--samples] [--json OUT]
 //
-// --samples uses the bundled samples (cycled) instead of generated noise images (WxW PNGs, --size), which
-// are what a PLM checkpoint needs to fill --max-tiles tiles. Both modes run greedy (temperature 0), so they
+// --samples uses copies of the bundled scenes (one pixel changed in each, so no two are the same image)
+// instead of generated noise images (WxW PNGs, --size), which a PLM checkpoint needs to fill --max-tiles tiles. Both modes run greedy (temperature 0), so they
 // generate the same tokens; the script checks that the texts agree. Wall clock includes model loads:
 // that is the point of the comparison. Uses the built CLI (dist/lib/cli.js: npm run build:ts).
 'use strict';
@@ -29,11 +29,21 @@ const concurrency = opt('concurrency', null);
 const useSamples = flag('samples');
 
 async function makeImages(dir, n) {
-  if (useSamples) {
-    const samples = ['scene1.png', 'scene2.png', 'scene3.png', 'shapes.png'].map((f) => path.join(root, 'samples', f));
-    return Array.from({ length: n }, (_, i) => samples[i % samples.length]);
-  }
   const sharp = require('sharp');
+  if (useSamples) {
+    // Distinct files (one pixel changed per copy), so that the engine's image-feature cache gets no hits.
+    const samples = ['scene1.png', 'scene2.png', 'scene3.png'].map((f) => path.join(root, 'samples', f));
+    const files = [];
+    for (let i = 0; i < n; i++) {
+      const { data, info } = await sharp(samples[i % samples.length]).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+      data[0] = i & 255;
+      data[1] = (i >> 8) & 255;
+      const f = path.join(dir, `s${String(i).padStart(3, '0')}.png`);
+      await sharp(data, { raw: { width: info.width, height: info.height, channels: 3 } }).png().toFile(f);
+      files.push(f);
+    }
+    return files;
+  }
   const files = [];
   for (let i = 0; i < n; i++) {
     const px = Buffer.alloc(size * size * 3);
@@ -111,7 +121,8 @@ async function main() {
       promptTokens: rec0.promptTokens,
       completionTokens: rec0.completionTokens,
       maxTokens: Number(maxTokens),
-      images: useSamples ? 'bundled samples' : `${size}x${size} png`,
+      images: useSamples ? 'bundled scenes, distinct copies' : `${size}x${size} png`,
+      concurrency: concurrency ? Number(concurrency) : 'default',
       describePerHour: perHour(res.describe),
       batchPerHour: perHour(res.batch),
       speedup: Number((perHour(res.batch) / perHour(res.describe)).toFixed(2)),

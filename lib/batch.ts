@@ -152,8 +152,8 @@ export interface BatchOptions extends BatchParams {
 
 /** What {@link batch} needs of a model (a {@link PerceptionLM}). */
 export type BatchModel = Pick<PerceptionLM, 'buildInput' | 'complete' | 'dir' | 'backend' | 'quantization' | 'config' | 'tokenizer'> & {
-  /** Max concurrent sequences of the engine, when it has that option. */
-  readonly sequences?: number;
+  /** Engine counters; `maxSequences` (the `sequences` load option) is the default concurrency. */
+  stats?: () => { maxSequences?: number };
 };
 
 /**
@@ -646,9 +646,9 @@ export function modelInfo(model: BatchModel): BatchModelInfo {
   };
 }
 
-/** The concurrency a run uses when none is given: the model's `sequences`, else 4. */
+/** The concurrency a run uses when none is given: the sequences the engine runs at once (`stats().maxSequences`), else 4. */
 export function defaultConcurrency(model: BatchModel): number {
-  const s = model.sequences;
+  const s = typeof model.stats === 'function' ? model.stats().maxSequences : undefined;
   return typeof s === 'number' && Number.isInteger(s) && s >= 1 ? s : DEFAULT_CONCURRENCY;
 }
 
