@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 // Three `plm worker` processes on this machine against one redis-server, one of them killed with SIGKILL
-// twice while it holds jobs (restarted after the first kill): throughput, and the items lost or duplicated in
-// the collected output (both must be 0).
+// twice while it holds jobs (restarted after the first kill, as a supervisor would): throughput, and the
+// items lost or duplicated in the collected output (both must be 0). Each kill waits until the victim holds
+// a job (one generating, one prefetched), so it always lands mid-job.
 //
-//   node benchmarks/batch_queue_soak.js [--items 600] [--workers 3] [--kills 2] [--model DIR]
+//   node benchmarks/batch_queue_soak.js [--items 900] [--workers 3] [--kills 2] [--model DIR]
 //        [--concurrency 1] [--prefetch 1] [--lock-duration 5000] [--stalled-interval 1000]
 //        [--max-tokens 48] [--baseline] [--json OUT]
 //
@@ -19,7 +20,7 @@ const { opt, flag } = require('./cli_args');
 
 const root = path.resolve(__dirname, '..');
 const cli = path.join(root, 'dist', 'lib', 'cli.js');
-const N = Number(opt('items', 600));
+const N = Number(opt('items', 900));
 const nWorkers = Number(opt('workers', 3));
 const nKills = Number(opt('kills', 2));
 const model = opt('model', null);
@@ -103,8 +104,8 @@ async function main() {
       while (lines(out).length < at && collector.child.exitCode === null) await sleep(50);
       const victim = workers[0];
       let held = [];
-      const deadline = Date.now() + 30_000;
-      while (Date.now() < deadline) {
+      const deadline = Date.now() + 180_000; // a restarted worker first loads the model (slow on a busy machine)
+      while (Date.now() < deadline && collector.child.exitCode === null) {
         held = (await queue.getJobs(['active'])).filter((j) => j && j.processedBy === victim.name).map((j) => j.data.item.id);
         if (held.length > 0) break;
         await sleep(5);
@@ -150,6 +151,7 @@ async function main() {
       baselineOneProcess: baseline,
       textsSameAsOneProcess: sameAsLocal,
       collector: JSON.parse(collector.stdout),
+      workerLogs: procs.filter((p) => p !== collector).map((p) => ({ name: p.name, stderr: p.stderr.trim().split('\n').slice(-4) })),
       loadavg: { before: loadBefore.map((x) => +x.toFixed(2)), after: os.loadavg().map((x) => +x.toFixed(2)) },
       date: new Date().toISOString(),
     };

@@ -16,19 +16,10 @@ import * as http from 'http';
 import * as os from 'os';
 import { Job, Queue, UnrecoverableError, WaitingError, Worker } from 'bullmq';
 import { isPlmErrorCode, PlmError, PlmErrorCode } from './errors';
+import { DEFAULT_ATTEMPTS, DEFAULT_BACKOFF_MS, DEFAULT_LOCK_DURATION_MS, DEFAULT_MAX_STALLED, DEFAULT_QUEUE_NAME, DEFAULT_STALLED_INTERVAL_MS } from './batch_defaults';
 import { BatchItem, BatchModel, BatchOutput, BatchParams, BatchRecord, checkItem, defaultConcurrency, DEFAULT_PREFETCH, ItemRunner, pickParams, RunSettings } from './batch';
 
-/** The queue name when none is given. */
-export const DEFAULT_QUEUE_NAME = 'plm-batch';
-/** Tries per item (first run included) before it stays in the failed set. */
-export const DEFAULT_ATTEMPTS = 3;
-/** First retry delay; it doubles with every retry. */
-export const DEFAULT_BACKOFF_MS = 2000;
-/** BullMQ's defaults, kept: a killed worker's jobs are taken up again 30-60 s after it died. */
-export const DEFAULT_LOCK_DURATION_MS = 30_000;
-export const DEFAULT_STALLED_INTERVAL_MS = 30_000;
-/** How often a job may be recovered from a dead worker before it fails (BullMQ's default is 1). */
-export const DEFAULT_MAX_STALLED = 2;
+export { DEFAULT_ATTEMPTS, DEFAULT_BACKOFF_MS, DEFAULT_LOCK_DURATION_MS, DEFAULT_MAX_STALLED, DEFAULT_QUEUE_NAME, DEFAULT_STALLED_INTERVAL_MS };
 
 /** What a job carries: the item (absolute media paths, as every worker must see them) and the run's settings. */
 export interface QueueJobData {

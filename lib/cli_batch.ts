@@ -11,18 +11,14 @@ import { Command, InvalidArgumentError } from 'commander';
 import type { SingleBar } from 'cli-progress';
 import { batch, BatchOutput, BatchProgress, listItems, MEDIA_EXTENSIONS, modelInfo, RunSettings } from './batch';
 import {
-  collect,
   DEFAULT_ATTEMPTS,
   DEFAULT_BACKOFF_MS,
   DEFAULT_LOCK_DURATION_MS,
   DEFAULT_MAX_STALLED,
   DEFAULT_QUEUE_NAME,
   DEFAULT_STALLED_INTERVAL_MS,
-  enqueue,
-  queueStatus,
-  runWorker,
-  WorkerEvent,
-} from './batch_queue';
+} from './batch_defaults';
+import type { WorkerEvent } from './batch_queue';
 import { PlmError } from './errors';
 import type { PerceptionLM } from './model';
 
@@ -79,6 +75,11 @@ interface WorkerCliOpts extends ModelCliOpts {
   metricsPort?: number;
   metricsHost: string;
   progressInterval: number;
+}
+
+/** The BullMQ side, loaded only by the commands that use a queue (bullmq and ioredis take a while to import). */
+function loadQueue(): Promise<typeof import('./batch_queue')> {
+  return import('./batch_queue');
 }
 
 /** '1h 02m', '5m 04s', '12s'. */
@@ -203,6 +204,7 @@ async function runBatchCmd(inputs: string[], opts: BatchCliOpts, h: BatchCliHelp
   };
   if (opts.status) {
     if (!opts.queue) throw new PlmError('ERR_INVALID_ARGUMENT', '--status needs --queue redis://HOST:PORT/DB');
+    const { queueStatus } = await loadQueue();
     const st = await queueStatus(opts.queue, opts.queueName);
     if (opts.json) process.stdout.write(JSON.stringify(st) + '\n');
     else {
@@ -229,6 +231,7 @@ async function runBatchCmd(inputs: string[], opts: BatchCliOpts, h: BatchCliHelp
     if (out.scan.badLines > 0) say(`${out.scan.badLines} lines of ${out.file} are not records; their items run again`);
     const skipped = items.filter((i) => out.has(i.id)).length;
     if (opts.queue) {
+      const { collect, enqueue } = await loadQueue();
       const todo = items.filter((i) => !out.has(i.id));
       const { submitted } = await enqueue(opts.queue, todo, { queueName: opts.queueName, settings, attempts: opts.attempts, backoffMs: opts.backoff });
       say(`enqueued ${submitted} items on ${opts.queueName} (${skipped} already in ${out.file}; items already queued are not added twice)`);
@@ -315,6 +318,7 @@ async function runWorkerCmd(opts: WorkerCliOpts, h: BatchCliHelpers): Promise<vo
   const say = (line: string): void => {
     if (!opts.quiet) process.stderr.write(`plm worker: ${line}\n`);
   };
+  const { runWorker } = await loadQueue();
   const model = await h.openModel(opts);
   const signals = twoStageSignals(() => say('stopping: finishing the running jobs (press Ctrl-C again to put them back in the queue now)'));
   const counts = { completed: 0, failed: 0, retried: 0 };

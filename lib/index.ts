@@ -40,8 +40,6 @@ export { quantizeModel, defaultQuantizedPath, QUANTIZED_FILE_SUFFIX } from './qu
 export type { QuantizeKind, QuantizeOptions, QuantizeProgress, QuantizeResult } from './quantize';
 export { batch, listItems, readManifest, BatchOutput, IMAGE_EXTENSIONS, MEDIA_EXTENSIONS } from './batch';
 export type { BatchItem, BatchModel, BatchModelInfo, BatchOptions, BatchOutputScan, BatchParams, BatchProgress, BatchRecord, BatchTimings, ListItemsOptions } from './batch';
-export { enqueue, collect, runWorker, queueStatus, jobIdFor, DEFAULT_QUEUE_NAME } from './batch_queue';
-export type { CollectOptions, CollectProgress, EnqueueOptions, QueueStatus, RunWorkerOptions, WorkerEvent, WorkerStats } from './batch_queue';
 export { PlmError, isPlmError } from './errors';
 export type { PlmErrorCode } from './errors';
 export { decodeImage, preprocessImage } from './image';
