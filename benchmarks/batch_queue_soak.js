@@ -2,7 +2,8 @@
 // Three `plm worker` processes on this machine against one redis-server, one of them killed with SIGKILL
 // twice while it holds jobs (restarted after the first kill, as a supervisor would): throughput, and the
 // items lost or duplicated in the collected output (both must be 0). Each kill waits until the victim holds
-// a job (one generating, one prefetched), so it always lands mid-job.
+// a job (one generating, one prefetched) and freezes it (SIGSTOP) while it looks, so the kill lands mid-job
+// and the jobs it held are known.
 //
 //   node benchmarks/batch_queue_soak.js [--items 900] [--workers 3] [--kills 2] [--model DIR]
 //        [--concurrency 1] [--prefetch 1] [--lock-duration 5000] [--stalled-interval 1000]
@@ -106,8 +107,15 @@ async function main() {
       let held = [];
       const deadline = Date.now() + 180_000; // a restarted worker first loads the model (slow on a busy machine)
       while (Date.now() < deadline && collector.child.exitCode === null) {
-        held = (await queue.getJobs(['active'])).filter((j) => j && j.processedBy === victim.name).map((j) => j.data.item.id);
-        if (held.length > 0) break;
+        const mine = (await queue.getJobs(['active'])).filter((j) => j && j.processedBy === victim.name);
+        if (mine.length > 0) {
+          // Frozen while we look, so the jobs it holds when it dies are exactly the ones seen.
+          victim.child.kill('SIGSTOP');
+          await sleep(100);
+          held = (await queue.getJobs(['active'])).filter((j) => j && j.processedBy === victim.name).map((j) => j.data.item.id);
+          if (held.length > 0) break;
+          victim.child.kill('SIGCONT');
+        }
         await sleep(5);
       }
       victim.child.kill('SIGKILL');
