@@ -137,7 +137,7 @@ test('three workers, one killed with SIGKILL mid-job: every item exactly once, f
   } finally {
     model.dispose();
   }
-});
+}, 600_000); // ~10 s on an idle 2-core machine; generous for a loaded one
 
 /**
  * A model whose generations run until they are cancelled, for the worker's stop paths (the bundled model

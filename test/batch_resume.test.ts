@@ -13,11 +13,15 @@ const N = 200;
 const PROMPTS = ['Describe the image.', 'How many objects are there?', 'What color is the star?', 'Where is the white cross?', 'What shape is the red object?'];
 
 let scratch: string;
+const children: ChildProcess[] = [];
 beforeAll(() => {
   scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'plm-batch-resume-'));
   if (!fs.existsSync(CLI)) spawnSync('npm', ['run', 'build:ts'], { cwd: ROOT, stdio: 'inherit' });
 });
-afterAll(() => fs.rmSync(scratch, { recursive: true, force: true }));
+afterAll(() => {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  fs.rmSync(scratch, { recursive: true, force: true });
+});
 
 function lineCount(file: string): number {
   if (!fs.existsSync(file)) return 0;
@@ -29,6 +33,7 @@ function lineCount(file: string): number {
 
 function start(args: string[]): { child: ChildProcess; done: Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> } {
   const child = spawn(process.execPath, [CLI, ...args], { cwd: scratch, stdio: ['ignore', 'ignore', 'pipe'] });
+  children.push(child);
   let stderr = '';
   child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
   const done = new Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>((resolve) =>
@@ -90,4 +95,4 @@ test(`${N} items killed at random points three times and resumed equal an uninte
   expect(capped.length).toBe(Math.ceil((N - 3) / 7));
   expect(capped.every((r) => (r.completionTokens as number) <= 5)).toBe(true);
   expect(capped.some((r) => r.finishReason === 'length')).toBe(true);
-});
+}, 600_000); // ~30 s on an idle 2-core machine; generous for a loaded one
