@@ -22,14 +22,10 @@ import { keepAlive, runChat, runPull } from './cli_shipping';
 import { runServeCommand, ServeCliOptions } from './server_cli';
 import { BenchFigure, runBench } from './bench';
 import { defaultQuantizedPath, quantizeModel, QuantizeKind, QuantizeResult } from './quantize';
+import { isVideoPath, VIDEO_EXTENSIONS } from './video';
+import { registerBatchCommands } from './cli_batch';
 
-/** Extensions read as videos (decoded with ffmpeg); everything else is read as an image. .gif is an image (first frame). */
-export const VIDEO_EXTENSIONS: readonly string[] = ['.mp4', '.webm', '.mov', '.mkv', '.avi', '.m4v', '.mpg', '.mpeg', '.wmv', '.flv', '.3gp'];
-
-/** True when `file` names a video by its extension. */
-export function isVideoPath(file: string): boolean {
-  return VIDEO_EXTENSIONS.includes(path.extname(file).toLowerCase());
-}
+export { VIDEO_EXTENSIONS, isVideoPath };
 
 function defaultModelDir(): string {
   const trained = path.join(packageRoot(), 'models', 'plm-tiny');
@@ -426,6 +422,7 @@ Examples:
     .action(async (opts: InfoOpts) => runInfo(opts));
 
   registerShippingCommands(program);
+  registerBatchCommands(program, { addModelOptions, addSamplingOptions, openModel, intArg, floatArg });
   return program;
 }
 

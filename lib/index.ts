@@ -38,6 +38,8 @@ export type {
 } from './model';
 export { quantizeModel, defaultQuantizedPath, QUANTIZED_FILE_SUFFIX } from './quantize';
 export type { QuantizeKind, QuantizeOptions, QuantizeProgress, QuantizeResult } from './quantize';
+export { batch, listItems, readManifest, BatchOutput, IMAGE_EXTENSIONS, MEDIA_EXTENSIONS } from './batch';
+export type { BatchItem, BatchModel, BatchModelInfo, BatchOptions, BatchOutputScan, BatchParams, BatchProgress, BatchRecord, BatchTimings, ListItemsOptions } from './batch';
 export { PlmError, isPlmError } from './errors';
 export type { PlmErrorCode } from './errors';
 export { decodeImage, preprocessImage } from './image';

@@ -7,6 +7,7 @@
  */
 import { spawn } from 'child_process';
 import * as fs from 'fs';
+import * as path from 'path';
 import { PlmError, PlmErrorCode, wrapNativeError } from './errors';
 import { DEFAULT_TILE_SIZE, DecodedImage, ImageInput, MAX_IMAGE_PIXELS, decodeImage } from './image';
 import { native } from './native';
@@ -29,6 +30,14 @@ export interface VideoFrames {
 }
 
 const FFMPEG_MISSING = 'ERR_FFMPEG_MISSING' as PlmErrorCode;
+
+/** Extensions read as videos (decoded with ffmpeg); everything else is read as an image. .gif is an image (first frame). */
+export const VIDEO_EXTENSIONS: readonly string[] = ['.mp4', '.webm', '.mov', '.mkv', '.avi', '.m4v', '.mpg', '.mpeg', '.wmv', '.flv', '.3gp'];
+
+/** True when `file` names a video by its extension. */
+export function isVideoPath(file: string): boolean {
+  return VIDEO_EXTENSIONS.includes(path.extname(file).toLowerCase());
+}
 
 /**
  * Uniform frame indices exactly as transformers 5.18 `default_sample_indices_fn`:
