@@ -22,6 +22,7 @@ import {
   NativeTokenLogprobs,
   NativeTokenMaskQueue,
 } from './native';
+import { batch as runBatch, BatchItem, BatchOptions, BatchRecord } from './batch';
 import { buildPrompt, BuiltPrompt, MediaProcessors, PromptModelInfo } from './prompt';
 import { PlmTokenizer } from './tokenizer';
 import { loadVideoFrames } from './video';
@@ -694,6 +695,23 @@ export class PerceptionLM {
     } catch (e) {
       throw wrapNativeError(e);
     }
+  }
+
+  /**
+   * Runs many images or videos through the model, several at once (the engine batches them), yielding one
+   * record per item as it finishes: the text, token counts and timings, or a typed error for an item that
+   * failed (a missing file, a corrupt image, a prompt too long for the context) while the others go on.
+   * Options and records: {@link batch} and docs/batch.md.
+   *
+   * @example
+   * ```ts
+   * for await (const r of model.batch(['a.jpg', 'b.jpg', { id: 'c', image: 'c.png', prompt: 'Read the sign.' }])) {
+   *   console.log(r.id, r.error ? r.error.code : r.text);
+   * }
+   * ```
+   */
+  batch(items: Iterable<BatchItem | string> | AsyncIterable<BatchItem | string>, options?: BatchOptions): AsyncIterable<BatchRecord> {
+    return runBatch(this, items, options);
   }
 
   /**
