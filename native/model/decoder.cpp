@@ -104,23 +104,23 @@ void Decoder::gather_kv(const int32_t* table, int64_t T, int layer, float* k, fl
 }
 
 void Decoder::prefill(float* x, int64_t n, const int32_t* table, int64_t pos0, int64_t logits_rows, float* logits_out,
-                      const CancelToken* cancel, const DumpFn& dump) {
+                      const CancelToken* cancel, const DumpFn& dump, const std::function<void()>& between_layers) {
   const int64_t H = cfg_.hidden_size, hd = cfg_.head_dim, nh = cfg_.num_heads, nkv = cfg_.num_kv_heads;
   const int64_t qw = nh * hd, kvw = nkv * hd, I = cfg_.intermediate_size, T = pos0 + n;
   if (dump) dump("hidden.embed", x, {n, H});
 
-  float* h = h_.get(n * H);                      // [n, H] normed input
-  float* q = q_.get(n * qw);                     // [n, nh, hd]
-  float* cos = cos_.get(n * hd / 2);             // [n, hd/2]
-  float* sin = sin_.get(n * hd / 2);
+  float* h = pre_.h.get(n * H);                      // [n, H] normed input
+  float* q = pre_.q.get(n * qw);                     // [n, nh, hd]
+  float* cos = pre_.cos.get(n * hd / 2);             // [n, hd/2]
+  float* sin = pre_.sin.get(n * hd / 2);
   // Where the MLP's matmuls run on AMX (prefill), gate/up compute SwiGLU in their epilogue and hand it to the
   // down projection as bf16 tiles: the f32 gate and up products are never stored.
   const bool swiglu_tiles = std::all_of(layers_.begin(), layers_.end(), [&](const Layer& L) {
     return cpu::tile_chain_available(precision_, n, L.gate) && cpu::tile_chain_available(precision_, n, L.up) &&
            cpu::tile_chain_available(precision_, n, L.down);
   });
-  float* gate = swiglu_tiles ? nullptr : gate_.get(n * I);  // [n, I] each, off AMX
-  float* up = swiglu_tiles ? nullptr : up_.get(n * I);
+  float* gate = swiglu_tiles ? nullptr : pre_.gate.get(n * I);  // [n, I] each, off AMX
+  float* up = swiglu_tiles ? nullptr : pre_.up.get(n * I);
   if (swiglu_tiles) act_.resize(n, I);
   // On AMX (bf16) the attention reads contiguous copies of the sequence's keys and values and may hand its
   // output to o as bf16 tiles; elsewhere the paged kernel reads the blocks in place.
@@ -139,15 +139,15 @@ void Decoder::prefill(float* x, int64_t n, const int32_t* table, int64_t pos0, i
   const bool attn_tiles = dense_attention && std::all_of(layers_.begin(), layers_.end(), [&](const Layer& L) {
                             return cpu::tile_chain_available(precision_, n, L.o);
                           });
-  float* attn = attn_tiles ? nullptr : attn_.get(n * qw);  // [n, nh, hd]
+  float* attn = attn_tiles ? nullptr : pre_.attn.get(n * qw);  // [n, nh, hd]
   if (attn_tiles) {
     attn_act_.resize(n, qw);
     attn_shape.out_tiles = attn_act_.data();
   }
   float* kc = dense_attention ? kc_.get(T * kvw) : nullptr;  // [T, nkv, hd] contiguous keys (AMX attention)
   float* vc = dense_attention ? vc_.get(T * kvw) : nullptr;
-  float* k = dense_attention ? kc + pos0 * kvw : k_.get(n * kvw);  // [n, nkv, hd] this chunk's keys
-  float* v = dense_attention ? vc + pos0 * kvw : v_.get(n * kvw);
+  float* k = dense_attention ? kc + pos0 * kvw : pre_.k.get(n * kvw);  // [n, nkv, hd] this chunk's keys
+  float* v = dense_attention ? vc + pos0 * kvw : pre_.v.get(n * kvw);
   std::vector<const int32_t*> tables(static_cast<size_t>(n), table);  // paged attention: every row, one sequence
   std::vector<int64_t> keys(static_cast<size_t>(n));                  // [n] row i sees positions 0 .. pos0 + i
   for (int64_t i = 0; i < n; ++i) keys[i] = pos0 + i + 1;
@@ -188,7 +188,7 @@ void Decoder::prefill(float* x, int64_t n, const int32_t* table, int64_t pos0, i
         const cpu::MatmulOut out{&L.o, nullptr, x, cpu::Epilogue::kAccumulate};
         cpu::matmul_from_tiles(attn_act_.data(), n, &out, 1, pool_);
       } else {
-        cpu::matmul(attn, n, L.o, nullptr, x, pool_, precision_, cpu::Epilogue::kAccumulate, nullptr, proj_.get(n * H));
+        cpu::matmul(attn, n, L.o, nullptr, x, pool_, precision_, cpu::Epilogue::kAccumulate, nullptr, pre_.proj.get(n * H));
       }
     }
     const cpu::RowNorm post_norm{cpu::RowNorm::kRmsNorm, L.post_norm.data(), nullptr, cfg_.rms_norm_eps};
@@ -211,9 +211,10 @@ void Decoder::prefill(float* x, int64_t n, const int32_t* table, int64_t pos0, i
       }
       { OpTimer t("decoder.silu_mul"); cpu::silu_mul(gate, up, gate, n * I, pool_); }
       OpTimer t("decoder.matmul_down+residual");
-      cpu::matmul(gate, n, L.down, nullptr, x, pool_, precision_, cpu::Epilogue::kAccumulate, nullptr, proj_.get(n * H));
+      cpu::matmul(gate, n, L.down, nullptr, x, pool_, precision_, cpu::Epilogue::kAccumulate, nullptr, pre_.proj.get(n * H));
     }
     if (dump) dump("hidden.layers." + std::to_string(l), x, {n, H});
+    if (between_layers && l + 1 < cfg_.num_layers) between_layers();
   }
   if (logits_rows <= 0) return;
   logits_rows = std::min(logits_rows, n);
@@ -228,16 +229,16 @@ void Decoder::prefill(float* x, int64_t n, const int32_t* table, int64_t pos0, i
 void Decoder::decode(float* x, int64_t R, const int32_t* const* tables, const int64_t* pos, float* logits_out) {
   const int64_t H = cfg_.hidden_size, hd = cfg_.head_dim, nh = cfg_.num_heads, nkv = cfg_.num_kv_heads;
   const int64_t qw = nh * hd, kvw = nkv * hd, I = cfg_.intermediate_size, half = hd / 2, V = cfg_.vocab_size;
-  float* h = h_.get(R * H);        // [R, H] normed input
-  float* q = q_.get(R * qw);       // [R, nh, hd]
-  float* k = k_.get(R * kvw);      // [R, nkv, hd]
-  float* v = v_.get(R * kvw);
-  float* attn = attn_.get(R * qw);  // [R, nh, hd]
-  float* gate = gate_.get(R * I);   // [R, I] each
-  float* up = up_.get(R * I);
-  float* proj = proj_.get(R * H);   // [R, H] the residual add's product
-  float* cos = cos_.get(R * half);  // [R, hd/2], each row at its own position
-  float* sin = sin_.get(R * half);
+  float* h = dec_.h.get(R * H);        // [R, H] normed input
+  float* q = dec_.q.get(R * qw);       // [R, nh, hd]
+  float* k = dec_.k.get(R * kvw);      // [R, nkv, hd]
+  float* v = dec_.v.get(R * kvw);
+  float* attn = dec_.attn.get(R * qw);  // [R, nh, hd]
+  float* gate = dec_.gate.get(R * I);   // [R, I] each
+  float* up = dec_.up.get(R * I);
+  float* proj = dec_.proj.get(R * H);   // [R, H] the residual add's product
+  float* cos = dec_.cos.get(R * half);  // [R, hd/2], each row at its own position
+  float* sin = dec_.sin.get(R * half);
   std::vector<int64_t> keys(static_cast<size_t>(R));
   for (int64_t r = 0; r < R; ++r) {
     cpu::rope_llama_table(inv_freq_.data(), static_cast<int>(hd), pos[r], 1, cos + r * half, sin + r * half);

@@ -4,6 +4,7 @@
 // cpu/attention_paged.h and the row-invariant GEMV in cpu/gemm_avx512.cpp), so batching changes no bits.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -37,8 +38,10 @@ class Decoder {
   // Prefill: x [n, hidden] (embeddings, features merged) are positions [pos0, pos0 + n) of the sequence whose
   // block table is `table` (blocks for those positions already allocated); their keys and values go to the
   // cache. logits_out [logits_rows, vocab] for the last logits_rows rows. x is overwritten.
+  // between_layers, when set, runs after each layer (the scheduler runs other sequences' decode steps there, so
+  // they keep streaming during a long chunk; it must not call prefill).
   void prefill(float* x, int64_t n, const int32_t* table, int64_t pos0, int64_t logits_rows, float* logits_out,
-               const CancelToken* cancel, const DumpFn& dump);
+               const CancelToken* cancel, const DumpFn& dump, const std::function<void()>& between_layers = nullptr);
   // Decode: x [R, hidden], row r the token at position pos[r] of the sequence with block table tables[r] (its
   // block allocated); logits_out [R, vocab]. Rows go through the matmuls in groups of at most kDecodeGroup.
   void decode(float* x, int64_t R, const int32_t* const* tables, const int64_t* pos, float* logits_out);
@@ -67,12 +70,16 @@ class Decoder {
   // Contiguous copies of one layer's keys and values [T, kv_heads * hd] for the AMX attention (prefill at bf16).
   void gather_kv(const int32_t* table, int64_t T, int layer, float* k, float* v) const;
   // Activations, kept between calls (core/scratch.h); sizes for n rows.
-  Scratch<float> h_, proj_;           // [n, H] normed input, residual add's product (paths off AMX)
-  Scratch<float> q_, attn_;           // [n, nh * hd] queries, attention output (f32 path)
-  Scratch<float> k_, v_;              // [n, nkv * hd] new keys and values (before they go to the blocks)
-  Scratch<float> kc_, vc_;            // [T, nkv * hd] gathered keys and values (AMX attention)
-  Scratch<float> cos_, sin_;          // [n, hd / 2]
-  Scratch<float> gate_, up_;          // [n, I] (paths off AMX)
+  // Two sets, one for prefill and one for decode: a decode step may run between the layers of a prefill chunk.
+  struct Buffers {
+    Scratch<float> h, proj;     // [n, H] normed input, residual add's product (paths off AMX)
+    Scratch<float> q, attn;     // [n, nh * hd] queries, attention output (f32 path)
+    Scratch<float> k, v;        // [n, nkv * hd] new keys and values (before they go to the blocks)
+    Scratch<float> cos, sin;    // [n, hd / 2]
+    Scratch<float> gate, up;    // [n, I] (paths off AMX)
+  };
+  Buffers pre_, dec_;
+  Scratch<float> kc_, vc_;      // [T, nkv * hd] gathered keys and values (AMX attention, prefill)
   cpu::TileActivations act_, attn_act_;  // SwiGLU [n, I] and attention [n, nh * hd] as bf16 tiles (AMX)
 };
 

@@ -47,14 +47,16 @@ class PagedRunner {
   virtual std::string backend_name() const = 0;
   virtual KvCache& kv_cache() = 0;
   // pixels [tiles, 3, S, S] -> features [tiles * tokens_per_tile, hidden] (f32, host memory).
+  // `interleave`, when set, is called between the stages of this long call; it may run decode() (never another
+  // encode_tiles or prefill), so other sequences keep streaming.
   virtual void encode_tiles(const float* pixels, int64_t tiles, float* features, const CancelToken* cancel,
-                            const DumpFn& dump) = 0;
+                            const DumpFn& dump, const std::function<void()>& interleave = nullptr) = 0;
   // Positions [pos0, pos0 + n) of the sequence with block table `table`: row i is the embedding of ids[i], or
   // the feature row media_rows[i] (hidden floats) where that is not null. Writes their keys and values;
-  // logits [logits_rows, vocab] for the last rows.
+  // logits [logits_rows, vocab] for the last rows. `interleave` as for encode_tiles.
   virtual void prefill(const int32_t* ids, const float* const* media_rows, int64_t n, const int32_t* table,
                        int64_t pos0, int64_t logits_rows, float* logits, const CancelToken* cancel,
-                       const DumpFn& dump) = 0;
+                       const DumpFn& dump, const std::function<void()>& interleave = nullptr) = 0;
   // One token for each of R sequences: ids[r] at position pos[r] of the sequence with table tables[r];
   // logits [R, vocab].
   virtual void decode(const int32_t* ids, int64_t R, const int32_t* const* tables, const int64_t* pos,

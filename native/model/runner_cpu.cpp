@@ -2,6 +2,7 @@
 // cache.
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 
 #include "core/error.h"
@@ -39,13 +40,13 @@ class CpuRunner : public PagedRunner {
   KvCache& kv_cache() override { return cache_; }
 
   void encode_tiles(const float* pixels, int64_t tiles, float* features, const CancelToken* cancel,
-                    const DumpFn& dump) override {
+                    const DumpFn& dump, const std::function<void()>& interleave) override {
     if (!vision_) throw Error(ErrorCode::kInvalidArgument, "this checkpoint has no vision tower");
     const VisionConfig& vc = model_.config.vision;
     const int64_t N = vc.tokens(), C = vc.width, P = vc.patches(), prefix = vc.class_token ? 1 : 0;
     const int64_t rows_per_tile = model_.config.tokens_per_tile(), D = model_.config.text.hidden_size;
     float* tokens = tokens_.get(static_cast<size_t>(tiles * N * C));  // [tiles, N, C]
-    vision_->forward(pixels, tiles, tokens, cancel, dump);
+    vision_->forward(pixels, tiles, tokens, cancel, dump, interleave);
     const float* patch_rows = tokens;
     if (prefix) {
       float* patches = patches_.get(static_cast<size_t>(tiles * P * C));  // [tiles, P, C]
@@ -58,16 +59,17 @@ class CpuRunner : public PagedRunner {
   }
 
   void prefill(const int32_t* ids, const float* const* media_rows, int64_t n, const int32_t* table, int64_t pos0,
-               int64_t logits_rows, float* logits, const CancelToken* cancel, const DumpFn& dump) override {
+               int64_t logits_rows, float* logits, const CancelToken* cancel, const DumpFn& dump,
+               const std::function<void()>& interleave) override {
     const int64_t H = model_.config.text.hidden_size;
     float* x = embeds_.get(static_cast<size_t>(n * H));  // [n, H]
     embed(ids, media_rows, n, x);
-    decoder_.prefill(x, n, table, pos0, logits_rows, logits, cancel, dump);
+    decoder_.prefill(x, n, table, pos0, logits_rows, logits, cancel, dump, interleave);
   }
 
   void decode(const int32_t* ids, int64_t R, const int32_t* const* tables, const int64_t* pos, float* logits) override {
     const int64_t H = model_.config.text.hidden_size;
-    float* x = embeds_.get(static_cast<size_t>(R * H));  // [R, H]
+    float* x = decode_embeds_.get(static_cast<size_t>(R * H));  // [R, H] (a decode may run inside a prefill)
     embed(ids, nullptr, R, x);
     decoder_.decode(x, R, tables, pos, logits);
   }
@@ -90,6 +92,7 @@ class CpuRunner : public PagedRunner {
   // Kept between calls (core/scratch.h): a forward's input rows [n, hidden]; a tile group's tower output
   // [tiles, N, C] and its patch rows without the CLS token [tiles, P, C].
   Scratch<float> embeds_, tokens_, patches_;
+  Scratch<float> decode_embeds_;  // [R, hidden]
 };
 
 }  // namespace

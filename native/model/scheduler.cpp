@@ -378,10 +378,8 @@ void Scheduler::step() {
     waiting_.pop_front();
   }
   if (active_.empty()) return;
-  // One unit of prompt work for the oldest sequence still reading its prompt.
-  std::vector<Sequence*> decoding;
-  for (auto& s : active_)
-    if (s->phase == Phase::kDecode) decoding.push_back(s.get());
+  // One unit of prompt work for the oldest sequence still reading its prompt; the generating sequences' decode
+  // steps run inside it (interleave_decode) and once more after it.
   for (auto& sp : active_) {
     if (sp->phase != Phase::kPrompt) continue;
     Sequence& s = *sp;
@@ -396,7 +394,33 @@ void Scheduler::step() {
     }
     break;
   }
+  std::vector<Sequence*> decoding;  // collected after the unit: sequences may have ended inside it
+  for (auto& s : active_)
+    if (s->phase == Phase::kDecode) decoding.push_back(s.get());
   if (!decoding.empty()) decode_step(decoding);
+}
+
+void Scheduler::interleave_decode(const Sequence* current) {
+  // Inside another sequence's long prompt unit (between layers or ViT blocks), a decode step runs at most as often
+  // as decode steps take: the streaming sequences keep about half their speed and the new prompt about half its,
+  // instead of every token waiting for a whole chunk or tile.
+  if (Clock::now() < next_interleave_) return;
+  std::vector<Sequence*> decoding;
+  for (auto& s : active_)
+    if (s.get() != current && s->phase == Phase::kDecode) decoding.push_back(s.get());
+  if (decoding.empty()) return;
+  try {
+    decode_step(decoding);
+  } catch (...) {
+    // Their failure, not the prompt's: end the decoding sequences and let the unit go on.
+    const auto error = std::current_exception();
+    for (Sequence* s : decoding)
+      for (auto& a : active_)
+        if (a.get() == s) {
+          finish(*s, "cancelled", error);
+          break;
+        }
+  }
 }
 
 bool Scheduler::admit(Sequence& s) {
@@ -539,8 +563,9 @@ void Scheduler::prompt_unit(Sequence& s) {
     if (!m.filling) m.filling = std::make_shared<std::vector<float>>(static_cast<size_t>(src.tiles * tokens_per_tile_ * H));
     const int64_t t0 = m.encoded_tiles, g = std::min(options_.vision_tiles_per_step, src.tiles - t0);
     const auto t = Clock::now();
+    const auto interleave = [this, &s] { interleave_decode(&s); };
     paged_->encode_tiles(src.pixels->data() + t0 * 3 * S * S, g, m.filling->data() + t0 * tokens_per_tile_ * H, cancel,
-                         nullptr);
+                         nullptr, interleave);
     s.result.vision_ms += ms_between(t, Clock::now());
     m.encoded_tiles += g;
     if (m.encoded_tiles == src.tiles) {
@@ -557,17 +582,18 @@ void Scheduler::prompt_unit(Sequence& s) {
   for (int64_t i = p; i < e; ++i)
     if (s.item_of[i] >= 0) rows[i - p] = s.media[s.item_of[i]].features->data() + int64_t(s.row_of[i]) * H;
   const bool last = e == s.n;
-  if (last) logits_.resize(static_cast<size_t>(vocab_));
   const auto t = Clock::now();
-  paged_->prefill(s.req.ids.data() + p, rows.data(), e - p, s.table.data(), p, last ? 1 : 0, logits_.data(), cancel,
-                  nullptr);
+  // The chunk's logits have their own buffer: decode steps inside it use logits_.
+  prefill_logits_.resize(last ? static_cast<size_t>(vocab_) : 0);
+  paged_->prefill(s.req.ids.data() + p, rows.data(), e - p, s.table.data(), p, last ? 1 : 0, prefill_logits_.data(),
+                  cancel, nullptr, [this, &s] { interleave_decode(&s); });
   s.result.prefill_ms += ms_between(t, Clock::now());
   s.length = e;
   publish_full_blocks(s);
   if (!last) return;
   s.phase = Phase::kDecode;
   for (auto& m : s.media) m = MediaState();  // features no longer needed by this sequence
-  take_token(s, logits_.data());
+  take_token(s, prefill_logits_.data());
 }
 
 void Scheduler::decode_step(std::vector<Sequence*>& seqs) {
@@ -615,7 +641,10 @@ void Scheduler::decode_step(std::vector<Sequence*>& seqs) {
     pos[r] = s.length;
   }
   logits_.resize(static_cast<size_t>(R * vocab_));
+  const auto t0 = Clock::now();
   paged_->decode(ids.data(), R, tables.data(), pos.data(), logits_.data());
+  const auto t1 = Clock::now();
+  next_interleave_ = t1 + (t1 - t0);
   for (int64_t r = 0; r < R; ++r) {
     Sequence& s = *seqs[r];
     ++s.length;

@@ -19,6 +19,7 @@
 // kContextOverflow.
 #pragma once
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -174,6 +175,7 @@ class Scheduler {
   bool admit(Sequence& s);
   void prompt_unit(Sequence& s);
   void decode_step(std::vector<Sequence*>& seqs);
+  void interleave_decode(const Sequence* current);
   void legacy_run(Sequence& s);
   // Samples the next token from logits [vocab] (modified) and accepts it; false when the sequence ended.
   bool take_token(Sequence& s, float* logits);
@@ -211,7 +213,9 @@ class Scheduler {
   std::vector<uint64_t> legacy_keys_;            // what the legacy runner's cache holds
   std::vector<std::function<void()>*> deferred_; // exclusive jobs waiting for the legacy sequence to end
   std::unique_ptr<class MediaCache> media_cache_;
-  std::vector<float> logits_;                    // [rows, vocab]
+  std::vector<float> logits_;                    // [rows, vocab] of a decode step
+  std::vector<float> prefill_logits_;            // [vocab] of a prompt's last chunk
+  std::chrono::steady_clock::time_point next_interleave_{};  // no decode step inside a prompt unit before this
   std::thread thread_;
 };
 

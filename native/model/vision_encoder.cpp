@@ -63,7 +63,7 @@ VisionEncoder::VisionEncoder(const LoadedModel& model, ThreadPool* pool) : cfg_(
 }
 
 void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, const CancelToken* cancel,
-                            const DumpFn& dump) {
+                            const DumpFn& dump, const std::function<void()>& between_blocks) {
   if (precision_ == cpu::Precision::kBF16 && !prepacked_) prepack_bf16();
   const int64_t C = cfg_.width, ps = cfg_.patch_size, S = cfg_.image_size, g = cfg_.grid();
   const int64_t P = g * g, N = cfg_.tokens(), prefix = cfg_.class_token ? 1 : 0;
@@ -184,6 +184,7 @@ void VisionEncoder::forward(const float* pixels, int64_t tiles, float* out, cons
       add_residual(blk.fc2, blk.fc2_b, ls ? blk.gamma2.data() : nullptr, use_tiles ? f_act_.data() : nullptr, f);
     }
     if (dump) dump("vision.blocks." + std::to_string(b), x, {tiles, N, C});
+    if (between_blocks && b + 1 < blocks_.size()) between_blocks();
   }
   if (!post_w_.empty()) {
     OpTimer t("vision.norm_post");

@@ -1,6 +1,7 @@
 // The Perception Encoder ViT (timm Eva as PLM configures it) on the CPU, f32.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "core/scratch.h"
@@ -21,7 +22,9 @@ class VisionEncoder {
   VisionEncoder(const LoadedModel& model, ThreadPool* pool);
 
   // pixels [tiles, 3, S, S] -> out [tiles, tokens, width] (the last block's output, CLS included when present).
-  void forward(const float* pixels, int64_t tiles, float* out, const CancelToken* cancel, const DumpFn& dump);
+  // between_blocks, when set, runs after each block (see Decoder::prefill).
+  void forward(const float* pixels, int64_t tiles, float* out, const CancelToken* cancel, const DumpFn& dump,
+               const std::function<void()>& between_blocks = nullptr);
   int64_t tokens() const { return cfg_.tokens(); }
   int width() const { return cfg_.width; }
 
