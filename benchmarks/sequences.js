@@ -3,7 +3,7 @@
 // time to first token of a chat's second turn about an image, and the KV cache memory of N long sequences.
 //   node benchmarks/sequences.js [--model .bench/plm-1b-random] [--precision bf16] [--threads 2]
 //        [--sequences 1,2,4,8] [--prompt 16] [--decode-tokens 48] [--chat-tiles 4] [--question 20]
-//        [--only decode,chat,memory] [--kv-model DIR] [--kv-tokens 4096] [--json OUT]
+//        [--only decode,chat,memory,stream] [--kv-model DIR] [--kv-tokens 4096] [--json OUT]
 // Decode: N requests of --prompt tokens each start together; the rate is the number of tokens emitted while
 // all N were generating divided by the length of that window (the steady state; prefill excluded).
 // Chat: turn 1 = an image of --chat-tiles tiles + a short question; turn 2 = a --question-token question; the
@@ -11,6 +11,8 @@
 // Memory: N sequences of --kv-tokens prompt tokens on --kv-model (a checkpoint with the KV geometry of the
 // model under test, e.g. benchmarks/make_kv_geometry_checkpoint.py): KV bytes held vs N x tokens x bytes per
 // token, and the resident memory before/after.
+// Stream: one sequence generates while a request with a --chat-tiles image arrives: its token gaps before and
+// during the newcomer's prompt, and the newcomer's time to first token, against that request alone.
 // The peer (node-llama-cpp with sequences: N on the same weights) is benchmarks/llama_cpp_peer.js --sequences.
 'use strict';
 const path = require('path');
@@ -29,7 +31,7 @@ const promptLen = Number(opt('prompt', 16));
 const decodeTokens = Number(opt('decode-tokens', 48));
 const chatTiles = Number(opt('chat-tiles', 4));
 const questionLen = Number(opt('question', 20));
-const only = opt('only', 'decode,chat,memory').split(',');
+const only = opt('only', 'decode,chat,memory,stream').split(',');
 const kvModel = opt('kv-model', '');
 const kvTokens = Number(opt('kv-tokens', 4096));
 const jsonOut = opt('json', '');
@@ -116,6 +118,55 @@ async function chat(results) {
   }
 }
 
+function syntheticImage(S, tiles) {
+  // tiles in all: a (tiles - 1) x 1 grid plus the thumbnail.
+  const w = S * Math.max(1, tiles - 1), h = S;
+  const data = Buffer.alloc(w * h * 3);
+  for (let i = 0; i < data.length; i++) data[i] = (i * 2654435761) >>> 24;
+  return { image: { data, width: w, height: h, channels: 3 }, maxNumTiles: Math.max(1, tiles - 1) };
+}
+
+async function stream(results) {
+  const model = await loadModel(modelDir, { backend: 'cpu', threads, precision, sequences: 2 });
+  try {
+    const { image, maxNumTiles } = syntheticImage(model.config.vision.image_size, chatTiles);
+    const newcomer = { prompt: 'Describe the image.', images: [image], maxNumTiles, maxTokens: 1 };
+    await model.clearCache();
+    const aloneB = await model.complete(newcomer);
+    await model.clearCache();
+    const times = [];
+    let bStart = 0;
+    let bFirst = 0;
+    let bDone;
+    for await (const c of model.generate({ inputIds: ids(promptLen, 5), maxTokens: 4000, temperature: 0, stopTokenIds: [] })) {
+      times.push(performance.now());
+      if (times.length === 10) {
+        bStart = performance.now();
+        bDone = model.complete({ ...newcomer, onProgress: (p) => { if (p.stage === 'decode' && !bFirst) bFirst = performance.now(); } });
+      }
+      if (bFirst && times[times.length - 1] > bFirst + 1000 && times.length > 20) break;
+    }
+    const b = await bDone;
+    const gaps = (from, to) => {
+      const g = [];
+      for (let i = 1; i < times.length; i++) if (times[i - 1] >= from && times[i] <= to) g.push(times[i] - times[i - 1]);
+      g.sort((x, y) => x - y);
+      return { count: g.length, medianMs: g[Math.floor(g.length / 2)] ?? null, maxMs: g[g.length - 1] ?? null };
+    };
+    results.stream = {
+      tiles: chatTiles, newcomerAloneTtftMs: aloneB.timings.timeToFirstTokenMs, newcomerTtftMs: bFirst - bStart,
+      gapsBefore: gaps(0, bStart), gapsDuringNewcomerPrompt: gaps(bStart, bFirst),
+      newcomerPromptTokens: b.timings.promptTokens,
+    };
+    const r = results.stream;
+    console.log(`stream: gaps before ${r.gapsBefore.medianMs?.toFixed(0)} ms median; during the newcomer's prompt ` +
+      `${r.gapsDuringNewcomerPrompt.medianMs?.toFixed(0)} ms median, ${r.gapsDuringNewcomerPrompt.maxMs?.toFixed(0)} ms max ` +
+      `(${r.gapsDuringNewcomerPrompt.count} tokens); newcomer TTFT ${r.newcomerTtftMs.toFixed(0)} ms vs ${r.newcomerAloneTtftMs.toFixed(0)} ms alone`);
+  } finally {
+    model.dispose();
+  }
+}
+
 function rssBytes() {
   const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync('/proc/self/status', 'utf8'));
   return m ? Number(m[1]) * 1024 : process.memoryUsage().rss;
@@ -174,6 +225,7 @@ async function memory(results) {
   if (only.includes('decode')) await decode(results);
   if (only.includes('chat')) await chat(results);
   if (only.includes('memory')) await memory(results);
+  if (only.includes('stream')) await stream(results);
   results.loadavgAfter = os.loadavg();
   if (jsonOut) fs.writeFileSync(jsonOut, JSON.stringify(results, null, 2));
 })().catch((e) => {
