@@ -212,6 +212,11 @@ function byteLevel(s: string): string {
   return out;
 }
 
+/** Which of the 16 vocabulary maps holds `token` (non-empty). */
+function shardOf(token: string): number {
+  return (token.charCodeAt(token.length - 1) + token.length) & 15;
+}
+
 type PreTokenizerLike = { pre_tokenize(text: string | string[], options?: object): string[] };
 type DecoderLike = ((tokens: string[]) => string) & { added_tokens?: unknown };
 
@@ -243,8 +248,12 @@ function fastSplitRegex(config: object, built: PreTokenizerLike): RegExp | null 
  * ```
  */
 export class ByteLevelBpe {
-  private readonly vocab = new Map<string, number>();
-  private readonly idToToken: string[] = [];
+  /**
+   * token -> id, in 16 maps chosen by {@link shardOf}: a JS Map rehashes all its entries when it grows, and one
+   * map of 128k entries would do that in a single slice of tens of milliseconds.
+   */
+  private readonly vocabShards: Array<Map<string, number>> = Array.from({ length: 16 }, () => new Map());
+  private idToToken: string[] = [];
   private readonly pairKeys: Int32Array;
   private readonly pairRanks: Int32Array;
   private readonly pairMask: number;
@@ -315,20 +324,23 @@ export class ByteLevelBpe {
     const t = this.t;
     const steps: Array<() => void> = [];
     const nv = t.vocabIds.length;
+    let maxId = -1;
+    for (let i = 0; i < nv; i++) maxId = Math.max(maxId, t.vocabIds[i]);
+    for (const a of t.added) maxId = Math.max(maxId, a.id);
+    this.idToToken = new Array<string>(maxId + 1);
     const VS = 4096;
     for (let s = 0; s < nv; s += VS) {
       steps.push(() => {
         for (let i = s; i < Math.min(nv, s + VS); i++) {
           const tok = t.vocabBlob.slice(t.vocabOffsets[i], t.vocabOffsets[i + 1]);
-          this.vocab.set(tok, t.vocabIds[i]);
-          this.idToToken[t.vocabIds[i]] = tok;
+          const id = t.vocabIds[i];
+          this.vocabShards[shardOf(tok)].set(tok, id);
+          this.idToToken[id] = tok;
+          if (tok.length === 1) this.charIds[tok.charCodeAt(0)] = id;
         }
       });
     }
     // The rest in separate slices too: under load each one alone can take tens of milliseconds.
-    steps.push(() => {
-      for (const [ch, id] of this.vocab) if (ch.length === 1) this.charIds[ch.charCodeAt(0)] = id;
-    });
     steps.push(() => {
       for (const a of t.added) {
         this.addedByContent.set(a.content, a);
@@ -376,7 +388,7 @@ export class ByteLevelBpe {
   private encodeWord(word: string, out: number[]): void {
     if (word.length === 0) return;
     if (this.ignoreMerges) {
-      const id = this.vocab.get(word);
+      const id = this.vocabShards[shardOf(word)].get(word);
       if (id !== undefined) {
         out.push(id);
         return;
@@ -486,7 +498,7 @@ export class ByteLevelBpe {
   }
 
   tokenToId(token: string): number | undefined {
-    return this.addedByContent.get(token)?.id ?? this.vocab.get(token);
+    return this.addedByContent.get(token)?.id ?? (token.length > 0 ? this.vocabShards[shardOf(token)].get(token) : undefined);
   }
 
   tokenOf(id: number): string | undefined {
