@@ -143,9 +143,10 @@ class AddedSplitter {
   constructor(contents: string[]) {
     for (const w of contents) {
       let node = this.trie;
-      for (const ch of w) {
-        let nx = node.get(ch) as Map<string, unknown> | undefined;
-        if (!nx) node.set(ch, (nx = new Map()));
+      for (let i = 0; i < w.length; i++) {
+        // UTF-16 units, as split() walks the text.
+        let nx = node.get(w[i]) as Map<string, unknown> | undefined;
+        if (!nx) node.set(w[i], (nx = new Map()));
         node = nx;
       }
       node.set(AddedSplitter.END, w);

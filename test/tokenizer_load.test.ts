@@ -52,6 +52,17 @@ describe('adversarial text: ids equal Python tokenizers', () => {
   });
 });
 
+test('an added token with an astral character splits as in the library', () => {
+  const tj = JSON.parse(fs.readFileSync(path.join(TINY, 'tokenizer.json'), 'utf8')) as { added_tokens: Array<Record<string, unknown>>; normalizer: unknown };
+  tj.added_tokens.push({ id: 128256, content: '<🙂x>', single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
+  const ours = new PlmTokenizer(tj, {});
+  expect(ours.implementation).toBe('bpe');
+  const text = 'a<🙂x>b <🙂 x> 🙂<🙂x><🙂x';
+  const lib = new Tokenizer(tj, {}).encode(text, { add_special_tokens: false }).ids;
+  expect(ours.encode(text)).toEqual(lib);
+  expect(lib.filter((id) => id === 128256)).toHaveLength(2);
+});
+
 describe('PlmTokenizer.load (worker thread)', () => {
   test('gives the same tokenizer as the synchronous constructor', async () => {
     const fractions: number[] = [];
