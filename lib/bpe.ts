@@ -266,6 +266,7 @@ export class ByteLevelBpe {
   private next = new Int32Array(256);
   private prev = new Int32Array(256);
   private heap = new Float64Array(512);
+  private hsize = 0;
   private readonly addedByContent = new Map<string, AddedTokenSpec>();
   private splitter!: AddedSplitter;
   private preTokenizer!: PreTokenizerLike;
@@ -350,7 +351,9 @@ export class ByteLevelBpe {
       this.splitter = new AddedSplitter(t.added.map((a) => a.content));
     });
     steps.push(() => {
-      this.preTokenizer = new SequencePreTokenizer({ pretokenizers: [t.preTokenizer] } as never) as unknown as PreTokenizerLike;
+      const pre = t.preTokenizer as { type?: string };
+      const seq = pre.type === 'Sequence' ? pre : { pretokenizers: [pre] };
+      this.preTokenizer = new SequencePreTokenizer(seq as never) as unknown as PreTokenizerLike;
       this.splitRegex = fastSplitRegex(t.preTokenizer, this.preTokenizer);
     });
     steps.push(() => {
@@ -388,6 +391,12 @@ export class ByteLevelBpe {
 
   private encodeWord(word: string, out: number[]): void {
     if (word.length === 0) return;
+    if (word.length === 1) {
+      // One byte-level character: its id, the only possible result.
+      const id = this.charIds[word.charCodeAt(0)];
+      if (id >= 0) out.push(id);
+      return;
+    }
     if (this.ignoreMerges) {
       const id = this.vocabShards[shardOf(word)].get(word);
       if (id !== undefined) {
@@ -428,47 +437,10 @@ export class ByteLevelBpe {
       next[i] = i + 1 < n ? i + 1 : -1;
       prev[i] = i - 1;
     }
-    // Binary min-heap of rank * 2^31 + position.
-    let heap = this.heap;
-    let size = 0;
-    const push = (p: number): void => {
-      const q = next[p];
-      if (q < 0 || ids[p] < 0 || ids[q] < 0) return;
-      const r = this.rank(ids[p], ids[q]);
-      if (r < 0) return;
-      if (size === heap.length) {
-        const h = new Float64Array(heap.length * 2);
-        h.set(heap);
-        heap = this.heap = h;
-      }
-      let i = size++;
-      const key = r * POS + p;
-      while (i > 0) {
-        const parent = (i - 1) >> 1;
-        if (heap[parent] <= key) break;
-        heap[i] = heap[parent];
-        i = parent;
-      }
-      heap[i] = key;
-    };
-    const pop = (): number => {
-      const top = heap[0];
-      const last = heap[--size];
-      let i = 0;
-      for (;;) {
-        const l = 2 * i + 1;
-        if (l >= size) break;
-        const c = l + 1 < size && heap[l + 1] < heap[l] ? l + 1 : l;
-        if (heap[c] >= last) break;
-        heap[i] = heap[c];
-        i = c;
-      }
-      heap[i] = last;
-      return top;
-    };
-    for (let i = 0; i + 1 < n; i++) push(i);
-    while (size > 0) {
-      const key = pop();
+    this.hsize = 0;
+    for (let i = 0; i + 1 < n; i++) this.pushPair(i);
+    while (this.hsize > 0) {
+      const key = this.popMin();
       const r = Math.floor(key / POS);
       const p = key - r * POS;
       const q = next[p];
@@ -479,12 +451,54 @@ export class ByteLevelBpe {
       const after = next[q];
       next[p] = after;
       if (after >= 0) prev[after] = p;
-      if (prev[p] >= 0) push(prev[p]);
-      push(p);
+      if (prev[p] >= 0) this.pushPair(prev[p]);
+      this.pushPair(p);
     }
     const out: number[] = [];
     for (let i = 0; i >= 0; i = next[i]) if (ids[i] >= 0) out.push(ids[i]);
     return out;
+  }
+
+  /** Queues the merge of the pair starting at position p, if there is one (binary min-heap of rank * 2^31 + p). */
+  private pushPair(p: number): void {
+    const ids = this.ids;
+    const q = this.next[p];
+    if (q < 0 || ids[p] < 0 || ids[q] < 0) return;
+    const r = this.rank(ids[p], ids[q]);
+    if (r < 0) return;
+    let heap = this.heap;
+    if (this.hsize === heap.length) {
+      const h = new Float64Array(heap.length * 2);
+      h.set(heap);
+      heap = this.heap = h;
+    }
+    let i = this.hsize++;
+    const key = r * POS + p;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (heap[parent] <= key) break;
+      heap[i] = heap[parent];
+      i = parent;
+    }
+    heap[i] = key;
+  }
+
+  private popMin(): number {
+    const heap = this.heap;
+    const top = heap[0];
+    const size = --this.hsize;
+    const last = heap[size];
+    let i = 0;
+    for (;;) {
+      const l = 2 * i + 1;
+      if (l >= size) break;
+      const c = l + 1 < size && heap[l + 1] < heap[l] ? l + 1 : l;
+      if (heap[c] >= last) break;
+      heap[i] = heap[c];
+      i = c;
+    }
+    heap[i] = last;
+    return top;
   }
 
   /** Decodes like `@huggingface/tokenizers`' `Tokenizer.decode` (ByteLevel decoder, added tokens verbatim). */
