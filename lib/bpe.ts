@@ -177,6 +177,28 @@ class AddedSplitter {
   }
 }
 
+/** Words longer than this (byte-level characters) run in chunks of CHUNK (see ByteLevelBpe.bpeChunked). */
+const LONG_WORD = 512;
+const CHUNK = 128;
+/** Boundary positions tried (one character apart) before two chunks are joined. */
+const SHIFTS = 6;
+
+/** A run's merges in order: rank, and the first and last token after each (first0/last0: before any). */
+interface Timeline {
+  ranks: number[];
+  firsts: number[];
+  lasts: number[];
+  first0: number;
+  last0: number;
+}
+
+/** The BPE of word[start, end) with its timeline. */
+interface ChunkRun extends Timeline {
+  ids: number[];
+  start: number;
+  end: number;
+}
+
 /** GPT-2's byte -> printable character table (the ByteLevel pre-tokenizer's alphabet). */
 const BYTE_CHARS: readonly string[] = (() => {
   const keep = (b: number): boolean => (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
@@ -272,6 +294,7 @@ export class ByteLevelBpe {
   private preTokenizer!: PreTokenizerLike;
   private decoder!: DecoderLike;
   private readonly cache = new Map<string, number[]>();
+  private readonly chunkCache = new Map<string, ChunkRun>();
   /** Llama 3's pre-tokenizer shape (Split Isolated by a regex, then ByteLevel without regex): its regex. */
   private splitRegex: RegExp | null = null;
   readonly added: AddedTokenSpec[];
@@ -412,7 +435,7 @@ export class ByteLevelBpe {
         return;
       }
     }
-    const ids = this.bpe(word);
+    const ids = word.length > LONG_WORD ? this.bpeChunked(word) : this.bpe(word, 0, word.length, null);
     if (cacheable) {
       if (this.cache.size >= 10000) this.cache.clear();
       this.cache.set(word, ids);
@@ -420,9 +443,108 @@ export class ByteLevelBpe {
     for (const id of ids) out.push(id);
   }
 
-  /** The merge loop over one word (byte-level characters, one UTF-16 unit each). */
-  private bpe(word: string): number[] {
+  /**
+   * A long word in chunks, exactly. Hugging Face's BPE over the whole word equals the concatenation of its
+   * chunks' BPE when no merge ever crosses a chunk boundary; {@link crosses} decides that for two adjacent chunks
+   * from their own runs (the merges of the left and right chunk interleave in rank order, and the pair across
+   * the boundary, last token of the left and first of the right at each moment, would have to become the
+   * smallest rank). A boundary that could be crossed is dropped and the two chunks run as one. Chunks repeat in
+   * adversarial text (one character repeated) and are cached, so a 1 MiB word costs about as much as text.
+   * When dropping boundaries has re-run more than the word's length, the rest runs as one word (the plain
+   * O(n log n) loop), so the chunking never costs more than about twice that.
+   */
+  private bpeChunked(word: string): number[] {
     const n = word.length;
+    const stack: ChunkRun[] = [];
+    let rerun = 0;
+    let s = 0;
+    while (s < n) {
+      if (rerun > 2 * n) {
+        // Boundaries keep being crossed: the rest as one word.
+        let from = s;
+        while (stack.length > 0) {
+          // The last chunk may still interact with the rest: fold it in.
+          from = stack.pop()!.start;
+          break;
+        }
+        const out: number[] = [];
+        for (const c of stack) for (const id of c.ids) out.push(id);
+        for (const id of this.bpe(word, from, n, null)) out.push(id);
+        return out;
+      }
+      const e = n - s < CHUNK + CHUNK / 2 ? n : s + CHUNK;
+      let cur = this.chunkRun(word, s, e);
+      if (stack.length > 0 && this.crosses(stack[stack.length - 1], cur)) {
+        // Move the boundary a few characters right: the top chunk grows, so its own left boundary is checked again.
+        const top = stack[stack.length - 1];
+        const below = stack.length > 1 ? stack[stack.length - 2] : null;
+        for (let d = 1; d <= SHIFTS && s + d < e - 1; d++) {
+          const left = this.chunkRun(word, top.start, s + d);
+          const right = this.chunkRun(word, s + d, e);
+          rerun += e - top.start;
+          if ((below === null || !this.crosses(below, left)) && !this.crosses(left, right)) {
+            stack[stack.length - 1] = left;
+            cur = right;
+            break;
+          }
+        }
+      }
+      while (stack.length > 0 && this.crosses(stack[stack.length - 1], cur)) {
+        const left = stack.pop()!;
+        rerun += cur.end - left.start;
+        cur = this.chunkRun(word, left.start, cur.end);
+      }
+      stack.push(cur);
+      s = e;
+    }
+    const out: number[] = [];
+    for (const c of stack) for (const id of c.ids) out.push(id);
+    return out;
+  }
+
+  /** The BPE of word[s, e) with its timeline; identical chunks (repeated text) come from a cache. */
+  private chunkRun(word: string, s: number, e: number): ChunkRun {
+    const key = e - s <= CHUNK * 2 ? word.slice(s, e) : null;
+    const hit = key !== null ? this.chunkCache.get(key) : undefined;
+    if (hit) return { ...hit, start: s, end: e };
+    const tl: Timeline = { ranks: [], firsts: [], lasts: [], first0: -1, last0: -1 };
+    const ids = this.bpe(word, s, e, tl);
+    const run: ChunkRun = { ids, start: s, end: e, ...tl };
+    if (key !== null) {
+      if (this.chunkCache.size >= 4096) this.chunkCache.clear();
+      this.chunkCache.set(key, run);
+    }
+    return run;
+  }
+
+  /**
+   * Whether a merge could cross the boundary between adjacent chunks L and R: replays both runs in the
+   * order the whole-word run would interleave them (smaller rank first, L before R on a tie: L's pairs lie to
+   * the left) and checks at each state whether the pair across the boundary has a rank that would be taken
+   * first (before L's next merge, and before or with R's next, since it lies left of R's pairs).
+   */
+  private crosses(L: ChunkRun, R: ChunkRun): boolean {
+    let i = 0;
+    let j = 0;
+    const nl = L.ranks.length;
+    const nr = R.ranks.length;
+    for (;;) {
+      const x = i === 0 ? L.last0 : L.lasts[i - 1];
+      const y = j === 0 ? R.first0 : R.firsts[j - 1];
+      const rs = x < 0 || y < 0 ? -1 : this.rank(x, y);
+      const rl = i < nl ? L.ranks[i] : Infinity;
+      const rr = j < nr ? R.ranks[j] : Infinity;
+      if (rs >= 0 && rs < rl && rs <= rr) return true;
+      if (i >= nl && j >= nr) return false;
+      if (rl <= rr) i++;
+      else j++;
+    }
+  }
+
+  /** The merge loop over word[s, e) (byte-level characters, one UTF-16 unit each); `tl` records its timeline. */
+  private bpe(word: string, s: number, e: number, tl: Timeline | null): number[] {
+    const n = e - s;
+    if (n <= 0) return [];
     if (this.ids.length < n) {
       const cap = Math.max(n, this.ids.length * 2);
       this.ids = new Int32Array(cap);
@@ -433,9 +555,14 @@ export class ByteLevelBpe {
     const next = this.next;
     const prev = this.prev;
     for (let i = 0; i < n; i++) {
-      ids[i] = this.charIds[word.charCodeAt(i)];
+      ids[i] = this.charIds[word.charCodeAt(s + i)];
       next[i] = i + 1 < n ? i + 1 : -1;
       prev[i] = i - 1;
+    }
+    let tail = n - 1;
+    if (tl) {
+      tl.first0 = ids[0];
+      tl.last0 = ids[tail];
     }
     this.hsize = 0;
     for (let i = 0; i + 1 < n; i++) this.pushPair(i);
@@ -451,6 +578,12 @@ export class ByteLevelBpe {
       const after = next[q];
       next[p] = after;
       if (after >= 0) prev[after] = p;
+      else tail = p;
+      if (tl) {
+        tl.ranks.push(r);
+        tl.firsts.push(ids[0]);
+        tl.lasts.push(ids[tail]);
+      }
       if (prev[p] >= 0) this.pushPair(prev[p]);
       this.pushPair(p);
     }

@@ -63,6 +63,35 @@ test('an added token with an astral character splits as in the library', () => {
   expect(lib.filter((id) => id === 128256)).toHaveLength(2);
 });
 
+test('long words run in chunks: ids equal the library on generated periodic and random words', () => {
+  // Generated, seeded: periods that do not divide the chunk size, runs of rare and common pairs, letters of
+  // several scripts. Every word is longer than the chunking threshold (512 byte-level characters).
+  let seed = 21;
+  const rnd = (): number => ((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 4294967296);
+  const pick = (alphabet: string): string => alphabet[Math.floor(rnd() * alphabet.length)];
+  const gens: Array<() => string> = [
+    () => 'abc'.repeat(700),
+    () => 'aab'.repeat(650),
+    () => 'a'.repeat(1000 + Math.floor(rnd() * 1000)) + 'b' + 'a'.repeat(777),
+    () => Array.from({ length: 1500 }, () => pick('ab')).join(''),
+    () => Array.from({ length: 1500 }, () => pick('etaoinshrdlu')).join(''),
+    () => Array.from({ length: 900 }, () => pick('東京都中国語日本人大学生')).join(''),
+    () => Array.from({ length: 900 }, () => String.fromCharCode(0x4e00 + Math.floor(rnd() * 0x5000))).join(''),
+    () => Array.from({ length: 700 }, () => pick('абвгдежзийклмнопрст')).join(''),
+    () => '!?'.repeat(600) + '.'.repeat(333),
+    () => ' '.repeat(1500) + '\n'.repeat(700),
+  ];
+  const tj = JSON.parse(fs.readFileSync(path.join(TINY, 'tokenizer.json'), 'utf8')) as Record<string, unknown>;
+  const ours = new PlmTokenizer(tj, {});
+  tj.normalizer = { type: 'Sequence', normalizers: [] };
+  const lib = new PlmTokenizer(tj, {});
+  expect(lib.implementation).toBe('library');
+  for (let k = 0; k < 30; k++) {
+    const text = gens[k % gens.length]();
+    expect([k, ours.encode(text)]).toEqual([k, lib.encode(text)]);
+  }
+});
+
 describe('PlmTokenizer.load (worker thread)', () => {
   test('gives the same tokenizer as the synchronous constructor', async () => {
     const fractions: number[] = [];
