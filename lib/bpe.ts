@@ -450,8 +450,8 @@ export class ByteLevelBpe {
    * the boundary, last token of the left and first of the right at each moment, would have to become the
    * smallest rank). A boundary that could be crossed is dropped and the two chunks run as one. Chunks repeat in
    * adversarial text (one character repeated) and are cached, so a 1 MiB word costs about as much as text.
-   * When dropping boundaries has re-run more than the word's length, the rest runs as one word (the plain
-   * O(n log n) loop), so the chunking never costs more than about twice that.
+   * When moving or dropping boundaries has re-run more than the word's length, the rest runs as one chunk (the
+   * plain O(n log n) loop), so the chunking costs at most about twice that loop.
    */
   private bpeChunked(word: string): number[] {
     const n = word.length;
@@ -459,18 +459,14 @@ export class ByteLevelBpe {
     let rerun = 0;
     let s = 0;
     while (s < n) {
-      if (rerun > 2 * n) {
-        // Boundaries keep being crossed: the rest as one word.
-        let from = s;
-        while (stack.length > 0) {
-          // The last chunk may still interact with the rest: fold it in.
-          from = stack.pop()!.start;
-          break;
+      if (rerun > n) {
+        // Boundaries keep being crossed: the rest as one run, checked against the chunks before it like any other.
+        let cur = this.chunkRun(word, s, n);
+        while (stack.length > 0 && this.crosses(stack[stack.length - 1], cur)) {
+          cur = this.chunkRun(word, stack.pop()!.start, n);
         }
-        const out: number[] = [];
-        for (const c of stack) for (const id of c.ids) out.push(id);
-        for (const id of this.bpe(word, from, n, null)) out.push(id);
-        return out;
+        stack.push(cur);
+        break;
       }
       const e = n - s < CHUNK + CHUNK / 2 ? n : s + CHUNK;
       let cur = this.chunkRun(word, s, e);
