@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Native checks (issue 19), run by .ci/run after `npm ci` built build/:
-#   1. the C++ unit tools that need no GPU (plm_matmul_test, plm_attention_test, plm_parser_fuzz's fixed cases and
-#      a short mutation loop), built in build/ next to the addon (only these targets: the core objects are reused);
+#   1. the C++ unit tools that need no GPU (plm_matmul_test, plm_attention_test, plm_sampler_test, plm_parser_fuzz's
+#      fixed cases and a short mutation loop), built in build/ next to the addon (only these targets: the core objects are reused);
 #   2. the same tools built with AddressSanitizer + UndefinedBehaviorSanitizer (build-sanitize/, CPU only, -O1,
-#      PLM_NATIVE_CHECKS: the core and the CPU kernels without the model code) and run, with a longer seeded
-#      mutation loop over the safetensors / JSON / config parsers. Any sanitizer report aborts its tool, and any failing tool fails CI.
+#      PLM_NATIVE_CHECKS: the core, the CPU kernels and the sampler, without the other model code) and run, with a
+#      longer seeded mutation loop over the safetensors / JSON / config parsers. Any sanitizer report aborts its
+#      tool, and any failing tool fails CI.
 # Usage: .ci/native_checks.sh [--fuzz-seconds 60]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,7 @@ if [ "${1:-}" = "--fuzz-seconds" ]; then fuzz_seconds=$2; fi
 jobs=$(nproc 2>/dev/null || echo 2)
 gen=()
 command -v ninja >/dev/null && gen=(-G Ninja)
-targets=(plm_matmul_test plm_attention_test plm_parser_fuzz)
+targets=(plm_matmul_test plm_attention_test plm_sampler_test plm_parser_fuzz)
 fixtures=test/fixtures/text
 seeds=("$fixtures"/tied_llama3_gqa4_hd64_bf16_v5_sharded/model-0000[1-5]-of-00005.safetensors
   "$fixtures"/tied_llama3_gqa4_hd64_bf16_v5_sharded/model.safetensors.index.json
@@ -24,6 +25,7 @@ run_tools() {  # $1: build dir, $2: fuzz seconds
   local dir=$1
   "$dir/plm_matmul_test" --threads 2
   "$dir/plm_attention_test" --threads 2
+  "$dir/plm_sampler_test"
   "$dir/plm_parser_fuzz" --seconds "$2" --seed "${PLM_FUZZ_SEED:-1}" "${seeds[@]}"
 }
 
