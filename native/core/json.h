@@ -1,4 +1,7 @@
-// A small JSON reader for config files and safetensors headers (no writer, no comments).
+// A small JSON reader for config files and safetensors headers (no writer, no comments). Strict RFC 8259
+// grammar (numbers, escapes, no control characters in strings, strings valid UTF-8, no lone surrogates), plus
+// the NaN / Infinity / -Infinity literals that Python's json.dumps writes. Nesting depth is capped at 256.
+// Integer literals keep their exact value (as_uint64 / as_int64) so that 64-bit offsets are never rounded.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -24,6 +27,10 @@ class Json {
   bool is_bool() const { return type_ == Type::kBool; }
 
   double number() const { return number_; }
+  // True, with the value, when this is an integer literal (no fraction, no exponent) that fits the type.
+  // "1.0", "1e3", NaN and -0 are not integer literals.
+  bool as_uint64(uint64_t* out) const;
+  bool as_int64(int64_t* out) const;
   bool boolean() const { return bool_; }
   const std::string& string() const { return string_; }
   const std::vector<Json>& array() const { return array_; }
@@ -37,13 +44,18 @@ class Json {
   Type type_ = Type::kNull;
   bool bool_ = false;
   double number_ = 0;
+  bool int_literal_ = false;   // written as -?digits, and fits int64 or uint64 (below)
+  bool int_negative_ = false;
+  uint64_t int_magnitude_ = 0;
   std::string string_;
   std::vector<Json> array_;
   std::vector<std::pair<std::string, Json>> object_;
   friend class JsonParser;
 };
 
-std::string read_text_file(const std::string& path);  // throws kFileNotFound / kFileRead
+// Reads a regular file of at most `max_bytes` (a FIFO, device or directory is kFileRead, never a hang: it is
+// opened non-blocking and checked with fstat before any read). Throws kFileNotFound / kFileRead.
+std::string read_text_file(const std::string& path, size_t max_bytes = size_t(64) << 20);
 bool file_exists(const std::string& path);
 bool is_directory(const std::string& path);
 

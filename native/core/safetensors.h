@@ -1,7 +1,11 @@
-// Safetensors files opened by mmap, with no copy of the weights. A set is one model.safetensors or the
-// shards listed by model.safetensors.index.json. Headers are validated against the file size: every
-// tensor's byte range must lie inside the data section, match dtype × shape and not overlap another.
+// Safetensors files opened by mmap (MAP_PRIVATE, PROT_READ), with no copy of the weights. A set is one
+// model.safetensors or the shards listed by model.safetensors.index.json. Every rule of the format is
+// checked, and a broken one is kCorruptFile naming the rule and the tensor: header length 2..100 MB inside the
+// file; the header a strict UTF-8 JSON object; integer offsets with begin <= end; byte size = dtype x shape
+// (overflow-checked); the tensors tile the data section with no gap and no overlap and end at the end of
+// the file. Shard names of an index must be plain file names of the folder; shards must be regular files.
 #pragma once
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -13,6 +17,8 @@ namespace plm {
 
 class SafetensorsFile {
  public:
+  // The largest JSON header accepted (the reference Rust reader's cap).
+  static constexpr uint64_t kMaxHeaderBytes = 100000000;
   // Throws plm::Error: kFileNotFound, kFileRead (truncated), kCorruptFile (bad header), kUnsupportedDtype.
   // `fix` ends the messages of a damaged file (what to do about it).
   explicit SafetensorsFile(const std::string& path, const std::string& fix = "Re-download the checkpoint.");

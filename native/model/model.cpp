@@ -58,8 +58,13 @@ void validate(LoadedModel& m) {
   if (!v.present) return;
   const std::string vp = kVision;
   // The weights decide what the architecture table cannot: MLP width, layer scale, final norm.
-  if (const TensorView* fc1 = m.find(vp + "blocks.0.mlp.fc1.weight"); fc1 && fc1->shape.size() == 2)
+  if (const TensorView* fc1 = m.find(vp + "blocks.0.mlp.fc1.weight"); fc1 && fc1->shape.size() == 2) {
+    // A size read from the file: range-checked before it becomes an int.
+    if (fc1->shape[0] < 1 || fc1->shape[0] > (int64_t(1) << 20))
+      throw Error(ErrorCode::kShapeMismatch, "weight '" + vp + "blocks.0.mlp.fc1.weight' has shape " + fc1->shape_string() +
+                                                 ": its MLP width must be 1..1048576");
     v.mlp_hidden = static_cast<int>(fc1->shape[0]);
+  }
   v.layer_scale = m.find(vp + "blocks.0.gamma_1") != nullptr;
   v.post_norm = m.find(vp + "norm.weight") != nullptr;
   const int64_t C = v.width;
