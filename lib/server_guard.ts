@@ -38,6 +38,9 @@ export function toHttpError(e: unknown): HttpError {
       case 'ERR_CONTEXT_OVERFLOW':
       case 'ERR_FILE_NOT_FOUND':
       case 'ERR_FFMPEG_MISSING':
+      // The model's template renders this request's messages under a budget: a request that trips it (by its
+      // size or shape) is refused like one too long for the context.
+      case 'ERR_TEMPLATE':
         return new HttpError(400, e.message, 'invalid_request_error', e.code);
       case 'ERR_CANCELLED':
         return new HttpError(499, e.message, 'cancelled', e.code);

@@ -355,9 +355,13 @@ std::unique_ptr<QuantizedFile> QuantizedFile::open(const std::string& path, cons
     if (!name || !name->is_string() || !size || !size->is_number() || !fp || !fp->is_string())
       throw Error(ErrorCode::kCorruptFile, path + ": malformed source_files entry " + std::to_string(i) + ". " + kFix);
     if (name->string() != actual[i].name) throw stale("weight file " + name->string() + " vs " + actual[i].name);
-    if (static_cast<uint64_t>(size->number()) != actual[i].size)
+    uint64_t recorded_size = 0;
+    if (!size->as_uint64(&recorded_size))
+      throw Error(ErrorCode::kCorruptFile, path + ": source_files entry " + std::to_string(i) +
+                                               " has a size that is not a whole number of bytes. " + kFix);
+    if (recorded_size != actual[i].size)
       throw stale(actual[i].name + " has " + std::to_string(actual[i].size) + " bytes, it was made from " +
-                  std::to_string(static_cast<uint64_t>(size->number())));
+                  std::to_string(recorded_size));
     if (fp->string() != actual[i].fingerprint) throw stale("the contents of " + actual[i].name + " differ");
   }
   if (get("lm_head_source") != model.lm_head().name)
