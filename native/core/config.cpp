@@ -197,7 +197,7 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
     bad(tsrc, "hidden_size must be a multiple of num_attention_heads when head_dim is not given");
   t.head_dim = int_field(*tc, "head_dim", t.hidden_size / t.num_heads, 2, 4096, tsrc);
   if (t.head_dim % 2 != 0) bad(tsrc, "\"head_dim\" must be even (rotary embeddings rotate pairs)");
-  t.rms_norm_eps = static_cast<float>(real_field(*tc, "rms_norm_eps", 1e-6, 0.0, 1.0, true, tsrc));
+  t.rms_norm_eps = static_cast<float>(real_field(*tc, "rms_norm_eps", 1e-6, 1e-30, 1.0, false, tsrc));
   t.max_position_embeddings = int_field(*tc, "max_position_embeddings", 2048, 1, 1 << 21, tsrc);
   t.hidden_act = str(*tc, "hidden_act", "silu");
   t.attention_bias = boolean(*tc, "attention_bias", false);
