@@ -45,7 +45,8 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
 
 // Activation precision of the matmuls with many rows (prefill, vision). kF32: f32 activations and
 // accumulation (exact to f32 rounding; the fixture tests' mode). kBF16: activations rounded to bf16,
-// f32 accumulation, on AMX tiles where the CPU has them (error bound in benchmarks/RESULTS.md).
+// f32 accumulation, on AMX tiles where the CPU has them, else with AVX512-BF16 vdpbf16ps on the same operands
+// (error bound in benchmarks/RESULTS.md).
 // Small-M matmuls (decode, M <= 8) always use f32 activations: they are memory-bound either way.
 enum class Precision { kF32, kBF16 };
 
@@ -135,7 +136,7 @@ struct RowNorm {
 void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool, Precision precision,
                   const RowNorm& norm, float* normed);
 
-// True when kBF16 has a fast kernel on this CPU (AMX-BF16 granted by the OS).
+// True when kBF16 has a fast kernel on this CPU: AMX-BF16 granted by the OS, or AVX512-BF16 (vdpbf16ps).
 bool bf16_matmul_available();
 
 // Which kernel family matmul() uses on this CPU, for `plm info` and benchmarks ("amx-bf16+avx512", ...).
