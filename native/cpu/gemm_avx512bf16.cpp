@@ -37,13 +37,18 @@ inline __m512bh bcast_pair(const uint16_t* p) {
   return (__m512bh)_mm512_set1_epi32(v);
 }
 
-// acc[r][j] (j < 2 * NP) += sum over the kchunks*32 k of a[r][k] * W[n + 16 j + lane][k] for kMR rows starting at `a` (row r
-// at a + r * 32, k chunk kc at + kc * 512: the tile order) and NP panels whose slices start at w[p]
-// (chunk kc at + kc * 2048 bytes, half h at + h * 1024, k pair q at + q * 64).
+// c[r][j] (row r at c + r * ldc, 16 columns at + j * 16, j < 2 * NP; zero instead of read where `fresh`) +=
+// sum over the kchunks * 32 k of a[r][k] * W[n + 16 j + lane][k], for kMR rows starting at `a` (row r at
+// a + r * 32, k chunk kc at + kc * 512: the tile order) and NP panels whose slices start at w0, w1 (chunk kc at
+// + kc * 2048 bytes, half h at + h * 1024, k pair q at + q * 64). The accumulators are locals (all 16 stay in
+// registers: through a reference the compiler moved them around), c is read once and written once.
 template <int NP>
-inline void micro(const uint16_t* a, const uint8_t* const* w, int64_t kchunks, __m512 (&acc)[kMR][4]) {
-  const uint8_t* w0 = w[0];
-  const uint8_t* w1 = NP > 1 ? w[1] : w[0];
+void micro(const uint16_t* a, const uint8_t* w0, const uint8_t* w1, int64_t kchunks, float* c, int64_t ldc, bool fresh) {
+  __m512 acc[kMR][2 * NP];
+#pragma GCC unroll 8
+  for (int r = 0; r < kMR; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < 2 * NP; ++j) acc[r][j] = fresh ? _mm512_setzero_ps() : _mm512_load_ps(c + r * ldc + j * 16);
   for (int64_t kc = 0; kc < kchunks; ++kc) {
     const uint16_t* ak = a + kc * 512;
     const uint8_t* b0 = w0 + kc * 2048;
@@ -65,6 +70,10 @@ inline void micro(const uint16_t* a, const uint8_t* const* w, int64_t kchunks, _
       }
     }
   }
+#pragma GCC unroll 8
+  for (int r = 0; r < kMR; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < 2 * NP; ++j) _mm512_store_ps(c + r * ldc + j * 16, acc[r][j]);
 }
 
 // One matrix's W panels: from the weights (packed here per call) or from the prepacked copy.
@@ -108,29 +117,23 @@ void compute(const PanelSource* src, int64_t K, int64_t N, const uint16_t* xb, i
         }
       for (int64_t m = m0; m < mend; m += kMR) {
         const uint16_t* a = xb + a_tile_offset(m, k0 / 32, K) + (m % 16) * 32;
-        alignas(64) float gate[kMR][4][16];
+        alignas(64) float gate[kMR][64], cbuf[kMR][64];  // [row][column] f32 of the micro-tile
         for (int i = 0; i < kMatrices; ++i) {
-          __m512 acc[kMR][4];
+          // Sums go to the parked partials until the last slice, then to cbuf (or gate) for the epilogue.
           float* park = sliced ? pbuf + (i * rows + (m - m0)) * cols + (n - n0) : nullptr;
+          float* c = last ? (kMatrices == 2 && i == 0 ? gate[0] : cbuf[0]) : park;
+          const int64_t ldc = last ? 64 : cols;
+          if (last && !first) {  // bring the parked sums over
+            for (int r = 0; r < kMR; ++r)
+              for (int j = 0; j < 2 * np; ++j) _mm512_store_ps(c + r * 64 + j * 16, _mm512_load_ps(park + r * cols + j * 16));
+          }
+          if (np == 2) micro<2>(a, wp[i][0], wp[i][1], kl / 32, c, ldc, first);
+          else micro<1>(a, wp[i][0], wp[i][0], kl / 32, c, ldc, first);
+          if (!last || (kMatrices == 2 && i == 0)) continue;  // gate waits for up
           for (int r = 0; r < kMR; ++r)
             for (int j = 0; j < 2 * np; ++j)
-              acc[r][j] = first ? _mm512_setzero_ps() : _mm512_load_ps(park + r * cols + j * 16);
-          if (np == 2) micro<2>(a, wp[i], kl / 32, acc);
-          else micro<1>(a, wp[i], kl / 32, acc);
-          if (!last) {
-            for (int r = 0; r < kMR; ++r)
-              for (int j = 0; j < 2 * np; ++j) _mm512_store_ps(park + r * cols + j * 16, acc[r][j]);
-            continue;
-          }
-          if (kMatrices == 2 && i == 0) {  // gate waits for up
-            for (int r = 0; r < kMR; ++r)
-              for (int j = 0; j < 2 * np; ++j) _mm512_store_ps(gate[r][j], acc[r][j]);
-            continue;
-          }
-          for (int r = 0; r < kMR; ++r)
-            for (int j = 0; j < 2 * np; ++j)
-              finish16<E>(out, N, M, m + r, n + 16 * j, acc[r][j],
-                          kMatrices == 2 ? _mm512_load_ps(gate[r][j]) : _mm512_setzero_ps());
+              finish16<E>(out, N, M, m + r, n + 16 * j, _mm512_load_ps(cbuf[r] + j * 16),
+                          kMatrices == 2 ? _mm512_load_ps(gate[r] + j * 16) : _mm512_setzero_ps());
         }
       }
     }
