@@ -1,9 +1,10 @@
 // CPU attention kernels against the f32 reference on random inputs, then one timing of the ViT shape.
 //
 //   plm_attention_test [--threads N]
+//   PLM_CPU_ISA=avx512vnni plm_attention_test     # the f32 kernels on a CPU with AVX512-BF16
 //
-// Each case runs attention() in Precision::kBF16 (the AMX flash kernel where the CPU has AMX-BF16, the f32
-// kernels elsewhere) and kF32 on the same q, k, v and reports max |bf16 - f32| / max(1, max |f32|); bound
+// Each case runs attention() in Precision::kBF16 (the AMX flash kernel where the CPU has AMX-BF16, the
+// AVX512-BF16 one where it has only that, the f32 kernels elsewhere; PLM_CPU_ISA picks a lower one) and kF32 on the same q, k, v and reports max |bf16 - f32| / max(1, max |f32|); bound
 // 2e-2 (Q, K, V and P rounded to bf16; 4e-2 where scores reach ~40). Output is poisoned with NaN first, so
 // an unwritten element fails.
 // Last line "N passed, M failed"; exit code 1 on any failure. The timing line is informational.
