@@ -51,6 +51,9 @@ bool matmul_avx512_f32(const float* x, int64_t M, const WeightMatrix& w, const f
 // Same with AVX2+FMA+F16C (GEMV for small M only; larger M returns false).
 bool matmul_avx2_f32(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y,
                      ThreadPool* pool);
+// Same with AVX2+FMA+F16C for M > 8 (panel GEMM, gemm_panel_avx2.cpp; M <= 8 returns false).
+bool matmul_avx2_panel_f32(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y,
+                           ThreadPool* pool);
 // bf16 activations (x rounded to nearest even), bf16 weights, f32 accumulation on AMX tiles.
 // Needs K % 32 == 0, N % 32 == 0; returns false otherwise.
 bool matmul_amx_bf16(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y,

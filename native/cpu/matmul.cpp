@@ -255,7 +255,8 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
   if (amx_rows(precision, M) && kernels::matmul_amx_bf16(x, M, w, bias, y, pool)) return;
   if (avx512bf16_rows(precision, M) && kernels::matmul_avx512bf16(x, M, w, bias, y, pool)) return;
   if (avx512_usable() && kernels::matmul_avx512_f32(x, M, w, bias, y, pool)) return;
-  if (avx2 && kernels::matmul_avx2_f32(x, M, w, bias, y, pool)) return;
+  if (avx2 && kernels::matmul_avx2_f32(x, M, w, bias, y, pool)) return;          // M <= 8
+  if (avx2 && kernels::matmul_avx2_panel_f32(x, M, w, bias, y, pool)) return;    // M > 8
 #elif defined(__aarch64__)
   (void)precision;  // no bf16-activation kernel on ARM yet: kBF16 runs in f32
   if (cpu_features().neon && kernels::matmul_neon_f32(x, M, w, bias, y, pool)) return;
