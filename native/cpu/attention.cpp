@@ -49,6 +49,19 @@ bool attention_tiles_available(Precision precision, const AttentionShape& s) {
 #endif
 }
 
+const char* attention_kernel_name(Precision precision) {
+  AttentionShape s;
+  s.q_len = s.kv_len = 64;
+  s.heads = s.kv_heads = 1;
+  s.head_dim = 64;
+  if (attention_tiles_available(precision, s))
+    return cpu_features().amx_bf16 ? "amx-bf16 (flash, tiles)" : "avx512-bf16 (flash, vdpbf16ps)";
+#if defined(__x86_64__) || defined(_M_X64)
+  if (cpu_features().avx512f && cpu_features().avx512dq) return "avx512 (flash, f32)";
+#endif
+  return "portable (f32)";
+}
+
 void attention(const float* q, const float* k, const float* v, float* out, const AttentionShape& s, ThreadPool* pool) {
 #if defined(__x86_64__) || defined(_M_X64)
   static const bool avx512 = cpu_features().avx512f && cpu_features().avx512dq;

@@ -44,4 +44,8 @@ void attention(const float* q, const float* k, const float* v, float* out, const
 // AttentionShape::out_tiles.
 bool attention_tiles_available(Precision precision, const AttentionShape& s);
 
+// The kernel attention over many query rows (>= 16, head_dim % 32 == 0) runs at `precision` on this CPU, e.g.
+// "avx512-bf16 (flash, vdpbf16ps)", for `plm info`.
+const char* attention_kernel_name(Precision precision);
+
 }  // namespace plm::cpu

@@ -99,6 +99,22 @@ const char* matmul_kernel_name() {
   return "portable";
 }
 
+const char* gemm_kernel_name(Precision precision) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (precision == Precision::kBF16 && amx_usable()) return "amx-bf16 (tiles)";
+  if (precision == Precision::kBF16 && avx512bf16_usable()) return "avx512-bf16 (vdpbf16ps)";
+  if (avx512_usable()) return "avx512 (f32 panel)";
+  const CpuFeatures& f = cpu_features();
+  if (f.avx2 && f.fma && f.f16c) return "avx2 (f32 panel)";
+#elif defined(__aarch64__)
+  (void)precision;
+  if (cpu_features().neon) return "neon (f32 panel)";
+#else
+  (void)precision;
+#endif
+  return "portable (f32)";
+}
+
 const void* PackedTiles::data() const {
   return static_cast<const void*>(align64(bytes.data()));
 }

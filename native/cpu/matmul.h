@@ -141,6 +141,9 @@ bool bf16_matmul_available();
 
 // Which kernel family matmul() uses on this CPU, for `plm info` and benchmarks ("amx-bf16+avx512", ...).
 const char* matmul_kernel_name();
+// The kernel a matmul of many rows (M > 8: prefill, vision) runs at `precision` on this CPU, e.g.
+// "avx512-bf16 (vdpbf16ps)" or "avx2 (f32 panel)"; decode (M <= 8) runs the GEMV of matmul_kernel_name().
+const char* gemm_kernel_name(Precision precision);
 
 // Reads one row of W as f32 (embedding lookup, tied heads).
 void weight_row_to_f32(const WeightMatrix& w, int64_t row, float* out);

@@ -1,6 +1,6 @@
 // CPU attention kernels against the f32 reference on random inputs, then one timing of the ViT shape.
 //
-//   plm_attention_test [--threads N]
+//   plm_attention_test [--threads N] [--no-timing]
 //   PLM_CPU_ISA=avx512vnni plm_attention_test     # the f32 kernels on a CPU with AVX512-BF16
 //
 // Each case runs attention() in Precision::kBF16 (the AMX flash kernel where the CPU has AMX-BF16, the
@@ -54,8 +54,11 @@ cpu::AttentionShape shape_of(const Case& c) {
 
 int main(int argc, char** argv) {
   int threads = 2;
-  for (int i = 1; i < argc; ++i)
+  bool timing = true;
+  for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--no-timing")) timing = false;
+  }
   ThreadPool pool(threads);
   std::mt19937 rng(7);
   std::normal_distribution<float> nd(0.f, 1.f);
@@ -120,7 +123,7 @@ int main(int argc, char** argv) {
                   bad == 0 ? "bit-identical to bf16 of the f32 output" : "DIFFERS from bf16 of the f32 output");
     }
   }
-  {  // timing, PE-L tile (informational)
+  if (timing) {  // timing, PE-L tile (informational)
     const cpu::AttentionShape s = shape_of(cases[0]);
     std::vector<float> q(size_t(s.q_len) * s.q_stride), k(q.size()), v(q.size()), o(q.size());
     for (auto* b : {&q, &k, &v})
