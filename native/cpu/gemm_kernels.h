@@ -83,6 +83,10 @@ void pack_bf16_tiles_avx512bf16(const WeightMatrix& w, uint8_t* out, ThreadPool*
 // panel GEMM above. Returns false only for other weight dtypes.
 bool matmul_neon_f32(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y,
                      ThreadPool* pool);
+// bf16 activations (x rounded to nearest even), bf16 weights, f32 accumulation in BFMMLA (gemm_neonbf16.cpp):
+// only where cpu_features().neon_bf16; M > 8, any K and N. Returns false for other dtypes and M <= 8.
+bool matmul_neon_bf16(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y,
+                      ThreadPool* pool);
 #endif
 
 }  // namespace plm::cpu::kernels

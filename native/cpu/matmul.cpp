@@ -81,7 +81,21 @@ bool tile_group(const float* x, int64_t M, const MatmulOut* outs, int count, Thr
 bool bf16_matmul_available() {
 #if defined(__x86_64__) || defined(_M_X64)
   return amx_usable() || avx512bf16_usable();
+#elif defined(__aarch64__)
+  return cpu_features().neon_bf16;
 #else
+  return false;
+#endif
+}
+
+bool bf16_rounds_activations(int64_t M, const WeightMatrix& w) {
+  if (w.quant != Quant::kNone || w.dtype != DType::kBF16 || w.rows <= 0 || w.cols <= 0) return false;
+#if defined(__x86_64__) || defined(_M_X64)
+  return tile_rows(Precision::kBF16, M) && w.rows % 32 == 0 && w.cols % 32 == 0;
+#elif defined(__aarch64__)
+  return M > 8 && cpu_features().neon_bf16;
+#else
+  (void)M;
   return false;
 #endif
 }
@@ -107,7 +121,7 @@ const char* gemm_kernel_name(Precision precision) {
   const CpuFeatures& f = cpu_features();
   if (f.avx2 && f.fma && f.f16c) return "avx2 (f32 panel)";
 #elif defined(__aarch64__)
-  (void)precision;
+  if (precision == Precision::kBF16 && cpu_features().neon_bf16) return "neon-bf16 (bfmmla)";
   if (cpu_features().neon) return "neon (f32 panel)";
 #else
   (void)precision;
@@ -274,7 +288,9 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
   if (avx2 && kernels::matmul_avx2_f32(x, M, w, bias, y, pool)) return;          // M <= 8
   if (avx2 && kernels::matmul_avx2_panel_f32(x, M, w, bias, y, pool)) return;    // M > 8
 #elif defined(__aarch64__)
-  (void)precision;  // no bf16-activation kernel on ARM yet: kBF16 runs in f32
+  if (precision == Precision::kBF16 && M > 8 && cpu_features().neon_bf16 &&
+      kernels::matmul_neon_bf16(x, M, w, bias, y, pool))
+    return;
   if (cpu_features().neon && kernels::matmul_neon_f32(x, M, w, bias, y, pool)) return;
 #else
   (void)precision;

@@ -136,8 +136,12 @@ struct RowNorm {
 void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool, Precision precision,
                   const RowNorm& norm, float* normed);
 
-// True when kBF16 has a fast kernel on this CPU: AMX-BF16 granted by the OS, or AVX512-BF16 (vdpbf16ps).
+// True when kBF16 has a fast kernel on this CPU: AMX-BF16 granted by the OS, AVX512-BF16 (vdpbf16ps), or on
+// ARM64 FEAT_BF16 (BFMMLA).
 bool bf16_matmul_available();
+// True when matmul() at kBF16 over these weights with M rows runs a bf16 kernel, i.e. rounds x to bf16 (else
+// it runs the f32 kernels: other dtypes, quantized weights, few rows, shapes the kernel doesn't cover).
+bool bf16_rounds_activations(int64_t M, const WeightMatrix& w);
 
 // Which kernel family matmul() uses on this CPU, for `plm info` and benchmarks ("amx-bf16+avx512", ...).
 const char* matmul_kernel_name();

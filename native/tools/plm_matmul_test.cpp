@@ -238,7 +238,8 @@ int main(int argc, char** argv) {
     }
     std::printf("%-4s all cases: max abs err %.3e, max scaled err %.3e\n", wtype_name(t), type_abs, type_scaled);
   }
-  // Precision::kBF16. Where a bf16 kernel runs (AMX or AVX512-BF16: bf16 weights, K and N multiples of 32), x is
+  // Precision::kBF16. Where a bf16 kernel runs (bf16_rounds_activations: AMX or AVX512-BF16 with bf16 weights, K and
+  // N multiples of 32; ARM64 BFMMLA with bf16 weights), x is
   // rounded to bf16 (nearest even) and the products are summed in f32. Per output, against double references:
   //   (1) the kernel's own arithmetic: |y - (sum bf16(x_k) w_k + b)| <= 1e-5 * (sum |bf16(x_k) w_k| + |b|), the
   //       f32 tolerance above, so a wrong element, row, slice or tail fails;
@@ -272,7 +273,7 @@ int main(int argc, char** argv) {
           for (auto& v : bias) v = uni1(rng);
           const float* b = with_bias ? bias.data() : nullptr;
           std::vector<float> y(static_cast<size_t>(c.M * c.N + 16), 12345.f);
-          const bool kernel = tile_chain_available(Precision::kBF16, c.M, w);
+          const bool kernel = bf16_rounds_activations(c.M, w);
           matmul(x.data(), c.M, w, b, y.data(), with_bias ? &pool : nullptr, Precision::kBF16);
           int64_t bad = 0;
           for (int64_t i = c.M * c.N; i < c.M * c.N + 16; ++i) bad += y[static_cast<size_t>(i)] != 12345.f;
