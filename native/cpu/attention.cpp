@@ -17,6 +17,8 @@ bool attention_amx_bf16(const float* q, const float* k, const float* v, float* o
                         ThreadPool* pool);
 bool attention_avx512bf16(const float* q, const float* k, const float* v, float* out, const AttentionShape& s,
                           ThreadPool* pool);
+bool attention_avx2(const float* q, const float* k, const float* v, float* out, const AttentionShape& s,
+                    ThreadPool* pool);
 }  // namespace plm::cpu::kernels
 
 namespace plm::cpu {
@@ -58,6 +60,7 @@ const char* attention_kernel_name(Precision precision) {
     return cpu_features().amx_bf16 ? "amx-bf16 (flash, tiles)" : "avx512-bf16 (flash, vdpbf16ps)";
 #if defined(__x86_64__) || defined(_M_X64)
   if (cpu_features().avx512f && cpu_features().avx512dq) return "avx512 (flash, f32)";
+  if (cpu_features().avx2 && cpu_features().fma) return "avx2 (flash, f32)";
 #endif
   return "portable (f32)";
 }
@@ -65,7 +68,9 @@ const char* attention_kernel_name(Precision precision) {
 void attention(const float* q, const float* k, const float* v, float* out, const AttentionShape& s, ThreadPool* pool) {
 #if defined(__x86_64__) || defined(_M_X64)
   static const bool avx512 = cpu_features().avx512f && cpu_features().avx512dq;
+  static const bool avx2 = cpu_features().avx2 && cpu_features().fma;
   if (avx512 && kernels::attention_avx512(q, k, v, out, s, pool)) return;
+  if (avx2 && kernels::attention_avx2(q, k, v, out, s, pool)) return;
 #endif
   const int hd = s.head_dim, group = s.heads / s.kv_heads;
   constexpr int64_t kKeyBlock = 64;
