@@ -144,8 +144,15 @@ if (rounds > 1 && perRound.ours && perRound.torch) {
 }
 let cpu = os.cpus()[0].model;
 try { cpu = execSync("lscpu | sed -n 's/^Model name:[ ]*//p'", { encoding: 'utf8' }).trim() || cpu; } catch { /* ignore */ }
+// The ISA each side ran: ours from the addon's dispatch report (PLM_CPU_ISA caps it), torch's ATen capability.
+const k = R.ours && R.ours.cpuKernels;
+const isaLine = [
+  k ? `ours: ISA ${k.isa}${k.isaRequest ? ` (PLM_CPU_ISA=${k.isaRequest})` : ''}, matmul bf16 ${k.gemmBf16}, attention bf16 ${k.attentionBf16}, decode ${k.decode}` : 'ours: ISA not reported (older addon)',
+  R.torch && R.torch.cpuCapability ? `torch: ATen CPU capability ${R.torch.cpuCapability}` : null,
+].filter(Boolean).join('; ');
 const header = [
   `Machine: ${cpu}, ${os.cpus().length} logical CPUs, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; threads 2 everywhere.`,
+  `ISA: ${isaLine}.`,
   `Date: ${new Date().toISOString()}; load average before: ${loadBefore}; after: ${load()}.`,
   rounds > 1
     ? `Medians of ${runs} runs x ${rounds} rounds per figure (children in order in odd rounds, reversed in even ones).`

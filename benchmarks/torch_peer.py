@@ -67,6 +67,7 @@ def main() -> None:
     res = {
         "peer": f"transformers {__import__('transformers').__version__} + torch {torch.__version__}",
         "dtype": a.dtype, "threads": torch.get_num_threads(), "machine": platform.processor(),
+        "cpuCapability": torch.backends.cpu.get_cpu_capability(),
         "loadMs": (time.perf_counter() - t0) * 1000,
     }
 

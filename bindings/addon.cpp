@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "cpu/cpu_features.h"
 #include "async_job.h"
+#include "cpu_info_binding.h"
 #include "image_processor_binding.h"
 #include "model/engine.h"
 #include "model/quantized_file.h"
@@ -777,6 +778,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cpuFeatures", Napi::Function::New(env, CpuFeatures));
   exports.Set("cudaStatus", Napi::Function::New(env, CudaStatus));
   RegisterImageProcessor(env, exports);
+  RegisterCpuInfo(env, exports);
   return exports;
 }
 

@@ -8,7 +8,7 @@
  */
 import * as os from 'os';
 import * as path from 'path';
-import { loadNative, NativePrecision, NativeQuantize } from './native';
+import { loadNative, NativeCpuKernels, NativePrecision, NativeQuantize } from './native';
 
 export type BenchFigure = 'decode' | 'prefill' | 'vision' | 'ttft';
 
@@ -44,6 +44,8 @@ export interface BenchOptions {
 export interface BenchResults {
   model: string;
   machine: string;
+  /** The CPU kernels that ran (ISA level after PLM_CPU_ISA, kernel per kind of work); null with an older addon. */
+  cpuKernels: NativeCpuKernels | null;
   threads: number;
   precision: NativePrecision;
   quantize: NativeQuantize;
@@ -110,6 +112,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
     const results: BenchResults = {
       model: modelDir,
       machine: os.cpus()[0]?.model ?? 'unknown',
+      cpuKernels: native.cpuKernels ? native.cpuKernels() : null,
       threads,
       precision,
       quantize,
@@ -131,6 +134,8 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
       );
     };
 
+    const k = results.cpuKernels;
+    if (k) log(`cpu: ${k.cpuModel || results.machine}; isa ${k.isa}${k.isaRequest ? ` (PLM_CPU_ISA=${k.isaRequest})` : ''}; matmul ${precision === 'f32' ? k.gemmF32 : k.gemmBf16}`);
     if (only.includes('decode')) {
       const tps: number[] = [];
       for (let r = 0; r < runs; ++r) {

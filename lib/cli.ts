@@ -206,6 +206,7 @@ type InfoOpts = Pick<CommonOpts, 'model' | 'json' | 'backend' | 'threads' | 'qua
 async function runInfo(opts: InfoOpts): Promise<void> {
   const dir = path.resolve(opts.model ?? defaultModelDir());
   const cpu = native.cpuFeatures();
+  const kernels = native.cpuKernels ? native.cpuKernels() : null;
   const cuda = native.cudaStatus();
   const model = await loadModel(dir, {
     backend: opts.backend,
@@ -230,6 +231,7 @@ async function runInfo(opts: InfoOpts): Promise<void> {
           maxContext: model.maxContext,
           chatTemplate: model.chatTemplate.origin,
           cpuFeatures: cpu,
+          cpuKernels: kernels,
           cudaStatus: cuda,
         }) + '\n',
       );
@@ -253,7 +255,16 @@ async function runInfo(opts: InfoOpts): Promise<void> {
         model.quantization.kind === 'none' ? '' : model.quantization.file ? ` (mapped from ${model.quantization.file})` : ' (converted at load)'
       }`,
       `template     ${model.chatTemplate.origin}`,
-      `cpu          ${cpu.join(' ') || 'baseline'}`,
+      `cpu          ${kernels?.cpuModel ? `${kernels.cpuModel}: ` : ''}${cpu.join(' ') || 'baseline'}`,
+      ...(kernels
+        ? [
+            `isa          ${kernels.isa}${kernels.isaRequest ? ` (PLM_CPU_ISA=${kernels.isaRequest}${kernels.isaNote ? `: ${kernels.isaNote}` : ''})` : ''}` +
+              `; this CPU has ${kernels.isaLevels.join(', ')}`,
+            `kernels      matmul f32 ${kernels.gemmF32}, bf16 ${kernels.gemmBf16}`,
+            `             attention f32 ${kernels.attentionF32}, bf16 ${kernels.attentionBf16}`,
+            `             decode ${kernels.decode}, int8/q4 ${kernels.decodeQuantized}`,
+          ]
+        : []),
       `cuda         ${cuda}`,
     ];
     process.stdout.write(lines.join('\n') + '\n');

@@ -14,6 +14,8 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { native, packageRoot } from './native';
+import type { NativeCpuKernels } from './native';
+import { PlmError } from './errors';
 
 export { loadModel, PerceptionLM, Chat } from './model';
 export type {
@@ -74,6 +76,25 @@ export const version: string = readVersion();
  */
 export function cpuFeatures(): string[] {
   return native.cpuFeatures();
+}
+
+/** The CPU kernels chosen on this machine: see {@link cpuKernels}. */
+export type CpuKernels = NativeCpuKernels;
+
+/**
+ * The CPU kernels the dispatch chose on this machine: the ISA level (the CPU's best, or the cap set by the
+ * environment variable `PLM_CPU_ISA`, e.g. `avx2`, read once when the addon loads), the CPU model, and the
+ * kernel that runs each kind of work (many-row matmuls and attention in f32 and bf16 precision, the decode GEMV).
+ *
+ * @example
+ * ```ts
+ * const k = cpuKernels();
+ * console.log(`${k.cpuModel}: ${k.isa}; bf16 matmuls on ${k.gemmBf16}`);
+ * ```
+ */
+export function cpuKernels(): CpuKernels {
+  if (!native.cpuKernels) throw new PlmError('ERR_BACKEND', 'this build of the native addon cannot report its CPU kernels: rebuild it (npm run build:native)');
+  return native.cpuKernels();
 }
 
 /**

@@ -256,6 +256,23 @@ export interface NativePreprocessedImage {
 }
 
 /** Everything bindings/addon.cpp exports. */
+/** What the CPU dispatch chose (bindings/cpu_info_binding.h); strings are "" where not applicable. */
+export interface NativeCpuKernels {
+  /** The ISA level the kernels are chosen for: the CPU's best, or `PLM_CPU_ISA`'s cap. */
+  isa: string;
+  /** Every level this CPU has, best first (the values `PLM_CPU_ISA` can usefully take). */
+  isaLevels: string[];
+  isaRequest: string;
+  isaNote: string;
+  cpuModel: string;
+  gemmF32: string;
+  gemmBf16: string;
+  attentionF32: string;
+  attentionBf16: string;
+  decode: string;
+  decodeQuantized: string;
+}
+
 export interface NativeAddon {
   loadModel(
     dir: string,
@@ -271,6 +288,8 @@ export interface NativeAddon {
   createCancelToken(): NativeCancel;
   createTokenMaskQueue(): NativeTokenMaskQueue;
   cpuFeatures(): string[];
+  /** Optional (older addons lack it): the CPU kernels chosen on this machine. */
+  cpuKernels?(): NativeCpuKernels;
   cudaStatus(): string;
   preprocessImage(
     rgb: Uint8Array,

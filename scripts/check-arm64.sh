@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Cross-builds plm_core and plm_matmul_test for 64-bit ARM Linux and runs the matmul test under qemu
-# (the NEON kernels in native/cpu/gemm_neon.cpp and gemm_quant_neon.cpp). Not part of `npm test`.
+# (the NEON kernels in native/cpu/gemm_neon.cpp, gemm_neonbf16.cpp and gemm_quant_neon.cpp) at every
+# PLM_CPU_ISA level the emulated CPU has. Not part of `npm test`. It checks results only: qemu says nothing
+# about speed on real ARM hardware.
 #
 #   scripts/check-arm64.sh            # build in /tmp/build-arm64
 #   BUILD_DIR=/tmp/b JOBS=1 scripts/check-arm64.sh
@@ -40,6 +42,10 @@ if [ -z "$qemu" ]; then
   exit 1
 fi
 
-echo "check-arm64: running plm_matmul_test under $qemu"
-"$qemu" -L "$sysroot" "$build_dir/plm_matmul_test"
-echo "check-arm64: PASSED"
+# Every ISA level the emulated CPU has (qemu's default CPU has FEAT_BF16: neon-bf16, neon, portable).
+levels="$("$qemu" -L "$sysroot" "$build_dir/plm_matmul_test" --isa-levels)"
+for isa in $levels; do
+  echo "check-arm64: running plm_matmul_test under $qemu with PLM_CPU_ISA=$isa"
+  PLM_CPU_ISA="$isa" "$qemu" -L "$sysroot" "$build_dir/plm_matmul_test"
+done
+echo "check-arm64: PASSED ($(echo $levels | tr ' ' ','))"

@@ -1,7 +1,8 @@
 /**
  * The CPU fast paths that the float32 fixture tests do not exercise, held to their stated bounds
  * (benchmarks/RESULTS.md, README "Quantization"):
- *   - precision 'bf16' (AMX GEMM and AMX flash attention where the CPU has them, f32 kernels elsewhere):
+ *   - precision 'bf16' (the AMX or AVX512-BF16 GEMM and flash attention where the CPU has them, f32 kernels
+ *     elsewhere; test/cpu_isa.test.ts runs this file again at every lower PLM_CPU_ISA level):
  *     logits within 0.5 of the golden (max |logit| ~16) and greedy ids identical on the vision fixtures;
  *   - quantize 'int8' / 'q4' at load: logits close to the unquantized model (relative RMS error), decode runs;
  *   - an unknown quantize value is ERR_INVALID_ARGUMENT.

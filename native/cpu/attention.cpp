@@ -15,6 +15,10 @@ bool attention_avx512(const float* q, const float* k, const float* v, float* out
                       ThreadPool* pool);
 bool attention_amx_bf16(const float* q, const float* k, const float* v, float* out, const AttentionShape& s,
                         ThreadPool* pool);
+bool attention_avx512bf16(const float* q, const float* k, const float* v, float* out, const AttentionShape& s,
+                          ThreadPool* pool);
+bool attention_avx2(const float* q, const float* k, const float* v, float* out, const AttentionShape& s,
+                    ThreadPool* pool);
 }  // namespace plm::cpu::kernels
 
 namespace plm::cpu {
@@ -22,18 +26,24 @@ namespace plm::cpu {
 void attention(const float* q, const float* k, const float* v, float* out, const AttentionShape& s, ThreadPool* pool,
                Precision precision) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (attention_tiles_available(precision, s) && kernels::attention_amx_bf16(q, k, v, out, s, pool)) return;
+  if (attention_tiles_available(precision, s)) {
+    if (cpu_features().amx_bf16 ? kernels::attention_amx_bf16(q, k, v, out, s, pool)
+                                : kernels::attention_avx512bf16(q, k, v, out, s, pool))
+      return;
+  }
 #endif
   if (s.out_tiles)
-    throw Error(ErrorCode::kInternal, "attention: a tile-ordered output needs the AMX kernel (check attention_tiles_available)");
+    throw Error(ErrorCode::kInternal, "attention: a tile-ordered output needs a bf16 attention kernel (check attention_tiles_available)");
   attention(q, k, v, out, s, pool);
 }
 
 bool attention_tiles_available(Precision precision, const AttentionShape& s) {
 #if defined(__x86_64__) || defined(_M_X64)
-  // attention_amx_bf16's coverage (it checks the shape again itself); attention() dispatches on this too.
-  static const bool amx = cpu_features().amx_bf16 && cpu_features().avx512_bf16;
-  return precision == Precision::kBF16 && amx && s.head_dim % 32 == 0 && s.head_dim <= 256 && s.q_len >= 16 &&
+  // The coverage of attention_amx_bf16 and attention_avx512bf16 (they check the shape again themselves);
+  // attention() dispatches on this too. Both need AVX512-BF16 and the rest of AVX-512; AMX picks the first.
+  static const CpuFeatures& f = cpu_features();
+  static const bool bf16 = f.avx512_bf16 && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq;
+  return precision == Precision::kBF16 && bf16 && s.head_dim % 32 == 0 && s.head_dim <= 256 && s.q_len >= 16 &&
          s.kv_len > 0;
 #else
   (void)precision, (void)s;
@@ -41,10 +51,26 @@ bool attention_tiles_available(Precision precision, const AttentionShape& s) {
 #endif
 }
 
+const char* attention_kernel_name(Precision precision) {
+  AttentionShape s;
+  s.q_len = s.kv_len = 64;
+  s.heads = s.kv_heads = 1;
+  s.head_dim = 64;
+  if (attention_tiles_available(precision, s))
+    return cpu_features().amx_bf16 ? "amx-bf16 (flash, tiles)" : "avx512-bf16 (flash, vdpbf16ps)";
+#if defined(__x86_64__) || defined(_M_X64)
+  if (cpu_features().avx512f && cpu_features().avx512dq) return "avx512 (flash, f32)";
+  if (cpu_features().avx2 && cpu_features().fma) return "avx2 (flash, f32)";
+#endif
+  return "portable (f32)";
+}
+
 void attention(const float* q, const float* k, const float* v, float* out, const AttentionShape& s, ThreadPool* pool) {
 #if defined(__x86_64__) || defined(_M_X64)
   static const bool avx512 = cpu_features().avx512f && cpu_features().avx512dq;
+  static const bool avx2 = cpu_features().avx2 && cpu_features().fma;
   if (avx512 && kernels::attention_avx512(q, k, v, out, s, pool)) return;
+  if (avx2 && kernels::attention_avx2(q, k, v, out, s, pool)) return;
 #endif
   const int hd = s.head_dim, group = s.heads / s.kv_heads;
   constexpr int64_t kKeyBlock = 64;

@@ -33,13 +33,19 @@ struct AttentionShape {
 // out: [Tq, heads, hd] (row stride out_row_stride()).
 void attention(const float* q, const float* k, const float* v, float* out, const AttentionShape& s, ThreadPool* pool);
 
-// Same with an explicit precision. kBF16: Q, K, V and the probabilities rounded to bf16, Q·K^T and P·V on
-// AMX tiles with f32 accumulation, softmax in f32 (attention_amx.cpp); used for >= 16 query rows with
-// head_dim % 32 == 0 where the CPU has AMX-BF16, else the f32 kernels.
+// Same with an explicit precision. kBF16: Q, K, V and the probabilities rounded to bf16, Q·K^T and P·V with f32
+// accumulation on AMX tiles (attention_amx.cpp) or with AVX512-BF16 vdpbf16ps (attention_avx512bf16.cpp, same
+// arithmetic), softmax in f32; used for >= 16 query rows with head_dim % 32 == 0 where the CPU has AVX512-BF16,
+// else the f32 kernels.
 void attention(const float* q, const float* k, const float* v, float* out, const AttentionShape& s, ThreadPool* pool,
                Precision precision);
 
-// True when attention at `precision` over this shape runs the AMX kernel, which can write AttentionShape::out_tiles.
+// True when attention at `precision` over this shape runs a bf16 kernel (AMX or AVX512-BF16), which can write
+// AttentionShape::out_tiles.
 bool attention_tiles_available(Precision precision, const AttentionShape& s);
+
+// The kernel attention over many query rows (>= 16, head_dim % 32 == 0) runs at `precision` on this CPU, e.g.
+// "avx512-bf16 (flash, vdpbf16ps)", for `plm info`.
+const char* attention_kernel_name(Precision precision);
 
 }  // namespace plm::cpu

@@ -1,5 +1,5 @@
 // AVX2+FMA+F16C GEMV for decode (M <= 8) on CPUs without AVX-512: same structure as gemm_avx512.cpp,
-// 8 lanes. Larger M returns false (the portable blocked matmul takes it).
+// 8 lanes. Larger M returns false (gemm_panel_avx2.cpp takes it).
 #include <cstdint>
 #include <immintrin.h>
 

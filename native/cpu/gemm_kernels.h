@@ -1,5 +1,5 @@
 // Internal: the ISA-specific matmul kernels behind cpu::matmul(). Each lives in a file compiled with its
-// own ISA flags (gemm_avx512.cpp, gemm_amx.cpp, gemm_avx2.cpp) and must only be called after
+// own ISA flags (gemm_avx512.cpp, gemm_avx512bf16.cpp, gemm_amx.cpp, gemm_avx2.cpp) and must only be called after
 // cpu_features() says the CPU and OS support it; gemm_neon.cpp needs no flags and no check (NEON is part of
 // every ARMv8-A CPU) and exists only in aarch64 builds. Each returns false when it does not handle the case
 // (dtype, shape), and the caller falls back to the next kernel.
@@ -52,6 +52,9 @@ bool matmul_avx512_f32(const float* x, int64_t M, const WeightMatrix& w, const f
 // Same with AVX2+FMA+F16C (GEMV for small M only; larger M returns false).
 bool matmul_avx2_f32(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y,
                      ThreadPool* pool);
+// Same with AVX2+FMA+F16C for M > 8 (panel GEMM, gemm_panel_avx2.cpp; M <= 8 returns false).
+bool matmul_avx2_panel_f32(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y,
+                           ThreadPool* pool);
 // bf16 activations (x rounded to nearest even), bf16 weights, f32 accumulation on AMX tiles.
 // Needs K % 32 == 0, N % 32 == 0; returns false otherwise.
 bool matmul_amx_bf16(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y,
@@ -66,11 +69,25 @@ bool matmul_amx_bf16_group_tiles(const uint16_t* xb, int64_t M, const MatmulOut*
 void silu_mul_tiles_amx(const float* gate, const float* up, int64_t M, int64_t cols, uint16_t* tiles, ThreadPool* pool);
 // w (bf16, rows and cols multiples of 32) -> out in WeightMatrix::bf16_tiles order (64-byte aligned).
 void pack_bf16_tiles_amx(const WeightMatrix& w, uint8_t* out, ThreadPool* pool);
+// The same kernel family on AVX512-BF16 without AMX (gemm_avx512bf16.cpp): bf16 activations in the same tile
+// order, the same packed W panels and epilogues, vdpbf16ps instead of tile instructions; same coverage (K % 32,
+// every N % 32, returns false otherwise). Any M >= 1 (rows are padded to 32 in the tile order).
+bool matmul_avx512bf16(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
+bool matmul_avx512bf16_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool,
+                             const RowNorm* norm = nullptr);
+bool matmul_avx512bf16_group_tiles(const uint16_t* xb, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool);
+void silu_mul_tiles_avx512bf16(const float* gate, const float* up, int64_t M, int64_t cols, uint16_t* tiles,
+                               ThreadPool* pool);
+void pack_bf16_tiles_avx512bf16(const WeightMatrix& w, uint8_t* out, ThreadPool* pool);
 #if defined(__aarch64__)
 // f32 activations, bf16/f16/f32 weights read in place, f32 accumulation (ARM64 NEON): GEMV for M <= 8,
 // panel GEMM above. Returns false only for other weight dtypes.
 bool matmul_neon_f32(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y,
                      ThreadPool* pool);
+// bf16 activations (x rounded to nearest even), bf16 weights, f32 accumulation in BFMMLA (gemm_neonbf16.cpp):
+// only where cpu_features().neon_bf16; M > 8, any K and N. Returns false for other dtypes and M <= 8.
+bool matmul_neon_bf16(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y,
+                      ThreadPool* pool);
 #endif
 
 }  // namespace plm::cpu::kernels

@@ -52,32 +52,81 @@ bool avx512_usable() {
 }
 // The AMX kernels (gemm_amx.cpp) run: AMX-BF16 and AVX512-BF16 granted, and the AVX-512 they also use.
 bool amx_usable() {
-  static const bool amx = bf16_matmul_available() && avx512_usable();
+  static const bool amx = cpu_features().amx_bf16 && cpu_features().avx512_bf16 && avx512_usable();
   return amx;
+}
+// The AVX512-BF16 kernels (gemm_avx512bf16.cpp) run in their place: AVX512-BF16 without AMX.
+bool avx512bf16_usable() {
+  static const bool v = cpu_features().avx512_bf16 && avx512_usable() && !amx_usable();
+  return v;
 }
 // A matmul of M rows at `precision` goes to the AMX kernels (which still decline shapes they don't cover).
 bool amx_rows(Precision precision, int64_t M) { return precision == Precision::kBF16 && amx_usable() && M >= 32; }
+// ... or to the AVX512-BF16 kernels: the same operands and epilogues, for every M above the GEMV's 8 rows.
+bool avx512bf16_rows(Precision precision, int64_t M) {
+  return precision == Precision::kBF16 && avx512bf16_usable() && M > 8;
+}
+// One of the two runs the matmul: the tile-ordered bf16 operands (MatmulOut::tiles, matmul_from_tiles) exist.
+bool tile_rows(Precision precision, int64_t M) { return amx_rows(precision, M) || avx512bf16_rows(precision, M); }
+// matmul_group on the bf16 tile kernels; false where they don't run or decline the shapes.
+bool tile_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool, Precision precision,
+                const RowNorm* norm) {
+  if (amx_rows(precision, M)) return kernels::matmul_amx_bf16_group(x, M, outs, count, pool, norm);
+  if (avx512bf16_rows(precision, M)) return kernels::matmul_avx512bf16_group(x, M, outs, count, pool, norm);
+  return false;
+}
 #endif
 }  // namespace
 
 bool bf16_matmul_available() {
 #if defined(__x86_64__) || defined(_M_X64)
-  return cpu_features().amx_bf16 && cpu_features().avx512_bf16;
+  return amx_usable() || avx512bf16_usable();
+#elif defined(__aarch64__)
+  return cpu_features().neon_bf16;
 #else
+  return false;
+#endif
+}
+
+bool bf16_rounds_activations(int64_t M, const WeightMatrix& w) {
+  if (w.quant != Quant::kNone || w.dtype != DType::kBF16 || w.rows <= 0 || w.cols <= 0) return false;
+#if defined(__x86_64__) || defined(_M_X64)
+  return tile_rows(Precision::kBF16, M) && w.rows % 32 == 0 && w.cols % 32 == 0;
+#elif defined(__aarch64__)
+  return M > 8 && cpu_features().neon_bf16;
+#else
+  (void)M;
   return false;
 #endif
 }
 
 const char* matmul_kernel_name() {
 #if defined(__x86_64__) || defined(_M_X64)
+  if (amx_usable()) return "avx512+amx-bf16";
+  if (avx512bf16_usable()) return "avx512+avx512-bf16";
+  if (avx512_usable()) return "avx512";
   const CpuFeatures& f = cpu_features();
-  if (f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq)
-    return bf16_matmul_available() ? "avx512+amx-bf16" : "avx512";
   if (f.avx2 && f.fma && f.f16c) return "avx2";
 #elif defined(__aarch64__)
-  return "neon";
+  if (cpu_features().neon) return "neon";
 #endif
   return "portable";
+}
+
+const char* gemm_kernel_name(Precision precision) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (precision == Precision::kBF16 && amx_usable()) return "amx-bf16 (tiles)";
+  if (precision == Precision::kBF16 && avx512bf16_usable()) return "avx512-bf16 (vdpbf16ps)";
+  if (avx512_usable()) return "avx512 (f32 panel)";
+  const CpuFeatures& f = cpu_features();
+  if (f.avx2 && f.fma && f.f16c) return "avx2 (f32 panel)";
+#elif defined(__aarch64__)
+  if (precision == Precision::kBF16 && cpu_features().neon_bf16) return "neon-bf16 (bfmmla)";
+  if (cpu_features().neon) return "neon (f32 panel)";
+#else
+  (void)precision;
+#endif
+  return "portable (f32)";
 }
 
 const void* PackedTiles::data() const {
@@ -86,11 +135,13 @@ const void* PackedTiles::data() const {
 
 bool prepack_bf16_tiles(WeightMatrix* w, PackedTiles* out, ThreadPool* pool) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (!amx_usable() || w->quant != Quant::kNone || w->dtype != DType::kBF16 || w->rows % 32 != 0 || w->cols % 32 != 0 ||
-      w->rows == 0 || w->cols == 0)
+  if (!(amx_usable() || avx512bf16_usable()) || w->quant != Quant::kNone || w->dtype != DType::kBF16 ||
+      w->rows % 32 != 0 || w->cols % 32 != 0 || w->rows == 0 || w->cols == 0)
     return false;
   out->bytes.resize(static_cast<size_t>(w->rows * w->cols * 2 + 64));
-  kernels::pack_bf16_tiles_amx(*w, static_cast<uint8_t*>(const_cast<void*>(out->data())), pool);
+  uint8_t* dst = static_cast<uint8_t*>(const_cast<void*>(out->data()));
+  if (amx_usable()) kernels::pack_bf16_tiles_amx(*w, dst, pool);
+  else kernels::pack_bf16_tiles_avx512bf16(*w, dst, pool);
   w->bf16_tiles = out->data();
   return true;
 #else
@@ -117,14 +168,13 @@ void rope_pass(float* y, int64_t M, int64_t N, const RopeInterleaved& r, ThreadP
 
 void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool, Precision precision) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (amx_rows(precision, M) && kernels::matmul_amx_bf16_group(x, M, outs, count, pool))
-    return;
+  if (tile_group(x, M, outs, count, pool, precision, nullptr)) return;
 #endif
   if (matmul_quantized_group(x, M, outs, count, pool)) return;
   for (int i = 0; i < count; ++i) {
     const MatmulOut& o = outs[i];
     if (o.tiles || o.epilogue == Epilogue::kSwiGLU)
-      throw Error(ErrorCode::kInternal, "matmul_group: a tile-ordered output needs the AMX kernel (check tile_chain_available)");
+      throw Error(ErrorCode::kInternal, "matmul_group: a tile-ordered output needs the bf16 tile kernels (check tile_chain_available)");
     if (o.epilogue == Epilogue::kRopeInterleaved) {
       if (!o.rope) throw Error(ErrorCode::kInternal, "matmul_group: kRopeInterleaved without MatmulOut::rope");
       matmul(x, M, *o.w, o.bias, o.y, pool, precision);
@@ -138,8 +188,7 @@ void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, T
 void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool, Precision precision,
                   const RowNorm& norm, float* normed) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (amx_rows(precision, M) && kernels::matmul_amx_bf16_group(x, M, outs, count, pool, &norm))
-    return;
+  if (tile_group(x, M, outs, count, pool, precision, &norm)) return;
 #endif
   const int64_t K = outs[0].w->cols;
   if (norm.kind == RowNorm::kLayerNorm) layer_norm(x, norm.weight, norm.bias, normed, M, K, norm.eps, pool);
@@ -149,7 +198,7 @@ void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, T
 
 bool tile_chain_available(Precision precision, int64_t M, const WeightMatrix& w) {
 #if defined(__x86_64__) || defined(_M_X64)
-  return amx_rows(precision, M) && w.quant == Quant::kNone && w.dtype == DType::kBF16 && w.rows % 32 == 0 &&
+  return tile_rows(precision, M) && w.quant == Quant::kNone && w.dtype == DType::kBF16 && w.rows % 32 == 0 &&
          w.cols % 32 == 0 && w.cols > 0;
 #else
   (void)precision, (void)M, (void)w;
@@ -168,22 +217,25 @@ void TileActivations::resize(int64_t M, int64_t cols) {
 
 void silu_mul_to_tiles(const float* gate, const float* up, int64_t M, int64_t cols, uint16_t* tiles, ThreadPool* pool) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (amx_usable() && cols % 32 == 0 && (reinterpret_cast<uintptr_t>(tiles) & 63) == 0)
-    return kernels::silu_mul_tiles_amx(gate, up, M, cols, tiles, pool);
+  if (cols % 32 == 0 && (reinterpret_cast<uintptr_t>(tiles) & 63) == 0) {
+    if (amx_usable()) return kernels::silu_mul_tiles_amx(gate, up, M, cols, tiles, pool);
+    if (avx512bf16_usable()) return kernels::silu_mul_tiles_avx512bf16(gate, up, M, cols, tiles, pool);
+  }
 #else
   (void)gate, (void)up, (void)M, (void)cols, (void)tiles, (void)pool;
 #endif
-  throw Error(ErrorCode::kInternal, "silu_mul_to_tiles: no AMX tile kernel (check tile_chain_available)");
+  throw Error(ErrorCode::kInternal, "silu_mul_to_tiles: no bf16 tile kernel (check tile_chain_available)");
 }
 
 void matmul_from_tiles(const uint16_t* x_tiles, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool) {
   bool ok = false;
 #if defined(__x86_64__) || defined(_M_X64)
-  ok = amx_usable() && kernels::matmul_amx_bf16_group_tiles(x_tiles, M, outs, count, pool);
+  if (amx_usable()) ok = kernels::matmul_amx_bf16_group_tiles(x_tiles, M, outs, count, pool);
+  else if (avx512bf16_usable()) ok = kernels::matmul_avx512bf16_group_tiles(x_tiles, M, outs, count, pool);
 #else
   (void)x_tiles, (void)M, (void)outs, (void)count, (void)pool;
 #endif
-  if (!ok) throw Error(ErrorCode::kInternal, "matmul_from_tiles: no AMX tile kernel for this shape (check tile_chain_available)");
+  if (!ok) throw Error(ErrorCode::kInternal, "matmul_from_tiles: no bf16 tile kernel for this shape (check tile_chain_available)");
 }
 
 void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool,
@@ -193,8 +245,7 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
     throw Error(ErrorCode::kInternal, "matmul: kSwiGLU and kRopeInterleaved are matmul_group outputs");
 #if defined(__x86_64__) || defined(_M_X64)
   const MatmulOut out{&w, bias, y, epilogue, scale};
-  if (amx_rows(precision, M) && kernels::matmul_amx_bf16_group(x, M, &out, 1, pool))
-    return;
+  if (tile_group(x, M, &out, 1, pool, precision, nullptr)) return;
 #endif
   const int64_t N = w.rows;
   if (epilogue == Epilogue::kGeluErf) {
@@ -242,11 +293,15 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
   static const CpuFeatures& f = cpu_features();
   static const bool avx2 = f.avx2 && f.fma && f.f16c;
   if (amx_rows(precision, M) && kernels::matmul_amx_bf16(x, M, w, bias, y, pool)) return;
+  if (avx512bf16_rows(precision, M) && kernels::matmul_avx512bf16(x, M, w, bias, y, pool)) return;
   if (avx512_usable() && kernels::matmul_avx512_f32(x, M, w, bias, y, pool)) return;
-  if (avx2 && kernels::matmul_avx2_f32(x, M, w, bias, y, pool)) return;
+  if (avx2 && kernels::matmul_avx2_f32(x, M, w, bias, y, pool)) return;          // M <= 8
+  if (avx2 && kernels::matmul_avx2_panel_f32(x, M, w, bias, y, pool)) return;    // M > 8
 #elif defined(__aarch64__)
-  (void)precision;  // no bf16-activation kernel on ARM yet: kBF16 runs in f32
-  if (kernels::matmul_neon_f32(x, M, w, bias, y, pool)) return;
+  if (precision == Precision::kBF16 && M > 8 && cpu_features().neon_bf16 &&
+      kernels::matmul_neon_bf16(x, M, w, bias, y, pool))
+    return;
+  if (cpu_features().neon && kernels::matmul_neon_f32(x, M, w, bias, y, pool)) return;
 #else
   (void)precision;
 #endif

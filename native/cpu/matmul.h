@@ -45,7 +45,8 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
 
 // Activation precision of the matmuls with many rows (prefill, vision). kF32: f32 activations and
 // accumulation (exact to f32 rounding; the fixture tests' mode). kBF16: activations rounded to bf16,
-// f32 accumulation, on AMX tiles where the CPU has them (error bound in benchmarks/RESULTS.md).
+// f32 accumulation, on AMX tiles where the CPU has them, else with AVX512-BF16 vdpbf16ps on the same operands
+// (error bound in benchmarks/RESULTS.md).
 // Small-M matmuls (decode, M <= 8) always use f32 activations: they are memory-bound either way, and every row
 // of them is computed by the same operations for any M from 1 to 8 (so batching decode rows changes no bits).
 // kF32RowInvariant: kF32 where also every row of a larger M is computed by those same operations (the decoder at
@@ -141,11 +142,18 @@ struct RowNorm {
 void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool, Precision precision,
                   const RowNorm& norm, float* normed);
 
-// True when kBF16 has a fast kernel on this CPU (AMX-BF16 granted by the OS).
+// True when kBF16 has a fast kernel on this CPU: AMX-BF16 granted by the OS, AVX512-BF16 (vdpbf16ps), or on
+// ARM64 FEAT_BF16 (BFMMLA).
 bool bf16_matmul_available();
+// True when matmul() at kBF16 over these weights with M rows runs a bf16 kernel, i.e. rounds x to bf16 (else
+// it runs the f32 kernels: other dtypes, quantized weights, few rows, shapes the kernel doesn't cover).
+bool bf16_rounds_activations(int64_t M, const WeightMatrix& w);
 
 // Which kernel family matmul() uses on this CPU, for `plm info` and benchmarks ("amx-bf16+avx512", ...).
 const char* matmul_kernel_name();
+// The kernel a matmul of many rows (M > 8: prefill, vision) runs at `precision` on this CPU, e.g.
+// "avx512-bf16 (vdpbf16ps)" or "avx2 (f32 panel)"; decode (M <= 8) runs the GEMV of matmul_kernel_name().
+const char* gemm_kernel_name(Precision precision);
 
 // Reads one row of W as f32 (embedding lookup, tied heads).
 void weight_row_to_f32(const WeightMatrix& w, int64_t row, float* out);

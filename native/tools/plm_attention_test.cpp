@@ -1,10 +1,13 @@
-// CPU attention kernels against the f32 reference on random inputs, then one timing of the ViT shape.
+// CPU attention kernels against references on random inputs, then one timing of the ViT shape.
 //
-//   plm_attention_test [--threads N]
+//   plm_attention_test [--threads N] [--no-timing]
+//   PLM_CPU_ISA=avx2 plm_attention_test     # a lower ISA level's kernels (cpu/cpu_features.h)
 //
-// Each case runs attention() in Precision::kBF16 (the AMX flash kernel where the CPU has AMX-BF16, the f32
-// kernels elsewhere) and kF32 on the same q, k, v and reports max |bf16 - f32| / max(1, max |f32|); bound
-// 2e-2 (Q, K, V and P rounded to bf16; 4e-2 where scores reach ~40). Output is poisoned with NaN first, so
+// Each case checks attention() in Precision::kF32 (the f32 kernel of this ISA level: AVX-512, AVX2 or the
+// portable loop) against plain attention in double, max |f32 - ref| / max(1, max |ref|) <= 1e-4; then
+// Precision::kBF16 (the AMX flash kernel where the CPU has AMX-BF16, the AVX512-BF16 one where it has only that,
+// the f32 kernels elsewhere) against the kF32 output on the same q, k, v, max |bf16 - f32| / max(1, max |f32|)
+// <= 2e-2 (Q, K, V and P rounded to bf16; 4e-2 where scores reach ~40). Output is poisoned with NaN first, so
 // an unwritten element fails.
 // Last line "N passed, M failed"; exit code 1 on any failure. The timing line is informational.
 #include <algorithm>
@@ -50,12 +53,47 @@ cpu::AttentionShape shape_of(const Case& c) {
   return s;
 }
 
+// softmax(q k^T * scale) v per (row, head) in double, with the causal limits: the reference of the f32 kernels.
+std::vector<double> reference_attention(const std::vector<float>& q, const std::vector<float>& k,
+                                        const std::vector<float>& v, const cpu::AttentionShape& s) {
+  const int hd = s.head_dim, group = s.heads / s.kv_heads;
+  std::vector<double> out(size_t(s.q_len) * s.q_stride, 0.0), sc(size_t(s.kv_len));
+  for (int64_t i = 0; i < s.q_len; ++i)
+    for (int h = 0; h < s.heads; ++h) {
+      const int64_t keys = s.causal ? std::min(s.kv_len, s.q_offset + i + 1) : s.kv_len;
+      const float* qi = q.data() + i * s.q_stride + int64_t(h) * hd;
+      double mx = -INFINITY, sum = 0;
+      for (int64_t j = 0; j < keys; ++j) {
+        const float* kj = k.data() + j * s.kv_stride + int64_t(h / group) * hd;
+        double d = 0;
+        for (int c = 0; c < hd; ++c) d += double(qi[c]) * kj[c];
+        sc[size_t(j)] = d * s.scale;
+        mx = std::max(mx, sc[size_t(j)]);
+      }
+      double* o = out.data() + i * s.q_stride + int64_t(h) * hd;
+      for (int64_t j = 0; j < keys; ++j) {
+        const double p = std::exp(sc[size_t(j)] - mx);
+        sum += p;
+        const float* vj = v.data() + j * s.kv_stride + int64_t(h / group) * hd;
+        for (int c = 0; c < hd; ++c) o[c] += p * vj[c];
+      }
+      for (int c = 0; c < hd; ++c) o[c] /= sum;
+    }
+  return out;
+}
+
+// f32 attention (any kernel) against the double reference: f32 rounding of scores up to ~40, exp and sums.
+constexpr double kF32Bound = 1e-4;
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int threads = 2;
-  for (int i = 1; i < argc; ++i)
+  bool timing = true;
+  for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--no-timing")) timing = false;
+  }
   ThreadPool pool(threads);
   std::mt19937 rng(7);
   std::normal_distribution<float> nd(0.f, 1.f);
@@ -81,6 +119,20 @@ int main(int argc, char** argv) {
     std::vector<float> ref(q.size(), NAN), got(q.size(), NAN);
     cpu::attention(q.data(), k.data(), v.data(), ref.data(), s, &pool, cpu::Precision::kF32);
     cpu::attention(q.data(), k.data(), v.data(), got.data(), s, &pool, cpu::Precision::kBF16);
+    // The f32 kernel of this ISA level against plain attention in double (two passes over the keys per row).
+    {
+      const std::vector<double> exact = reference_attention(q, k, v, s);
+      double err = 0, scale = 0;
+      for (size_t i = 0; i < exact.size(); ++i) {
+        const double d = std::fabs(double(ref[i]) - exact[i]);
+        err = std::isfinite(d) ? std::max(err, d) : INFINITY;
+        scale = std::max(scale, std::fabs(exact[i]));
+      }
+      const double rel = err / std::max(1.0, scale);
+      const bool ok = rel <= kF32Bound;
+      (ok ? passed : failed)++;
+      std::printf("%-4s   f32 kernel vs double reference: err %.3e bound %.0e\n", ok ? "ok" : "FAIL", rel, kF32Bound);
+    }
     double err = 0, scale = 0;
     for (size_t i = 0; i < ref.size(); ++i) {
       const double d = std::fabs(double(got[i]) - double(ref[i]));
@@ -189,7 +241,7 @@ int main(int argc, char** argv) {
                   same ? "bit-identical alone, in the prefill and as decode rows" : "DIFFER between groupings");
     }
   }
-  {  // timing, PE-L tile (informational)
+  if (timing) {  // timing, PE-L tile (informational)
     const cpu::AttentionShape s = shape_of(cases[0]);
     std::vector<float> q(size_t(s.q_len) * s.q_stride), k(q.size()), v(q.size()), o(q.size());
     for (auto* b : {&q, &k, &v})

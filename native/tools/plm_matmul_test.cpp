@@ -3,13 +3,16 @@
 // f16, int8, q4), decode shapes M = 1..8 and blocked shapes (M = 9, 37, 300), odd K and N, with and without a
 // thread pool and a bias. Needs no model and no Node, so it runs under qemu for cross builds:
 //   plm_matmul_test [--threads N]
+//   plm_matmul_test --isa-levels          # prints the PLM_CPU_ISA levels this CPU has, best first
+//   PLM_CPU_ISA=avx2 plm_matmul_test      # the same checks on a lower ISA's kernels (cpu/cpu_features.h)
 //   qemu-aarch64 -L /usr/aarch64-linux-gnu ./plm_matmul_test
 // The reference uses exactly the weight values the kernel sees (bf16/f16 widened, q8/q4 dequantized) and
 // accumulates in double. Pass criterion per output element:
 //   |y - ref| <= 1e-5 * (sum_k |x_k * w_k| + |bias|) + 1e-30
 // i.e. about 84 f32 ulps of the magnitude of the terms summed, generous for f32 accumulation of K <= 1000
 // terms in any order, and far below the error of a wrong element, row or tail (O(1) relative). Exits 1 on
-// any failure; prints the largest absolute and scaled error of each case.
+// any failure; prints the largest absolute and scaled error of each case. Precision::kBF16 (x rounded to bf16)
+// has its own bound, stated with its cases below.
 #include <cstdint>
 #include <algorithm>
 #include <cinttypes>
@@ -195,8 +198,11 @@ int main(int argc, char** argv) {
     const std::string a = argv[i];
     if (a == "--threads" && i + 1 < argc) {
       threads = std::atoi(argv[++i]);
+    } else if (a == "--isa-levels") {
+      for (const std::string& l : cpu_isa_levels()) std::printf("%s\n", l.c_str());
+      return 0;
     } else {
-      std::fprintf(stderr, "usage: plm_matmul_test [--threads N]\n");
+      std::fprintf(stderr, "usage: plm_matmul_test [--threads N] | --isa-levels\n");
       return 2;
     }
   }
@@ -208,8 +214,10 @@ int main(int argc, char** argv) {
 
   std::string feats;
   for (const std::string& f : cpu_feature_names()) feats += (feats.empty() ? "" : " ") + f;
-  std::printf("matmul kernel: %s; cpu features: %s; threads: %d\n", matmul_kernel_name(),
-              feats.empty() ? "(none)" : feats.c_str(), threads);
+  std::printf("isa: %s%s%s%s; matmul kernel: %s; cpu features: %s; threads: %d\n", cpu_isa(),
+              cpu_isa_request().empty() ? "" : " (PLM_CPU_ISA=", cpu_isa_request().c_str(),
+              cpu_isa_request().empty() ? "" : (cpu_isa_note().empty() ? ")" : (": " + cpu_isa_note() + ")").c_str()),
+              matmul_kernel_name(), feats.empty() ? "(none)" : feats.c_str(), threads);
   std::printf("tolerance: |y - ref| <= %.0e * (sum|x*w| + |bias|), ref in double\n", kTol);
 
   ThreadPool pool(threads);
@@ -248,6 +256,77 @@ int main(int argc, char** argv) {
     }
     std::printf("%-4s all cases: max abs err %.3e, max scaled err %.3e\n", wtype_name(t), type_abs, type_scaled);
   }
+  // Precision::kBF16. Where a bf16 kernel runs (bf16_rounds_activations: AMX or AVX512-BF16 with bf16 weights, K and
+  // N multiples of 32; ARM64 BFMMLA with bf16 weights), x is
+  // rounded to bf16 (nearest even) and the products are summed in f32. Per output, against double references:
+  //   (1) the kernel's own arithmetic: |y - (sum bf16(x_k) w_k + b)| <= 1e-5 * (sum |bf16(x_k) w_k| + |b|), the
+  //       f32 tolerance above, so a wrong element, row, slice or tail fails;
+  //   (2) the stated error of the bf16 path against the exact (f32 mode) value:
+  //       |y - (sum x_k w_k + b)| <= (2^-8 + 1e-5) * (sum |x_k w_k| + |b|)   (bf16's unit roundoff is 2^-8).
+  // Elsewhere (other dtypes, shapes, CPUs without a bf16 kernel) kBF16 runs the f32 kernels: (2) holds a fortiori.
+  // M from just above the GEMV's 8 to a vision tile's 1025, K across the 256-deep slices, N in 32- and 64-column
+  // panels; with a bias on the pool, and without on the calling thread.
+  {
+    std::uniform_real_distribution<float> uni1(-1.f, 1.f);
+    const Case bf16_cases[] = {{9, 32, 32},    {16, 64, 96},    {31, 288, 64},  {37, 96, 160},  {100, 1056, 64},
+                               {300, 512, 224}, {1025, 256, 128}, {12, 2048, 32}, {64, 96, 33},   {40, 100, 64}};
+    for (const bool f16 : {false, true}) {
+      double worst1 = 0, worst2 = 0;
+      for (const Case& c : bf16_cases) {
+        if (f16 && c.M > 100) continue;  // the f32 fallback: a few shapes suffice
+        for (const bool with_bias : {true, false}) {
+          std::vector<uint16_t> w16(static_cast<size_t>(c.N * c.K));
+          std::vector<double> wf(w16.size());
+          for (size_t i = 0; i < w16.size(); ++i) {
+            w16[i] = f16 ? random_f16(rng) : f32_to_bf16(uni1(rng));
+            wf[i] = f16 ? f16_to_f32(w16[i]) : bf16_to_f32(w16[i]);
+          }
+          WeightMatrix w;
+          w.dtype = f16 ? DType::kF16 : DType::kBF16;
+          w.data = w16.data();
+          w.rows = c.N;
+          w.cols = c.K;
+          std::vector<float> x(static_cast<size_t>(c.M * c.K)), bias(static_cast<size_t>(c.N));
+          for (auto& v : x) v = uni1(rng) * (uni1(rng) > 0.9f ? 8.f : 1.f);
+          for (auto& v : bias) v = uni1(rng);
+          const float* b = with_bias ? bias.data() : nullptr;
+          std::vector<float> y(static_cast<size_t>(c.M * c.N + 16), 12345.f);
+          const bool kernel = bf16_rounds_activations(c.M, w);
+          matmul(x.data(), c.M, w, b, y.data(), with_bias ? &pool : nullptr, Precision::kBF16);
+          int64_t bad = 0;
+          for (int64_t i = c.M * c.N; i < c.M * c.N + 16; ++i) bad += y[static_cast<size_t>(i)] != 12345.f;
+          for (int64_t m = 0; m < c.M; ++m)
+            for (int64_t n = 0; n < c.N; ++n) {
+              double exact = b ? b[n] : 0.0, rounded = exact, mag = std::fabs(exact), mag_r = mag;
+              for (int64_t k = 0; k < c.K; ++k) {
+                const float xv = x[static_cast<size_t>(m * c.K + k)];
+                const double wv = wf[static_cast<size_t>(n * c.K + k)];
+                exact += double(xv) * wv;
+                mag += std::fabs(double(xv) * wv);
+                const double xr = bf16_to_f32(f32_to_bf16(xv));
+                rounded += xr * wv;
+                mag_r += std::fabs(xr * wv);
+              }
+              const double got = y[static_cast<size_t>(m * c.N + n)];
+              const double e2 = std::fabs(got - exact) / ((std::ldexp(1.0, -8) + kTol) * mag + 1e-30);
+              if (!(e2 <= 1.0)) ++bad;
+              worst2 = std::max(worst2, e2);
+              if (kernel) {
+                const double e1 = std::fabs(got - rounded) / (kTol * mag_r + 1e-30);
+                if (!(e1 <= 1.0)) ++bad;
+                worst1 = std::max(worst1, e1);
+              }
+            }
+          record(bad == 0);
+          std::printf("  bf16 precision, %s weights M=%-4" PRId64 " K=%-4" PRId64 " N=%-3" PRId64 " %-7s %s%s\n",
+                      f16 ? "f16 " : "bf16", c.M, c.K, c.N, with_bias ? "bias" : "no bias",
+                      kernel ? "bf16 kernel" : "f32 kernels", bad ? "  FAIL" : "");
+        }
+      }
+      std::printf("bf16 precision, %s weights: worst error %.3f of bound (1) (kernel arithmetic), %.3f of bound (2) "
+                  "(vs exact)\n", f16 ? "f16 " : "bf16", worst1, worst2);
+    }
+  }
   // Prepacked bf16 tiles (WeightMatrix::bf16_tiles) must give bit-identical results to the per-call packing
   // of the same AMX kernel, including K split into several 1024 slices and partial row blocks.
   const Case packed_cases[] = {{37, 64, 96}, {300, 1056, 64}, {1025, 2048, 96}, {64, 4096, 32}};
@@ -262,7 +341,7 @@ int main(int argc, char** argv) {
     matmul(x.data(), c.M, w, bias.data(), plain.data(), &pool, Precision::kBF16);
     PackedTiles tiles;
     if (!prepack_bf16_tiles(&w, &tiles, &pool)) {
-      std::printf("  bf16 prepacked M=%" PRId64 " K=%" PRId64 " N=%" PRId64 ": not run (no AMX-BF16 here)\n", c.M, c.K, c.N);
+      std::printf("  bf16 prepacked M=%" PRId64 " K=%" PRId64 " N=%" PRId64 ": not run (no bf16 tile kernel here)\n", c.M, c.K, c.N);
       continue;
     }
     matmul(x.data(), c.M, w, bias.data(), packed.data(), &pool, Precision::kBF16);
@@ -405,7 +484,7 @@ int main(int argc, char** argv) {
     std::vector<uint16_t> w1, w2;
     const WeightMatrix fc1 = random_bf16(w1, mlp, C, rng, 0.1f), fc2 = random_bf16(w2, C, mlp, rng, 0.1f);
     if (!tile_chain_available(Precision::kBF16, M, fc1) || !tile_chain_available(Precision::kBF16, M, fc2)) {
-      std::printf("  fc1 -> fc2 through bf16 tiles M=%" PRId64 ": not run (no AMX-BF16 here)\n", M);
+      std::printf("  fc1 -> fc2 through bf16 tiles M=%" PRId64 ": not run (no bf16 tile kernel here)\n", M);
       continue;
     }
     std::vector<float> x(static_cast<size_t>(M * C)), b1(static_cast<size_t>(mlp)), b2(static_cast<size_t>(C)), g(b2.size());
@@ -437,7 +516,7 @@ int main(int argc, char** argv) {
     std::vector<uint16_t> wd;
     const WeightMatrix down = random_bf16(wd, H, I, rng, 0.1f);
     if (!tile_chain_available(Precision::kBF16, M, down)) {
-      std::printf("  SwiGLU -> down through bf16 tiles M=%" PRId64 ": not run (no AMX-BF16 here)\n", M);
+      std::printf("  SwiGLU -> down through bf16 tiles M=%" PRId64 ": not run (no bf16 tile kernel here)\n", M);
       continue;
     }
     std::vector<float> gate(static_cast<size_t>(M * I)), up(gate.size()), prod(gate.size());
@@ -466,7 +545,7 @@ int main(int argc, char** argv) {
       std::vector<uint16_t> wg, wu;
       WeightMatrix gate = random_bf16(wg, I, H, rng, 0.1f), up = random_bf16(wu, I, H, rng, 0.1f);
       if (!tile_chain_available(Precision::kBF16, M, gate)) {
-        std::printf("  gate/up with SwiGLU in the epilogue M=%" PRId64 ": not run (no AMX-BF16 here)\n", M);
+        std::printf("  gate/up with SwiGLU in the epilogue M=%" PRId64 ": not run (no bf16 tile kernel here)\n", M);
         break;
       }
       PackedTiles pg, pu;
