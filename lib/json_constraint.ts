@@ -176,6 +176,54 @@ export interface VocabularyIndexStats {
   trieNodes: number;
   restTrieNodes: number;
   buildMs: number;
+  /** The longest stretch of the build between two yields (what one slice can block the event loop for at least). */
+  longestStepMs: number;
+}
+
+/**
+ * [trie.size] 1 where every token of a node's subtree continues, after the node, with plain string text only
+ * (complete UTF-8 characters, no quote, backslash or control character): once a walk reaches such a node inside a
+ * string, the whole subtree is allowed without stepping through it. Children have larger ids than their parent
+ * (see TokenTrieBuilder), so one pass from the last node computes it bottom-up, along with "after n more
+ * continuation bytes (80..BF), plain text".
+ */
+function* plainSubtreesSliced(trie: TokenTrie): Generator<void, Uint8Array> {
+  const { size, first, next, byte, tokenStart, tokenEnd } = trie;
+  const plain = new Uint8Array(size);
+  const cont = [plain, new Uint8Array(size), new Uint8Array(size), new Uint8Array(size)]; // cont[n]: n bytes first
+  const allChildren = (n: number, lo: number, hi: number, then: Uint8Array): number => {
+    if (tokenEnd[n] > tokenStart[n] || first[n] === 0) return 0; // a token ends inside the character
+    for (let c = first[n]; c > 0; c = next[c]) if (byte[c] < lo || byte[c] > hi || !then[c]) return 0;
+    return 1;
+  };
+  for (let n = size - 1; n >= 0; n--) {
+    if ((n & 8191) === 0) yield;
+    for (let k = 1; k <= 3; k++) cont[k][n] = allChildren(n, 0x80, 0xbf, cont[k - 1]);
+    let ok = 1;
+    for (let c = first[n]; c > 0 && ok; c = next[c]) {
+      const x = byte[c];
+      if (x < 0x80) ok = x >= 0x20 && x !== 0x22 && x !== 0x5c && plain[c] ? 1 : 0;
+      else if (x >= 0xc2 && x <= 0xdf) ok = cont[1][c];
+      else if (x === 0xe0) ok = allChildren(c, 0xa0, 0xbf, cont[1]);
+      else if (x === 0xed) ok = allChildren(c, 0x80, 0x9f, cont[1]);
+      else if (x >= 0xe1 && x <= 0xef) ok = cont[2][c];
+      else if (x === 0xf0) ok = allChildren(c, 0x90, 0xbf, cont[2]);
+      else if (x === 0xf4) ok = allChildren(c, 0x80, 0x8f, cont[2]);
+      else if (x >= 0xf1 && x <= 0xf3) ok = cont[3][c];
+      else ok = 0;
+    }
+    plain[n] = ok;
+  }
+  return plain;
+}
+
+/** {@link plainSubtreesSliced} in one go. */
+function plainSubtrees(trie: TokenTrie): Uint8Array {
+  const steps = plainSubtreesSliced(trie);
+  for (;;) {
+    const r = steps.next();
+    if (r.done) return r.value;
+  }
 }
 
 /** What {@link buildIndexParts} computes. */
@@ -186,10 +234,12 @@ interface IndexParts {
   tokenStart: Int32Array;
   tokenEnd: Int32Array;
   trie: TokenTrie;
+  triePlain: Uint8Array;
   plainString: Uint8Array;
   plainChars: Uint16Array;
   maxPlainChars: number;
   restTrie: TokenTrie;
+  restTriePlain: Uint8Array;
   restIds: Int32Array;
   restStart: Int32Array;
   restPrefixChars: Uint8Array;
@@ -279,15 +329,17 @@ function* buildIndexParts(source: VocabularySource, vocabSize: number): Generato
       restPrefixChars.push(Math.min(255, chars));
     }
   }
-  const trie = all.finish();
-  yield;
+  const trie = yield* all.finishSliced();
+  const triePlain = yield* plainSubtreesSliced(trie);
   let restBytes = 0;
   for (let i = 0; i < restIds.length; i++) restBytes += tokenEnd[restIds[i]] - restStart[i];
   const rest = new TokenTrieBuilder(restBytes, restIds.length);
   for (let i = 0; i < restIds.length; i++) rest.add(blob, restStart[i], tokenEnd[restIds[i]], restIds[i]);
+  const restTrie = yield* rest.finishSliced();
   return {
-    vocabSize, maskBytes, blob, tokenStart, tokenEnd, trie, plainString, plainChars, maxPlainChars,
-    restTrie: rest.finish(),
+    vocabSize, maskBytes, blob, tokenStart, tokenEnd, trie, triePlain, plainString, plainChars, maxPlainChars,
+    restTrie,
+    restTriePlain: plainSubtrees(restTrie),
     restIds: Int32Array.from(restIds),
     restStart: Int32Array.from(restStart),
     restPrefixChars: Uint8Array.from(restPrefixChars),
@@ -347,17 +399,25 @@ export class VocabularyIndex {
   /** The other usable tokens, keyed by the bytes after their plain prefix. */
   readonly restTrie: TokenTrie;
   readonly stats: VocabularyIndexStats;
+  /** Per trie, its nodes whose subtree is plain string text (see plainSubtrees). */
+  private readonly plainBelow = new Map<TokenTrie, Uint8Array>();
+  /** Trie nodes visited by mask computations so far (a machine-independent measure of their work). */
+  walkedNodes = 0;
+  /** Masks computed (cache misses) and served from the cache so far. */
+  masksComputed = 0;
+  masksCached = 0;
   private restByPrefixTrie: TokenTrie | null = null;
   /** The other tokens: ids, where their rest begins, and their plain prefix in characters. */
   private readonly restIds: Int32Array;
   private readonly restStart: Int32Array;
   private readonly restPrefixChars: Uint8Array;
   private readonly plainUpTo = new Map<number, Uint8Array>();
+  private plainByChars: { offsets: Int32Array; ids: Int32Array } | null = null;
   private readonly masks = new Map<string, Uint8Array>();
   private readonly grammarIds = new Map<string, number>();
   private readonly scratch: Frame[][] = [];
 
-  private constructor(parts: IndexParts, buildMs: number) {
+  private constructor(parts: IndexParts, buildMs: number, longestStepMs: number) {
     this.vocabSize = parts.vocabSize;
     this.maskBytes = parts.maskBytes;
     this.blob = parts.blob;
@@ -368,6 +428,8 @@ export class VocabularyIndex {
     this.plainChars = parts.plainChars;
     this.maxPlainChars = parts.maxPlainChars;
     this.restTrie = parts.restTrie;
+    this.plainBelow.set(parts.trie, parts.triePlain);
+    this.plainBelow.set(parts.restTrie, parts.restTriePlain);
     this.restIds = parts.restIds;
     this.restStart = parts.restStart;
     this.restPrefixChars = parts.restPrefixChars;
@@ -377,6 +439,7 @@ export class VocabularyIndex {
       trieNodes: parts.trie.size,
       restTrieNodes: parts.restTrie.size,
       buildMs,
+      longestStepMs,
     };
   }
 
@@ -394,10 +457,14 @@ export class VocabularyIndex {
     const t0 = performance.now();
     const steps = buildIndexParts(source, vocabSize);
     let slice = performance.now();
+    let longest = 0;
     for (;;) {
+      const s0 = performance.now();
       const r = steps.next();
-      if (r.done) return new VocabularyIndex(r.value, performance.now() - t0);
-      if (performance.now() - slice > BUILD_SLICE_MS) {
+      const now = performance.now();
+      longest = Math.max(longest, now - s0);
+      if (r.done) return new VocabularyIndex(r.value, now - t0, longest);
+      if (now - slice > BUILD_SLICE_MS) {
         await new Promise<void>((resolve) => setImmediate(resolve));
         slice = performance.now();
       }
@@ -408,9 +475,13 @@ export class VocabularyIndex {
   static buildSync(source: VocabularySource, vocabSize: number): VocabularyIndex {
     const t0 = performance.now();
     const steps = buildIndexParts(source, vocabSize);
+    let longest = 0;
     for (;;) {
+      const s0 = performance.now();
       const r = steps.next();
-      if (r.done) return new VocabularyIndex(r.value, performance.now() - t0);
+      const now = performance.now();
+      longest = Math.max(longest, now - s0);
+      if (r.done) return new VocabularyIndex(r.value, now - t0, longest);
     }
   }
 
@@ -419,14 +490,29 @@ export class VocabularyIndex {
     return id >= 0 && id < this.vocabSize ? this.blob.subarray(this.tokenStart[id], this.tokenEnd[id]) : new Uint8Array(0);
   }
 
-  /** Plain-string tokens of at most `chars` characters. */
+  /** Plain-string tokens of at most `chars` characters (from the tokens of each length: the smaller side). */
   private plainStringUpTo(chars: number): Uint8Array {
     if (chars >= this.maxPlainChars) return this.plainString;
     let bits = this.plainUpTo.get(chars);
     if (!bits) {
-      bits = new Uint8Array(this.maskBytes);
-      for (let id = 0; id < this.vocabSize; id++) {
-        if (this.plainString[id >> 3] & (1 << (id & 7)) && this.plainChars[id] <= chars) bits[id >> 3] |= 1 << (id & 7);
+      if (!this.plainByChars) {
+        // Plain-string token ids grouped by length in characters: byLength[offsets[n] .. offsets[n + 1]).
+        const offsets = new Int32Array(this.maxPlainChars + 2);
+        for (let id = 0; id < this.vocabSize; id++) if (this.plainString[id >> 3] & (1 << (id & 7))) offsets[this.plainChars[id] + 1]++;
+        for (let n = 0; n <= this.maxPlainChars; n++) offsets[n + 1] += offsets[n];
+        const fill = offsets.slice();
+        const ids = new Int32Array(offsets[this.maxPlainChars + 1]);
+        for (let id = 0; id < this.vocabSize; id++) if (this.plainString[id >> 3] & (1 << (id & 7))) ids[fill[this.plainChars[id]]++] = id;
+        this.plainByChars = { offsets, ids };
+      }
+      const { offsets, ids } = this.plainByChars;
+      const fits = offsets[chars + 1];
+      if (fits <= ids.length - fits) {
+        bits = new Uint8Array(this.maskBytes);
+        for (let i = 0; i < fits; i++) bits[ids[i] >> 3] |= 1 << (ids[i] & 7);
+      } else {
+        bits = this.plainString.slice();
+        for (let i = fits; i < ids.length; i++) bits[ids[i] >> 3] &= ~(1 << (ids[i] & 7));
       }
       this.plainUpTo.set(chars, bits);
     }
@@ -443,6 +529,7 @@ export class VocabularyIndex {
         b.add(this.blob, this.restStart[i], this.tokenEnd[this.restIds[i]], this.restIds[i], this.restPrefixChars[i]);
       }
       this.restByPrefixTrie = b.finish();
+      this.plainBelow.set(this.restByPrefixTrie, plainSubtrees(this.restByPrefixTrie));
     }
     return this.restByPrefixTrie;
   }
@@ -466,8 +553,10 @@ export class VocabularyIndex {
     if (hit) {
       this.masks.delete(key);
       this.masks.set(key, hit);
+      this.masksCached++;
       return hit;
     }
+    this.masksComputed++;
     const bits = new Uint8Array(this.maskBytes);
     if (isPlainString(f)) this.stringMask(f, bits);
     else this.walk(this.trie, 0, [f], 0, bits);
@@ -487,7 +576,7 @@ export class VocabularyIndex {
     orInto(bits, this.plainStringUpTo(n.maxLength - f.b));
     const trie = this.restByPrefix();
     const states: Frame[] = [f];
-    for (let c = trie.first[0]; c >= 0; c = trie.next[c]) {
+    for (let c = trie.first[0]; c > 0; c = trie.next[c]) {
       const p = trie.byte[c];
       if (f.b + p > n.maxLength) continue;
       states[0] = p === 0 ? f : new Frame(K_STRING, n, 0, f.b + p, 0, null, f.p);
@@ -495,21 +584,29 @@ export class VocabularyIndex {
     }
   }
 
-  /** Marks the tokens below `node` whose bytes the configurations accept. */
+  /**
+   * Marks the tokens below `node` whose bytes the configurations accept. Where a single configuration is inside
+   * a string without length limits and the subtree below holds only plain text, the subtree's tokens are marked
+   * as one range without stepping through it.
+   */
   private walk(trie: TokenTrie, node: number, states: Frame[], depth: number, bits: Uint8Array): void {
     let out = this.scratch[depth];
     if (!out) out = this.scratch[depth] = [];
-    const { first, next, byte, tokenStart, tokenEnd, ids } = trie;
-    for (let c = first[node]; c >= 0; c = next[c]) {
+    const { first, next, byte, tokenStart, tokenEnd, subtreeEnd, ids } = trie;
+    const plainBelow = this.plainBelow.get(trie) as Uint8Array;
+    for (let c = first[node]; c > 0; c = next[c]) {
+      this.walkedNodes++;
       out.length = 0;
       const x = byte[c];
       for (let i = 0; i < states.length; i++) step(states[i], x, out);
       if (out.length === 0) continue;
-      for (let t = tokenStart[c]; t < tokenEnd[c]; t++) {
+      const whole = plainBelow[c] === 1 && out.length === 1 && isPlainString(out[0]) && !out[0].n.tracksLength;
+      const end = whole ? subtreeEnd[c] : tokenEnd[c];
+      for (let t = tokenStart[c]; t < end; t++) {
         const id = ids[t];
         bits[id >> 3] |= 1 << (id & 7);
       }
-      if (first[c] >= 0) this.walk(trie, c, out, depth + 1, bits);
+      if (!whole && first[c] > 0) this.walk(trie, c, out, depth + 1, bits);
     }
     out.length = 0;
   }

@@ -13,6 +13,7 @@ import addFormats from 'ajv-formats';
 import { PlmTokenizer } from '../lib/tokenizer';
 import { compileResponseFormat, JsonTokenConstraint, validateResponseFormat, VocabularyIndex } from '../lib/json_constraint';
 import { canEnd, Frame, initialFrame, step } from '../lib/json_grammar';
+import { TokenTrieBuilder } from '../lib/token_trie';
 import { PlmError } from '../lib/errors';
 
 const TOKENIZER_DIR = path.join(__dirname, '..', 'models', 'plm-tiny');
@@ -585,5 +586,38 @@ describe('responseFormat validation', () => {
       $defs: { Item: { type: 'object', properties: { name: { type: 'string', maxLength: 40 }, price: { type: 'number' } }, required: ['name', 'price'] } },
     };
     expect(compileResponseFormat({ type: 'json_schema', schema: s, name: 'receipt', strict: true })).not.toBeNull();
+  });
+});
+
+describe('TokenTrie', () => {
+  test('each node holds the keys equal to its path, and its subtree range the keys that start with it', () => {
+    const r = rng(5);
+    const keys: Uint8Array[] = [];
+    for (let i = 0; i < 400; i++) keys.push(Uint8Array.from({ length: 1 + Math.floor(r() * 4) }, () => 97 + Math.floor(r() * 3)));
+    keys.push(keys[3]); // a duplicate key
+    const blob = Buffer.concat(keys.map((k) => Buffer.from(k)));
+    const start: number[] = [];
+    const end: number[] = [];
+    let o = 0;
+    for (const k of keys) {
+      start.push(o);
+      o += k.length;
+      end.push(o);
+    }
+    const b = new TokenTrieBuilder(blob.length, keys.length);
+    keys.forEach((_, i) => b.add(blob, start[i], end[i], i));
+    const trie = b.finish();
+    const text = keys.map((k) => Buffer.from(k).toString('latin1'));
+    let nodes = 0;
+    const visit = (node: number, prefix: string): void => {
+      nodes++;
+      const own = [...trie.ids.subarray(trie.tokenStart[node], trie.tokenEnd[node])].sort((x, y) => x - y);
+      const below = [...trie.ids.subarray(trie.tokenStart[node], trie.subtreeEnd[node])].sort((x, y) => x - y);
+      expect(own).toEqual(text.map((t, i) => (t === prefix ? i : -1)).filter((i) => i >= 0));
+      expect(below).toEqual(text.map((t, i) => (t.startsWith(prefix) ? i : -1)).filter((i) => i >= 0));
+      for (let c = trie.first[node]; c > 0; c = trie.next[c]) visit(c, prefix + String.fromCharCode(trie.byte[c]));
+    };
+    visit(0, '');
+    expect(nodes).toBe(trie.size);
   });
 });
