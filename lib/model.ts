@@ -195,8 +195,8 @@ export interface GenerateOptions {
    *
    * The text always parses and validates when `finishReason` is 'stop'; with 'length' (`maxTokens` ran out) or
    * 'cancelled' it is the unfinished start of a document. Cannot be combined with `stop` strings. The first
-   * request on a model builds an index of the vocabulary (about a tenth of a second, in slices that leave the
-   * event loop free).
+   * request on a model builds an index of the vocabulary (0.4-0.9 s for Llama 3 on the 2-core test VM, in
+   * slices that leave the event loop free).
    *
    * @example
    * ```ts
