@@ -414,7 +414,8 @@ export class VocabularyIndex {
   private readonly plainUpTo = new Map<number, Uint8Array>();
   private plainByChars: { offsets: Int32Array; ids: Int32Array } | null = null;
   private readonly masks = new Map<string, Uint8Array>();
-  private readonly grammarIds = new Map<string, number>();
+  private readonly grammarIds = new WeakMap<ResponseGrammar, number>();
+  private nextGrammarId = 0;
   private readonly scratch: Frame[][] = [];
 
   private constructor(parts: IndexParts, buildMs: number, longestStepMs: number) {
@@ -534,12 +535,12 @@ export class VocabularyIndex {
     return this.restByPrefixTrie;
   }
 
-  /** A small id per grammar, for mask cache keys. */
-  grammarId(g: ResponseGrammar): number {
-    let id = this.grammarIds.get(g.key);
+  /** A small id per grammar object, for mask cache keys (a recompiled grammar gets a new one). */
+  private grammarId(g: ResponseGrammar): number {
+    let id = this.grammarIds.get(g);
     if (id === undefined) {
-      id = this.grammarIds.size;
-      this.grammarIds.set(g.key, id);
+      id = this.nextGrammarId++;
+      this.grammarIds.set(g, id);
     }
     return id;
   }
@@ -742,26 +743,6 @@ function dedupe(configs: Frame[]): Frame[] {
     }
   }
   return out;
-}
-
-/**
- * The constraint for a generation with `responseFormat` (null for free text), on the model's tokenizer.
- * Validates the format first (throws `ERR_INVALID_ARGUMENT`), then waits for the vocabulary index.
- *
- * @example
- * ```ts
- * const c = await createResponseConstraint(tokenizer, 128256, { type: 'json_object' }, [128001, 128009]);
- * ```
- */
-export async function createResponseConstraint(
-  source: VocabularySource,
-  vocabSize: number,
-  format: unknown,
-  stopIds: readonly number[],
-): Promise<JsonTokenConstraint | null> {
-  const grammar = compileResponseFormat(format);
-  if (!grammar) return null;
-  return new JsonTokenConstraint(await vocabularyIndexFor(source, vocabSize), grammar, stopIds);
 }
 
 /**
