@@ -9,7 +9,8 @@
  *   vocabulary), and only the other tokens are walked: each keyed by what follows its plain prefix (a quote, a
  *   backslash, a partial UTF-8 sequence...), which a few thousand trie nodes cover;
  * - elsewhere the whole trie is walked with the automaton, which prunes a subtree at its first rejected byte, so
- *   restrictive states (keys, enums, numbers, punctuation) visit few nodes;
+ *   restrictive states (keys, enums, numbers, punctuation) visit few nodes; where a walk enters a string and the
+ *   subtree below holds only plain text, the subtree's tokens are marked as one range;
  * - masks are cached by configuration (an LRU per vocabulary): a schema's repeated states cost a lookup.
  * Special tokens are never allowed, except the stop tokens, which are allowed exactly when the document is
  * complete.
