@@ -144,14 +144,15 @@ test('logprobs / top_logprobs: OpenAI shape when the engine reports them, else a
 });
 
 test('response_format maps to the engine when the model supports it, else a 400 naming response_format', async () => {
-  const schema = { type: 'object', properties: { color: { type: 'string' } }, required: ['color'], additionalProperties: false };
+  // A bounded string, so that the (random-weight) model's document ends within max_tokens.
+  const schema = { type: 'object', properties: { color: { type: 'string', maxLength: 8 } }, required: ['color'], additionalProperties: false };
   const client = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: 'unused', maxRetries: 0 });
   const supported = (model as unknown as { supportsResponseFormat?: unknown }).supportsResponseFormat === true;
   const parse = (): Promise<unknown> =>
     client.chat.completions.parse({
       model: modelId,
       messages: [{ role: 'user', content: 'The color?' }],
-      max_tokens: 32,
+      max_tokens: 64,
       temperature: 0,
       response_format: { type: 'json_schema', json_schema: { name: 'answer', schema, strict: true } },
     });
