@@ -38,6 +38,8 @@ export type {
   TokenLogprob,
   VideoInput,
 } from './model';
+export { validateResponseFormat } from './json_constraint';
+export type { ResponseFormat } from './json_constraint';
 export { quantizeModel, defaultQuantizedPath, QUANTIZED_FILE_SUFFIX } from './quantize';
 export type { QuantizeKind, QuantizeOptions, QuantizeProgress, QuantizeResult } from './quantize';
 export { batch, listItems, readManifest, BatchOutput, IMAGE_EXTENSIONS, MEDIA_EXTENSIONS } from './batch';

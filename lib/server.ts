@@ -29,6 +29,7 @@ import * as http from 'http';
 import { randomUUID } from 'crypto';
 import { AddressInfo, Socket } from 'net';
 import { PlmError } from './errors';
+import { validateResponseFormat } from './json_constraint';
 import { preprocessImage } from './image';
 import type { GenerateChunk, GenerateOptions, PerceptionLM } from './model';
 import { buildPrompt, MediaProcessors } from './prompt';
@@ -370,6 +371,15 @@ export async function startServer(options: ServerOptions): Promise<PlmServer> {
       }
       const cr: ChatRequest = parseChatRequest(body, { maxTokensLimit: o.maxTokensLimit, defaultMaxTokens: o.defaultMaxTokens });
       stream = cr.stream;
+      if (cr.responseFormat) {
+        // An unsupported schema is a 400 naming response_format before any model is loaded or queued.
+        try {
+          validateResponseFormat(cr.responseFormat);
+        } catch (e) {
+          const message = e instanceof Error ? e.message : String(e);
+          throw new HttpError(400, `response_format: ${message}`, 'invalid_request_error', 'invalid_response_format', 'response_format');
+        }
+      }
       const served = registry.resolve(cr.model);
       modelId = served.id;
       lease = await registry.acquire(served, ac.signal);
