@@ -86,19 +86,24 @@ void gemv_range(const float* x, int64_t K, int64_t N, const uint8_t* W, const fl
 
 // bf16 weights with K % 32 == 0, any number of rows of x: the "even/odd" order. A 64-byte load holds 32 bf16;
 // the even elements become f32 with one 32-bit shift and the odd ones with one AND (a bf16 is the top half of
-// an f32), against x split into its even and odd elements once per call (xe, xo: [M, K/2] each). Two vector ALU
-// ops + two FMAs per 32 weights instead of widen + shift + FMA per 16, which keeps 2 cores at the memory
-// bandwidth in decode. Each output (row m, weight row n) is computed by the same operations whatever M is and
-// wherever row m sits: ae and ao accumulate k = 32b + 2j and 32b + 2j + 1 in lane j, b ascending, then
-// y = reduce_add(ae + ao) + bias. So a row's result never depends on the other rows of the call: the GEMV
-// (M <= 8) and the blocked GEMM (M > 8) give the same bits for it (batched decode and chunked prefill are
-// invariant to how rows are grouped).
-// MR rows of x x NR weight rows [n, n + NR) (clamped to n1: repeated rows are computed and not stored).
+// an f32), against x split into its even and odd elements once per call. Two vector ALU ops + two FMAs per 32
+// weights instead of widen + shift + FMA per 16, which keeps 2 cores at the memory bandwidth in decode. Each
+// output (row m, weight row n) is computed by the same operations whatever M is and wherever row m sits: ae and
+// ao accumulate k = 32b + 2j and 32b + 2j + 1 in lane j, b ascending, then y = reduce_add(ae + ao) + bias. So a
+// row's result never depends on the other rows of the call: the GEMV (M <= 8) and the blocked GEMM (M > 8) give
+// the same bits for it (batched decode and chunked prefill are invariant to how rows are grouped).
+//
+// The split x is k-block major, xeo [K/32][M][2][16] (block b, row m: 16 even then 16 odd elements), so that
+// one k step of all M rows is M * 128 contiguous bytes. (Row-major halves put the 2M streams of a k step 4 KiB
+// apart for K = 2048: one L1 set, which 16 streams overflow; the 8-row GEMV ran at a tenth of its speed.)
+constexpr int64_t kEoBlock = 32;  // floats of one row in one k block: 16 even + 16 odd
+
+// MR rows of x (xeo at the first of them, `xstep` floats between k blocks) x NR weight rows [n, n + NR)
+// (clamped to n1: repeated rows are computed and not stored).
 template <int MR, int NR, bool Prefetch>
-inline void eo_block(const float* xe, const float* xo, int64_t K, int64_t N, const uint8_t* W, const float* bias,
+inline void eo_block(const float* xeo, int64_t xstep, int64_t K, int64_t N, const uint8_t* W, const float* bias,
                      float* y, int64_t n, int64_t n1) {
   const size_t rb = static_cast<size_t>(K) * 2;
-  const int64_t half = K / 2;
   const int R = static_cast<int>(std::min<int64_t>(NR, n1 - n));
   const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
   const uint8_t* wr[NR];
@@ -106,7 +111,8 @@ inline void eo_block(const float* xe, const float* xo, int64_t K, int64_t N, con
   __m512 ae[MR][NR], ao[MR][NR];
   for (int m = 0; m < MR; ++m)
     for (int r = 0; r < NR; ++r) ae[m][r] = ao[m][r] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; k += 32) {
+  const float* xb = xeo;
+  for (int64_t k = 0; k < K; k += 32, xb += xstep) {
     __m512 we[NR], wo[NR];
     for (int r = 0; r < NR; ++r) {
       if constexpr (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(wr[r]) + (k + 512) * 2, _MM_HINT_T0);
@@ -115,7 +121,7 @@ inline void eo_block(const float* xe, const float* xo, int64_t K, int64_t N, con
       wo[r] = _mm512_castsi512_ps(_mm512_and_si512(v, hi));
     }
     for (int m = 0; m < MR; ++m) {
-      const __m512 e = _mm512_loadu_ps(xe + m * half + k / 2), o = _mm512_loadu_ps(xo + m * half + k / 2);
+      const __m512 e = _mm512_loadu_ps(xb + m * kEoBlock), o = _mm512_loadu_ps(xb + m * kEoBlock + 16);
       for (int r = 0; r < NR; ++r) {
         ae[m][r] = _mm512_fmadd_ps(we[r], e, ae[m][r]);
         ao[m][r] = _mm512_fmadd_ps(wo[r], o, ao[m][r]);
@@ -128,39 +134,47 @@ inline void eo_block(const float* xe, const float* xo, int64_t K, int64_t N, con
 }
 
 // Weight rows [n0, n1) for MR rows of x; NR weight rows in flight so that 2 * MR * NR accumulators fill the
-// registers (eight streams per core at MR = 1: four measured ~3% slower, same results).
+// registers (eight streams per core at MR = 1: four measured ~3% slower, same results). Five to eight rows run
+// as 4 + (MR - 4) over the same 2 weight rows (the second pass reads them from L1): one block of 8 rows spills.
 template <int MR>
-void gemv_bf16_eo(const float* xe, const float* xo, int64_t K, int64_t N, const uint8_t* W, const float* bias,
-                  float* y, int64_t n0, int64_t n1) {
-  constexpr int NR = MR == 1 ? 8 : MR == 2 ? 4 : MR <= 4 ? 2 : 1;
-  for (int64_t n = n0; n < n1; n += NR) eo_block<MR, NR, true>(xe, xo, K, N, W, bias, y, n, n1);
-}
-
-void gemv_bf16_eo_rows(int64_t M, const float* xe, const float* xo, int64_t K, int64_t N, const uint8_t* W,
-                       const float* bias, float* y, int64_t n0, int64_t n1) {
-  switch (M) {
-    case 1: gemv_bf16_eo<1>(xe, xo, K, N, W, bias, y, n0, n1); break;
-    case 2: gemv_bf16_eo<2>(xe, xo, K, N, W, bias, y, n0, n1); break;
-    case 3: gemv_bf16_eo<3>(xe, xo, K, N, W, bias, y, n0, n1); break;
-    case 4: gemv_bf16_eo<4>(xe, xo, K, N, W, bias, y, n0, n1); break;
-    case 5: gemv_bf16_eo<5>(xe, xo, K, N, W, bias, y, n0, n1); break;
-    case 6: gemv_bf16_eo<6>(xe, xo, K, N, W, bias, y, n0, n1); break;
-    case 7: gemv_bf16_eo<7>(xe, xo, K, N, W, bias, y, n0, n1); break;
-    default: gemv_bf16_eo<8>(xe, xo, K, N, W, bias, y, n0, n1); break;
+void gemv_bf16_eo(const float* xeo, int64_t K, int64_t N, const uint8_t* W, const float* bias, float* y, int64_t n0,
+                  int64_t n1) {
+  if constexpr (MR <= 4) {
+    constexpr int NR = MR == 1 ? 8 : MR == 2 ? 4 : 2;
+    for (int64_t n = n0; n < n1; n += NR) eo_block<MR, NR, true>(xeo, MR * kEoBlock, K, N, W, bias, y, n, n1);
+  } else {
+    for (int64_t n = n0; n < n1; n += 2) {
+      eo_block<4, 2, true>(xeo, MR * kEoBlock, K, N, W, bias, y, n, n1);
+      eo_block<MR - 4, 2, false>(xeo + 4 * kEoBlock, MR * kEoBlock, K, N, W, bias, y + 4 * N, n, n1);
+    }
   }
 }
 
-// x [M, K] -> xe, xo [M, K/2]: its even and odd elements.
-void split_even_odd(const float* x, int64_t M, int64_t K, float* xe, float* xo, ThreadPool* pool) {
-  const int64_t half = K / 2;
+void gemv_bf16_eo_rows(int64_t M, const float* xeo, int64_t K, int64_t N, const uint8_t* W, const float* bias,
+                       float* y, int64_t n0, int64_t n1) {
+  switch (M) {
+    case 1: gemv_bf16_eo<1>(xeo, K, N, W, bias, y, n0, n1); break;
+    case 2: gemv_bf16_eo<2>(xeo, K, N, W, bias, y, n0, n1); break;
+    case 3: gemv_bf16_eo<3>(xeo, K, N, W, bias, y, n0, n1); break;
+    case 4: gemv_bf16_eo<4>(xeo, K, N, W, bias, y, n0, n1); break;
+    case 5: gemv_bf16_eo<5>(xeo, K, N, W, bias, y, n0, n1); break;
+    case 6: gemv_bf16_eo<6>(xeo, K, N, W, bias, y, n0, n1); break;
+    case 7: gemv_bf16_eo<7>(xeo, K, N, W, bias, y, n0, n1); break;
+    default: gemv_bf16_eo<8>(xeo, K, N, W, bias, y, n0, n1); break;
+  }
+}
+
+// x [M, K] -> xeo [K/32][M][2][16]: per k block and row, its 16 even then 16 odd elements.
+void split_even_odd(const float* x, int64_t M, int64_t K, float* xeo, ThreadPool* pool) {
   const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   parallel_for(M > 64 ? pool : nullptr, M, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t m = r0; m < r1; ++m)
       for (int64_t k = 0; k < K; k += 32) {
         const __m512 a = _mm512_loadu_ps(x + m * K + k), b = _mm512_loadu_ps(x + m * K + k + 16);
-        _mm512_storeu_ps(xe + m * half + k / 2, _mm512_permutex2var_ps(a, even, b));
-        _mm512_storeu_ps(xo + m * half + k / 2, _mm512_permutex2var_ps(a, odd, b));
+        float* dst = xeo + (k / 32) * M * kEoBlock + m * kEoBlock;
+        _mm512_storeu_ps(dst, _mm512_permutex2var_ps(a, even, b));
+        _mm512_storeu_ps(dst + 16, _mm512_permutex2var_ps(a, odd, b));
       }
   });
 }
@@ -168,32 +182,31 @@ void split_even_odd(const float* x, int64_t M, int64_t K, float* xe, float* xo, 
 // The blocked GEMM of the even/odd order (M > 8): 4 rows of x x 3 weight rows per block (24 accumulators).
 // A task owns a range of weight rows (kept in L2 while every 4-row group of x streams past it).
 constexpr int kEoMR = 4, kEoNR = 3;
-void gemm_bf16_eo(const float* xe, const float* xo, int64_t M, int64_t K, int64_t N, const uint8_t* W,
-                  const float* bias, float* y, int64_t n0, int64_t n1) {
-  const int64_t half = K / 2;
+void gemm_bf16_eo(const float* xeo, int64_t M, int64_t K, int64_t N, const uint8_t* W, const float* bias, float* y,
+                  int64_t n0, int64_t n1) {
+  const int64_t xstep = M * kEoBlock;
   int64_t m = 0;
   for (; m + kEoMR <= M; m += kEoMR)
     for (int64_t n = n0; n < n1; n += kEoNR)
-      eo_block<kEoMR, kEoNR, false>(xe + m * half, xo + m * half, K, N, W, bias, y + m * N, n, n1);
+      eo_block<kEoMR, kEoNR, false>(xeo + m * kEoBlock, xstep, K, N, W, bias, y + m * N, n, n1);
   for (; m < M; ++m)
     for (int64_t n = n0; n < n1; n += kEoNR)
-      eo_block<1, kEoNR, false>(xe + m * half, xo + m * half, K, N, W, bias, y + m * N, n, n1);
+      eo_block<1, kEoNR, false>(xeo + m * kEoBlock, xstep, K, N, W, bias, y + m * N, n, n1);
 }
 
 void run_bf16_eo(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool) {
   const int64_t N = w.rows, K = w.cols;
   const int threads = pool ? pool->size() : 1;
-  thread_local std::vector<float> xeo;
-  xeo.resize(static_cast<size_t>(M * K));
-  float* xe = xeo.data();  // the caller's buffer, read by the workers
-  float* xo = xe + M * (K / 2);
-  split_even_odd(x, M, K, xe, xo, pool);
+  thread_local std::vector<float> xeo_buf;
+  xeo_buf.resize(static_cast<size_t>(M * K));
+  float* xeo = xeo_buf.data();  // [K/32][M][2][16]: the caller's buffer, read by the workers
+  split_even_odd(x, M, K, xeo, pool);
   const uint8_t* W = static_cast<const uint8_t*>(w.data);
   if (M <= 8) {
     // Row ranges of ~64 KB of weights or more, a few per thread so a busy core doesn't stall the other.
     const auto [rows, tasks] = gemv_row_split(N, K * 2, threads, 4);
     run_tasks(pool, tasks, [&](int64_t t) {
-      gemv_bf16_eo_rows(M, xe, xo, K, N, W, bias, y, t * rows, std::min(N, (t + 1) * rows));
+      gemv_bf16_eo_rows(M, xeo, K, N, W, bias, y, t * rows, std::min(N, (t + 1) * rows));
     });
     return;
   }
@@ -203,7 +216,7 @@ void run_bf16_eo(const float* x, int64_t M, const WeightMatrix& w, const float* 
   rows = (rows + kEoNR - 1) / kEoNR * kEoNR;
   const int64_t tasks = (N + rows - 1) / rows;
   run_tasks(pool, tasks, [&](int64_t t) {
-    gemm_bf16_eo(xe, xo, M, K, N, W, bias, y, t * rows, std::min(N, (t + 1) * rows));
+    gemm_bf16_eo(xeo, M, K, N, W, bias, y, t * rows, std::min(N, (t + 1) * rows));
   });
 }
 
