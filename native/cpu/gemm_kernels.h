@@ -79,6 +79,10 @@ bool matmul_avx512bf16_group_tiles(const uint16_t* xb, int64_t M, const MatmulOu
 void silu_mul_tiles_avx512bf16(const float* gate, const float* up, int64_t M, int64_t cols, uint16_t* tiles,
                                ThreadPool* pool);
 void pack_bf16_tiles_avx512bf16(const WeightMatrix& w, uint8_t* out, ThreadPool* pool);
+// The decode GEMV at precision bf16 (gemv_avx512bf16.cpp, any CPU with AVX512-BF16, AMX or not): M <= 8 rows of
+// x rounded to bf16, bf16 weights in place, vdpbf16ps; every row computed alike for any M. K % 32 == 0, no
+// quantization; returns false otherwise.
+bool gemv_avx512bf16(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
 #if defined(__aarch64__)
 // f32 activations, bf16/f16/f32 weights read in place, f32 accumulation (ARM64 NEON): GEMV for M <= 8,
 // panel GEMM above. Returns false only for other weight dtypes.

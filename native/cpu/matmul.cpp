@@ -60,6 +60,11 @@ bool avx512bf16_usable() {
   static const bool v = cpu_features().avx512_bf16 && avx512_usable() && !amx_usable();
   return v;
 }
+// The bf16 decode GEMV: vdpbf16ps on any AVX512-BF16 CPU (AMX ones too: AMX tiles do not pay off for 8 rows).
+bool bf16_gemv_usable() {
+  static const bool v = cpu_features().avx512_bf16 && avx512_usable();
+  return v;
+}
 // A matmul of M rows at `precision` goes to the AMX kernels (which still decline shapes they don't cover).
 bool amx_rows(Precision precision, int64_t M) { return precision == Precision::kBF16 && amx_usable() && M >= 32; }
 // ... or to the AVX512-BF16 kernels: the same operands and epilogues, for every M above the GEMV's 8 rows.
@@ -292,6 +297,9 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
 #if defined(__x86_64__) || defined(_M_X64)
   static const CpuFeatures& f = cpu_features();
   static const bool avx2 = f.avx2 && f.fma && f.f16c;
+  if (precision == Precision::kBF16 && M <= kGemvRows && bf16_gemv_usable() &&
+      kernels::gemv_avx512bf16(x, M, w, bias, y, pool))
+    return;
   if (amx_rows(precision, M) && kernels::matmul_amx_bf16(x, M, w, bias, y, pool)) return;
   if (avx512bf16_rows(precision, M) && kernels::matmul_avx512bf16(x, M, w, bias, y, pool)) return;
   if (avx512_usable() && kernels::matmul_avx512_f32(x, M, w, bias, y, pool)) return;

@@ -47,8 +47,9 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
 // accumulation (exact to f32 rounding; the fixture tests' mode). kBF16: activations rounded to bf16,
 // f32 accumulation, on AMX tiles where the CPU has them, else with AVX512-BF16 vdpbf16ps on the same operands
 // (error bound in benchmarks/RESULTS.md).
-// Small-M matmuls (decode, M <= 8) always use f32 activations: they are memory-bound either way, and every row
-// of them is computed by the same operations for any M from 1 to 8 (so batching decode rows changes no bits).
+// Small-M matmuls (decode, M <= 8): every row is computed by the same operations for any M from 1 to 8 (so
+// batching decode rows changes no bits). f32 activations, except kBF16 on AVX512-BF16 CPUs: x rounded to bf16
+// and vdpbf16ps (8 decode rows are bound by arithmetic on small CPUs, and it does twice the work per instruction).
 // kF32RowInvariant: kF32 where also every row of a larger M is computed by those same operations (the decoder at
 // f32: a token's keys, values and logits do not depend on how many rows share the call, so a prompt prefix
 // reused from the cache, or computed in other chunks, gives the same bits as computing it again). AVX-512 with

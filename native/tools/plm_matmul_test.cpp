@@ -728,6 +728,28 @@ int main(int argc, char** argv) {
           matmul(x.data() + m0 * K, g, tw.w, bias.data(), y.data(), &pool, Precision::kF32);
           gemv_same = gemv_same && std::memcmp(y.data(), alone.data() + m0 * N, y.size() * sizeof(float)) == 0;
         }
+      // Precision kBF16 (the bf16 decode GEMV where the CPU has AVX512-BF16): the same invariance, and within
+      // bf16 rounding of x (|x| < 1, 2^-9 relative each) of the f32 result: |err| <= 2^-8 * sum_k |x_k w_k| + slack.
+      if (t == WType::kBF16 || t == WType::kF32 || t == WType::kF16) {
+        std::vector<float> alone16(static_cast<size_t>(M * N));
+        for (int64_t m = 0; m < M; ++m)
+          matmul(x.data() + m * K, 1, tw.w, bias.data(), alone16.data() + m * N, &pool, Precision::kBF16);
+        for (int64_t g = 2; g <= kGemvRows; ++g)
+          for (int64_t m0 = 0; m0 + g <= M; m0 += 7) {
+            std::vector<float> y(static_cast<size_t>(g * N));
+            matmul(x.data() + m0 * K, g, tw.w, bias.data(), y.data(), &pool, Precision::kBF16);
+            gemv_same = gemv_same && std::memcmp(y.data(), alone16.data() + m0 * N, y.size() * sizeof(float)) == 0;
+          }
+        double worst = 0;
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t n = 0; n < N; ++n) {
+            double mag = 0;
+            for (int64_t k = 0; k < K; ++k) mag += std::fabs(double(x[size_t(m * K + k)]) * tw.wf[size_t(n * K + k)]);
+            const double err = std::fabs(double(alone16[size_t(m * N + n)]) - alone[size_t(m * N + n)]);
+            worst = std::max(worst, err / (mag * (1.0 / 256) + 1e-5));
+          }
+        gemv_same = gemv_same && worst <= 1.0;
+      }
       bool rows_same = true;
       for (const int64_t m : {int64_t(9), int64_t(17), M}) {
         std::vector<float> y(static_cast<size_t>(m * N));
@@ -751,7 +773,7 @@ int main(int argc, char** argv) {
 #endif
       record(gemv_same);
       record(rows_same);
-      std::printf("  row invariance %-4s K=%-4" PRId64 ": GEMV rows (M = 2..8) %s; kF32RowInvariant (M = 9, 17, 40) %s\n",
+      std::printf("  row invariance %-4s K=%-4" PRId64 ": GEMV rows (M = 2..8; f32, and bf16 within its bound) %s; kF32RowInvariant (M = 9, 17, 40) %s\n",
                   wtype_name(t), K, gemv_same ? "equal alone" : "DIFFER  FAIL", rows_same ? "equal alone" : "DIFFER  FAIL");
     }
   }
