@@ -41,8 +41,9 @@ export interface ChatMessage<I = unknown, V = unknown> {
 }
 
 /**
- * The PerceptionLM chat template, character for character as transformers' PerceptionLM conversion
- * writes it (plm-spec.md section 7.2). Used when a checkpoint carries no template of its own.
+ * The PerceptionLM chat template, character for character as transformers' PerceptionLM conversion writes it
+ * (`CHAT_TEMPLATE` in `models/perception_lm/convert_perception_lm_weights_to_hf.py`). Used when a checkpoint
+ * carries no template of its own.
  * Within a message it writes all `<|image|>` placeholders, then all `<|video|>`, then the trimmed
  * texts; the default system prompt is used when the first message is not a system message.
  */
@@ -216,7 +217,7 @@ export class ChatTemplate {
    * Finds the checkpoint's template, in transformers' order of precedence: `chat_template.jinja`,
    * then `chat_template.json` (`{"chat_template": ...}`), then `chat_template` in
    * tokenizer_config.json. **When none exists, falls back to the built-in PerceptionLM template
-   * ({@link PLM_CHAT_TEMPLATE}, plm-spec.md 7.2)** and reports `origin: 'builtin-plm'`.
+   * ({@link PLM_CHAT_TEMPLATE}, transformers' PerceptionLM conversion script)** and reports `origin: 'builtin-plm'`.
    *
    * @param dir checkpoint directory.
    * @param tokenizerConfig the parsed tokenizer_config.json (`{}` when absent).
@@ -250,7 +251,7 @@ export class ChatTemplate {
     return ChatTemplate.builtin(tokenizerConfig);
   }
 
-  /** The built-in PerceptionLM template (plm-spec.md 7.2). */
+  /** The built-in PerceptionLM template (transformers' PerceptionLM conversion script). */
   static builtin(tokenizerConfig: TokenizerConfigJson = {}): ChatTemplate {
     return new ChatTemplate(PLM_CHAT_TEMPLATE, tokenizerConfig, 'builtin-plm');
   }
