@@ -3,15 +3,17 @@
  * native/tools/plm_matmul_test (every weight dtype against a double reference; precision bf16 within its stated
  * bound; the fused prologues, epilogues and bf16 tile hand-overs bit-identical to the unfused steps) and
  * native/tools/plm_attention_test (bf16 attention against the f32 kernel, tile output bit-identical). The tools
- * are built here with cmake into build-tools/ (incremental after the first run); each must exit 0 and report
- * the level it was asked to run at.
+ * are built here with cmake into build-tools/ (incremental after the first run), or taken from PLM_TOOLS_DIR
+ * when that names a folder where they are already built (.ci/run: build/, from .ci/native_checks.sh); each must
+ * exit 0 and report the level it was asked to run at.
  */
 import { execFileSync, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 
 const root = path.resolve(__dirname, '..');
-const buildDir = path.join(root, 'build-tools');
+const prebuilt = process.env.PLM_TOOLS_DIR ? path.resolve(root, process.env.PLM_TOOLS_DIR) : '';
+const buildDir = prebuilt || path.join(root, 'build-tools');
 const exe = (name: string) => path.join(buildDir, name);
 
 jest.setTimeout(20 * 60 * 1000);
@@ -19,6 +21,12 @@ jest.setTimeout(20 * 60 * 1000);
 let levels: string[] = [];
 
 beforeAll(() => {
+  if (prebuilt) {
+    for (const tool of ['plm_matmul_test', 'plm_attention_test'])
+      if (!fs.existsSync(exe(tool))) throw new Error(`PLM_TOOLS_DIR=${prebuilt} has no ${tool}: build it (cmake --build ${prebuilt} --target ${tool}) or unset PLM_TOOLS_DIR`);
+    levels = execFileSync(exe('plm_matmul_test'), ['--isa-levels'], { encoding: 'utf8' }).trim().split('\n');
+    return;
+  }
   execFileSync('cmake', ['-S', root, '-B', buildDir, '-DCMAKE_BUILD_TYPE=Release', '-DPLM_CUDA=OFF', '-DPLM_BUILD_TOOLS=ON'], {
     stdio: ['ignore', 'ignore', 'inherit'],
   });
