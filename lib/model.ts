@@ -24,7 +24,7 @@ import {
   NativeTokenMaskQueue,
 } from './native';
 import { batch as runBatch, BatchItem, BatchOptions, BatchRecord } from './batch';
-import { buildPrompt, BuiltPrompt, MediaProcessors, PromptModelInfo } from './prompt';
+import { buildPrompt, BuiltPrompt, MediaProcessors, ProcessedImage, ProcessedVideo, PromptModelInfo } from './prompt';
 import { PlmTokenizer } from './tokenizer';
 import { loadVideoFrames } from './video';
 
@@ -599,14 +599,22 @@ export class PerceptionLM {
     const tokenizer = this.tokenizer ?? (null as unknown as PlmTokenizer);
     let done = 0;
     const nMedia = (options.images?.length ?? 0) + (options.videos?.length ?? 0);
+    // A chat's earlier media come from its cache (preprocessed once, with the tiling of the turn that sent them).
+    const cache = chatMediaCache.get(options);
+    let imageIndex = 0;
+    let videoIndex = 0;
     const media: MediaProcessors<ImageInput, VideoInput> = {
       image: async (i, o) => {
-        const r = await this.media.image(i, o);
+        const k = imageIndex++;
+        const r = cache?.images[k] ?? (await this.media.image(i, o));
+        if (cache && k >= cache.images.length) cache.pendingImages.push(r);
         options.onProgress?.({ stage: 'preprocess', fraction: ++done / Math.max(1, nMedia) });
         return r;
       },
       video: async (v, o) => {
-        const r = await this.media.video(v, o);
+        const k = videoIndex++;
+        const r = cache?.videos[k] ?? (await this.media.video(v, o));
+        if (cache && k >= cache.videos.length) cache.pendingVideos.push(r);
         options.onProgress?.({ stage: 'preprocess', fraction: ++done / Math.max(1, nMedia) });
         return r;
       },
@@ -1028,6 +1036,21 @@ export class PerceptionLM {
 }
 
 /**
+ * The preprocessed media of a chat's earlier turns, in the order they appear in its messages: a later turn
+ * reuses them (the same pixels and tiling as when they were sent, without decoding the files again), so the
+ * conversation's prefix renders to the same tokens and its cached context is reused. `pending*` collect the
+ * media of the turn being built; they join the cache when the turn succeeds.
+ */
+interface ChatMediaCache {
+  images: ProcessedImage[];
+  videos: ProcessedVideo[];
+  pendingImages: ProcessedImage[];
+  pendingVideos: ProcessedVideo[];
+}
+/** Requests built by {@link Chat} carry their chat's media cache here (keyed by the request object). */
+const chatMediaCache = new WeakMap<GenerateOptions, ChatMediaCache>();
+
+/**
  * A conversation with a model that keeps its context between turns. Create with
  * {@link PerceptionLM.createChat}. Each turn renders the whole conversation with the chat template; the engine
  * reuses every position it already computed (the longest common prefix) and computes only the rest, so a
@@ -1035,6 +1058,7 @@ export class PerceptionLM {
  */
 export class Chat {
   private messages: Message[] = [];
+  private media: ChatMediaCache = { images: [], videos: [], pendingImages: [], pendingVideos: [] };
   private session: NativeSession | null = null;
   private busy = false;
   private disposed = false;
@@ -1075,6 +1099,7 @@ export class Chat {
     try {
       const r = await this.model.completeIn(request, this.session);
       this.messages.push(user, { role: 'assistant', content: r.text });
+      this.commitMedia();
       return r;
     } finally {
       this.busy = false;
@@ -1110,7 +1135,10 @@ export class Chat {
           failed = true;  // a failed turn (bad input, disposed model) does not join the history
           throw e;
         } finally {
-          if (!failed) self.messages.push(user, { role: 'assistant', content: text });
+          if (!failed) {
+            self.messages.push(user, { role: 'assistant', content: text });
+            self.commitMedia();
+          }
           self.busy = false;
         }
       },
@@ -1134,6 +1162,14 @@ export class Chat {
 
   private resetMessages(): void {
     this.messages = this.options.system !== undefined ? [{ role: 'system', content: this.options.system }] : [];
+    this.media = { images: [], videos: [], pendingImages: [], pendingVideos: [] };
+  }
+
+  private commitMedia(): void {
+    this.media.images.push(...this.media.pendingImages);
+    this.media.videos.push(...this.media.pendingVideos);
+    this.media.pendingImages = [];
+    this.media.pendingVideos = [];
   }
 
   private begin(input: ChatInput, options: ChatTurnOptions): { request: GenerateOptions; user: Message } {
@@ -1160,7 +1196,11 @@ export class Chat {
     this.busy = true;
     const { system: _system, ...defaults } = this.options;
     void _system;
-    return { request: { ...defaults, ...options, messages: [...this.messages, user] }, user };
+    const request: GenerateOptions = { ...defaults, ...options, messages: [...this.messages, user] };
+    this.media.pendingImages = [];
+    this.media.pendingVideos = [];
+    chatMediaCache.set(request, this.media);
+    return { request, user };
   }
 }
 

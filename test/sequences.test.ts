@@ -177,6 +177,28 @@ describe('plm-tiny: chats, cancellation and the KV budget', () => {
     await expect(chat.send('hi')).rejects.toMatchObject({ code: 'ERR_DISPOSED' });
   });
 
+  test("a chat keeps an image's tiling from the turn that sent it (a later turn with other options reuses the cache)", async () => {
+    await model.clearCache();
+    const image = path.join(ROOT, 'samples', 'scene3.png');
+    // The premise: this image tiles differently with the checkpoint's default than with one tile.
+    const oneTile = await model.buildInput({ prompt: 'Describe the image.', images: [image], maxNumTiles: 1 });
+    const byDefault = await model.buildInput({ prompt: 'Describe the image.', images: [image] });
+    expect(byDefault.numTiles).toBeGreaterThan(oneTile.numTiles);
+
+    const chat = model.createChat({ maxTokens: 16, temperature: 0 });
+    const first = await chat.send({ text: 'Describe the image.', images: [image] }, { maxNumTiles: 1 });
+    const second = await chat.send('What is at the top left?', { returnLogits: true });
+    expect(second.timings.cachedTokens).toBeGreaterThan(first.timings.promptTokens);
+    expect(second.timings.promptTokens - second.timings.cachedTokens).toBeLessThan(40);
+    expect(second.timings.visionMs).toBe(0);
+    const messages = chat.history.slice(0, 3);
+    chat.dispose();
+    await model.clearCache();
+    const cold = await model.complete({ messages, maxNumTiles: 1, maxTokens: 16, temperature: 0, returnLogits: true });
+    expect(second.tokenIds).toEqual(cold.tokenIds);
+    expect(sameBits(second.logits, cold.logits)).toBe(true);
+  });
+
   test('the same image in a new request is not encoded again', async () => {
     await model.clearCache();
     const image = path.join(ROOT, 'samples', 'scene2.png');
