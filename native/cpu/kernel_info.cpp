@@ -40,6 +40,7 @@ CpuKernels cpu_kernels() {
   k.attention_bf16 = attention_kernel_name(Precision::kBF16);
   const std::string gemv = matmul_kernel_name();
   k.decode = gemv.substr(0, gemv.find('+')) + " (GEMV, f32 activations)";
+  if (const char* bf16 = decode_bf16_kernel_name()) k.decode += std::string("; bf16: ") + bf16;
   const bool avx512 = f.avx512f && f.avx512bw && f.avx512dq;
   if (avx512 && f.avx512_vnni && f.avx512vl) k.decode_quantized = "avx512-vnni (int8 activations)";
   else if (avx512) k.decode_quantized = "avx512 (f32 activations)";

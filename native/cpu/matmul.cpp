@@ -96,6 +96,7 @@ bool bf16_matmul_available() {
 bool bf16_rounds_activations(int64_t M, const WeightMatrix& w) {
   if (w.quant != Quant::kNone || w.dtype != DType::kBF16 || w.rows <= 0 || w.cols <= 0) return false;
 #if defined(__x86_64__) || defined(_M_X64)
+  if (M <= kGemvRows) return bf16_gemv_usable() && w.cols % 32 == 0;  // the decode GEMV (gemv_avx512bf16)
   return tile_rows(Precision::kBF16, M) && w.rows % 32 == 0 && w.cols % 32 == 0;
 #elif defined(__aarch64__)
   return M > 8 && cpu_features().neon_bf16;
@@ -103,6 +104,13 @@ bool bf16_rounds_activations(int64_t M, const WeightMatrix& w) {
   (void)M;
   return false;
 #endif
+}
+
+const char* decode_bf16_kernel_name() {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (bf16_gemv_usable()) return "avx512-bf16 (GEMV, bf16 activations, vdpbf16ps)";
+#endif
+  return nullptr;
 }
 
 const char* matmul_kernel_name() {

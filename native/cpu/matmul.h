@@ -152,6 +152,8 @@ bool bf16_rounds_activations(int64_t M, const WeightMatrix& w);
 
 // Which kernel family matmul() uses on this CPU, for `plm info` and benchmarks ("amx-bf16+avx512", ...).
 const char* matmul_kernel_name();
+// The decode GEMV at precision kBF16 when it differs from the f32 one ("avx512-bf16 (...)"), else nullptr.
+const char* decode_bf16_kernel_name();
 // The kernel a matmul of many rows (M > 8: prefill, vision) runs at `precision` on this CPU, e.g.
 // "avx512-bf16 (vdpbf16ps)" or "avx2 (f32 panel)"; decode (M <= 8) runs the GEMV of matmul_kernel_name().
 const char* gemm_kernel_name(Precision precision);

@@ -264,12 +264,13 @@ int main(int argc, char** argv) {
   //   (2) the stated error of the bf16 path against the exact (f32 mode) value:
   //       |y - (sum x_k w_k + b)| <= (2^-8 + 1e-5) * (sum |x_k w_k| + |b|)   (bf16's unit roundoff is 2^-8).
   // Elsewhere (other dtypes, shapes, CPUs without a bf16 kernel) kBF16 runs the f32 kernels: (2) holds a fortiori.
-  // M from just above the GEMV's 8 to a vision tile's 1025, K across the 256-deep slices, N in 32- and 64-column
-  // panels; with a bias on the pool, and without on the calling thread.
+  // M from the decode GEMV's 1..8 to a vision tile's 1025, K across the 256-deep slices, N in 32- and 64-column
+  // panels (and odd N for the GEMV); with a bias on the pool, and without on the calling thread.
   {
     std::uniform_real_distribution<float> uni1(-1.f, 1.f);
     const Case bf16_cases[] = {{9, 32, 32},    {16, 64, 96},    {31, 288, 64},  {37, 96, 160},  {100, 1056, 64},
-                               {300, 512, 224}, {1025, 256, 128}, {12, 2048, 32}, {64, 96, 33},   {40, 100, 64}};
+                               {300, 512, 224}, {1025, 256, 128}, {12, 2048, 32}, {64, 96, 33},   {40, 100, 64},
+                               {1, 2048, 37},  {3, 96, 160},    {5, 1056, 17},  {8, 288, 64},   {8, 100, 64}};
     for (const bool f16 : {false, true}) {
       double worst1 = 0, worst2 = 0;
       for (const Case& c : bf16_cases) {
