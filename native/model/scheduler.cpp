@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <cstdio>
+#include <cstdlib>
 #include <unordered_map>
 
 #include "core/error.h"
@@ -109,6 +111,7 @@ Scheduler::Scheduler(const LoadedModel& model, PagedRunner* paged, Runner* legac
   options_.max_sequences = std::max(1, options_.max_sequences);
   options_.prefill_chunk = std::max<int64_t>(B, options_.prefill_chunk / B * B);
   options_.vision_tiles_per_step = std::max<int64_t>(1, options_.vision_tiles_per_step);
+  if (!(options_.decode_share >= 0 && options_.decode_share <= 1)) options_.decode_share = default_decode_share();
   session_owner_->scheduler = this;
   thread_ = std::thread([this] { loop(); });
 }
@@ -395,9 +398,25 @@ void Scheduler::step() {
     break;
   }
   std::vector<Sequence*> decoding;  // collected after the unit: sequences may have ended inside it
-  for (auto& s : active_)
+  bool prompts_left = !waiting_.empty();
+  for (auto& s : active_) {
     if (s->phase == Phase::kDecode) decoding.push_back(s.get());
-  if (!decoding.empty()) decode_step(decoding);
+    if (s->phase == Phase::kPrompt) prompts_left = true;
+  }
+  // With prompt work left, a decode step only when its share of the time is due.
+  if (!decoding.empty() && (!prompts_left || Clock::now() >= next_interleave_)) decode_step(decoding);
+}
+
+double Scheduler::default_decode_share() {
+  const char* e = std::getenv("PLM_DECODE_SHARE");
+  if (!e || !*e) return 0.5;
+  char* end = nullptr;
+  const double v = std::strtod(e, &end);
+  if (end == e || *end != '\0' || !(v >= 0 && v <= 1)) {
+    std::fprintf(stderr, "perception-lm: PLM_DECODE_SHARE=%s is not a number from 0 to 1; using 0.5\n", e);
+    return 0.5;
+  }
+  return v;
 }
 
 void Scheduler::interleave_decode(const Sequence* current) {
@@ -644,7 +663,11 @@ void Scheduler::decode_step(std::vector<Sequence*>& seqs) {
   const auto t0 = Clock::now();
   paged_->decode(ids.data(), R, tables.data(), pos.data(), logits_.data());
   const auto t1 = Clock::now();
-  next_interleave_ = t1 + (t1 - t0);
+  // The next decode step is due once prompt work has had (1 - share) / share of this step's time.
+  const double share = options_.decode_share;
+  next_interleave_ = share >= 1 ? t1
+                     : share <= 0 ? Clock::time_point::max()
+                                  : t1 + std::chrono::duration_cast<Clock::duration>((t1 - t0) * ((1 - share) / share));
   for (int64_t r = 0; r < R; ++r) {
     Sequence& s = *seqs[r];
     ++s.length;

@@ -114,6 +114,9 @@ struct SchedulerOptions {
   int64_t prefill_chunk = 256;    // a multiple of KvCache::kBlockTokens
   int64_t vision_tiles_per_step = 1;
   size_t media_cache_bytes = 256u << 20;  // image features kept for reuse
+  // While prompts wait, the share of the engine's time that the generating sequences' decode steps get (0 to 1;
+  // 0: prompts first, decode only when no prompt work is left). Default: PLM_DECODE_SHARE, else 0.5.
+  double decode_share = -1;
 };
 
 struct SchedulerStats {
@@ -176,6 +179,7 @@ class Scheduler {
   void prompt_unit(Sequence& s);
   void decode_step(std::vector<Sequence*>& seqs);
   void interleave_decode(const Sequence* current);
+  static double default_decode_share();
   void legacy_run(Sequence& s);
   // Samples the next token from logits [vocab] (modified) and accepts it; false when the sequence ended.
   bool take_token(Sequence& s, float* logits);
