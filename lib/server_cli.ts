@@ -18,6 +18,8 @@ export interface ServeCliOptions {
   host: string;
   parallel?: number;
   maxQueue: number;
+  /** max_tokens of a request that gives none (default DEFAULT_MAX_TOKENS, as the API and the other commands). */
+  maxTokens?: number;
   maxTokensLimit: number;
   maxBody: number;
   maxImagePixels: number;
@@ -51,7 +53,7 @@ export function modelsInDir(dir: string): string[] {
   return dirs;
 }
 
-/** The model id of a --model value: its folder name when it is a folder, else the value itself (e.g. owner/name). */
+/** The model id of a --model value: its folder name when it is a folder, else the value itself (owner/name, resolved by the model opener). */
 export function modelIdOfArg(value: string): string {
   const abs = path.resolve(value);
   return fs.existsSync(abs) && fs.statSync(abs).isDirectory() ? path.basename(abs) : value;
@@ -80,6 +82,9 @@ export function serveSources(opts: Pick<ServeCliOptions, 'model' | 'modelsDir' |
  *   model options (backend, threads, quantization, ...).
  */
 export async function runServeCommand(opts: ServeCliOptions, open: (model: string | undefined) => Promise<PerceptionLM>, defaultId: () => string): Promise<void> {
+  if (opts.maxTokens !== undefined && opts.maxTokens > opts.maxTokensLimit) {
+    throw new PlmError('ERR_INVALID_ARGUMENT', `--max-tokens ${opts.maxTokens} is above --max-tokens-limit ${opts.maxTokensLimit}: lower it, or raise the limit`);
+  }
   const sources = serveSources(opts, open, defaultId);
   const several = sources.length > 1;
   const log = opts.quiet ? undefined : (line: string): void => void process.stderr.write(`plm serve: ${line}\n`);
@@ -90,6 +95,7 @@ export async function runServeCommand(opts: ServeCliOptions, open: (model: strin
     parallel: opts.parallel,
     maxQueue: opts.maxQueue,
     maxTokensLimit: opts.maxTokensLimit,
+    ...(opts.maxTokens !== undefined ? { defaultMaxTokens: opts.maxTokens } : {}),
     maxBodyBytes: opts.maxBody,
     maxImagePixels: opts.maxImagePixels,
     maxTiles: opts.maxTiles,
