@@ -183,7 +183,11 @@ export interface GenerateOptions {
   stop?: string[];
   /** Extra stop token ids besides generation_config's eos_token_id. */
   stopTokenIds?: number[];
-  /** Cancels: complete() resolves with finishReason 'cancelled', generate() ends its iteration. */
+  /**
+   * Cancels, before or during the call (preprocessing, waiting for a slot, decoding): aborting is never an error.
+   * complete() resolves with finishReason 'cancelled' and the text so far; generate() yields nothing once
+   * `abort()` has returned and ends its iteration. (Errors that are not aborts, e.g. ERR_DISPOSED, still reject.)
+   */
   signal?: AbortSignal;
   onProgress?: (progress: GenerateProgress) => void;
   /** Tiles per image, thumbnail excluded. Default preprocessor_config.json max_num_tiles, else 36. */
