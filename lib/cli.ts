@@ -27,7 +27,7 @@ import { createProgress } from './progress_bar';
 import { native, packageRoot } from './native';
 import { keepAlive, runChat } from './cli_chat';
 import { runList, runPull, runRm, PullCliOpts } from './cli_models';
-import { resolveModel } from './model_store';
+import { defaultModelDir, resolveModel } from './model_store';
 import {
   BACKENDS,
   DEFAULT_BACKEND,
@@ -47,10 +47,6 @@ import { registerBatchCommands } from './cli_batch';
 
 export { VIDEO_EXTENSIONS, isVideoPath };
 
-function defaultModelDir(): string {
-  const trained = path.join(packageRoot(), 'models', 'plm-tiny');
-  return fs.existsSync(path.join(trained, 'config.json')) ? trained : path.join(packageRoot(), 'models', 'plm-tiny-random');
-}
 
 /** What --model means when it is not given, for the help texts. */
 const DEFAULT_MODEL_HELP = 'the bundled toy model, which only knows coloured shapes';

@@ -16,16 +16,17 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { PlmError } from './errors';
+import { packageRoot } from './native';
 import { QUANTIZED_FILE_SUFFIX } from './quantize';
 
 /** Which store a model came from. `path`: the argument was a folder. */
-export type ModelSource = 'path' | 'pulled' | 'hf-cache';
+export type ModelStoreSource = 'path' | 'pulled' | 'hf-cache';
 
 /** A model argument resolved to a folder by {@link resolveModel}. */
 export interface ResolvedModel {
   /** The checkpoint folder (absolute; for the HF cache, the snapshot folder). */
   dir: string;
-  source: ModelSource;
+  source: ModelStoreSource;
   /** `owner/name` when it came from a store. */
   name?: string;
   /** The HF cache snapshot's commit hash. */
@@ -36,7 +37,7 @@ export interface ResolvedModel {
 export interface StoredModel {
   /** `owner/name`. */
   name: string;
-  source: Exclude<ModelSource, 'path'>;
+  source: Exclude<ModelStoreSource, 'path'>;
   /** The checkpoint folder (for the HF cache, the snapshot that `refs/main` names). */
   dir: string;
   /** Bytes on disk of the files the folder holds (symlinks followed; `.part` files of an unfinished pull included). */
@@ -66,6 +67,29 @@ export function hfHubCacheDir(): string {
   if (process.env.HF_HUB_CACHE) return process.env.HF_HUB_CACHE;
   if (process.env.HF_HOME) return path.join(process.env.HF_HOME, 'hub');
   return path.join(os.homedir(), '.cache', 'huggingface', 'hub');
+}
+
+/** The directory of the small random-weight model shipped with the package (for smoke tests). */
+export function bundledModelDir(): string {
+  return path.join(packageRoot(), 'models', 'plm-tiny-random');
+}
+
+/**
+ * The model `plm` uses when no `--model` is given: `models/plm-tiny`, a 19 MB PerceptionLM trained on a
+ * synthetic world of coloured shapes (training/README.md), so that a fresh install shows real answers.
+ * It knows nothing outside that world (the CLI says so on stderr on every run that uses it); use a
+ * `facebook/Perception-LM-*` checkpoint for real images. Falls back to {@link bundledModelDir} in a checkout
+ * without the trained model.
+ *
+ * @example
+ * ```ts
+ * const model = await loadModel(defaultModelDir());
+ * const r = await model.complete({ prompt: 'Describe the image.', images: ['node_modules/perception-lm/samples/scene1.png'] });
+ * ```
+ */
+export function defaultModelDir(): string {
+  const trained = path.join(packageRoot(), 'models', 'plm-tiny');
+  return fs.existsSync(path.join(trained, 'config.json')) ? trained : bundledModelDir();
 }
 
 /** Where `plm pull owner/name` puts a repo: `pulledModelsDir()/owner--name`. */
