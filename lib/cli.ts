@@ -609,7 +609,7 @@ Examples:
     .option('--host <host>', 'address to listen on', '127.0.0.1')
     .option('--parallel <n>', "requests generating at once per model (default: the model's sequences, what fits its KV budget; 1 on an engine without them)", intArg('--parallel', 1))
     .option('--max-queue <n>', 'requests waiting per model behind the running ones (429 beyond)', intArg('--max-queue', 0), 16)
-    .option('-n, --max-tokens <n>', 'max_tokens of a request that gives none', intArg('--max-tokens', 1), DEFAULT_MAX_TOKENS)
+    .option('-n, --max-tokens <n>', `max_tokens of a request that gives none (default: ${DEFAULT_MAX_TOKENS}), or the limit when that is lower`, intArg('--max-tokens', 1))
     .option('--max-tokens-limit <n>', 'largest max_tokens a request may ask for', intArg('--max-tokens-limit', 1), DEFAULT_MAX_TOKENS_LIMIT)
     .option('--max-body <bytes>', 'largest request body in bytes (413 beyond)', intArg('--max-body', 1024), 32 * 1024 * 1024)
     .option('--max-image-pixels <n>', 'largest image (width x height; 400 beyond)', intArg('--max-image-pixels', 1), 50_000_000)

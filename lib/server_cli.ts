@@ -82,9 +82,6 @@ export function serveSources(opts: Pick<ServeCliOptions, 'model' | 'modelsDir' |
  *   model options (backend, threads, quantization, ...).
  */
 export async function runServeCommand(opts: ServeCliOptions, open: (model: string | undefined) => Promise<PerceptionLM>, defaultId: () => string): Promise<void> {
-  if (opts.maxTokens !== undefined && opts.maxTokens > opts.maxTokensLimit) {
-    throw new PlmError('ERR_INVALID_ARGUMENT', `--max-tokens ${opts.maxTokens} is above --max-tokens-limit ${opts.maxTokensLimit}: lower it, or raise the limit`);
-  }
   const sources = serveSources(opts, open, defaultId);
   const several = sources.length > 1;
   const log = opts.quiet ? undefined : (line: string): void => void process.stderr.write(`plm serve: ${line}\n`);

@@ -101,7 +101,7 @@ test.each([
   [['describe', 'samples/scene1.png', '--threads', 'many'], /--threads must be an integer >= 0/], // our parser, through commander
   [['describe', 'samples/scene1.png', '--precision', 'f16'], /--precision.*f16.*is invalid/], // commander's choices
   [['describe'], /missing required argument 'file'/],
-  [['serve', '--max-tokens', '600', '--max-tokens-limit', '500'], /--max-tokens 600 is above --max-tokens-limit 500/],
+  [['serve', '--max-tokens', '600', '--max-tokens-limit', '500'], /--max-tokens\) 600 is above maxTokensLimit \(--max-tokens-limit\) 500/],
   [['nosuchcommand'], /unknown command 'nosuchcommand'/],
 ])('an argument error %p prints "plm: ERR_INVALID_ARGUMENT: ..." and exits 2', (args, message) => {
   const r = plm(args as string[]);
