@@ -93,6 +93,32 @@ test('loadModel("owner/name") loads an HF cache snapshot (symlinks into blobs/) 
   }
 }, 120_000);
 
+test('a sharded checkpoint in the HF cache (index and shards all symlinks into blobs/) loads and matches the folder', async () => {
+  const src = path.join(__dirname, 'fixtures', 'text', 'tied_llama3_gqa4_hd64_bf16_v5_sharded');
+  makeHfCacheRepo(hfCache, 'acme/sharded', src, 'c'.repeat(40));
+  const ids = [1, 2, 3, 4]; // the fixture's vocabulary is small
+  const a = await loadModel('acme/sharded', { backend: 'cpu', threads: 1 });
+  const b = await loadModel(src, { backend: 'cpu', threads: 1 });
+  try {
+    const x = await a.forward({ inputIds: ids, logitsRows: 'last' });
+    const y = await b.forward({ inputIds: ids, logitsRows: 'last' });
+    expect(Array.from(x.logits)).toEqual(Array.from(y.logits));
+  } finally {
+    a.dispose();
+    b.dispose();
+  }
+});
+
+test('a snapshot symlink that leaves the repo (not into its blobs/) is still refused by the loader', async () => {
+  const snap = makeHfCacheRepo(hfCache, 'acme/escape', TINY, 'd'.repeat(40));
+  fs.unlinkSync(path.join(snap, 'model.safetensors'));
+  fs.symlinkSync(path.join(TINY, 'model.safetensors'), path.join(snap, 'model.safetensors'));
+  const e = (await loadModel('acme/escape', { backend: 'cpu' }).catch((x: unknown) => x)) as PlmError;
+  expect(e).toBeInstanceOf(PlmError);
+  expect(e.code).toBe('ERR_CORRUPT_FILE');
+  expect(e.message).toMatch(/symlink that leaves the checkpoint folder/);
+});
+
 test('a plm pull copy wins over the HF cache, and an existing folder wins over a name', () => {
   const pulled = path.join(modelsDir, 'acme--tiny');
   fs.cpSync(TINY, pulled, { recursive: true });
