@@ -47,7 +47,6 @@ import { registerBatchCommands } from './cli_batch';
 
 export { VIDEO_EXTENSIONS, isVideoPath };
 
-
 /** What --model means when it is not given, for the help texts. */
 const DEFAULT_MODEL_HELP = 'the bundled toy model, which only knows coloured shapes';
 
