@@ -8,7 +8,7 @@
  */
 import * as os from 'os';
 import * as path from 'path';
-import { loadNative, NativeCpuKernels, NativePrecision, NativeQuantize } from './native';
+import { loadNative, NativeBackend, NativeCpuKernels, NativePrecision, NativeQuantize } from './native';
 
 export type BenchFigure = 'decode' | 'prefill' | 'vision' | 'ttft';
 
@@ -19,6 +19,8 @@ export interface BenchOptions {
   runs?: number;
   /** Figures to measure. Default all four. */
   only?: BenchFigure[];
+  /** 'cpu', 'cuda' or 'auto' (CUDA when usable). Default 'cpu' (`plm bench` passes its --backend, default 'auto'). */
+  backend?: NativeBackend;
   /** Activation precision. Default 'bf16'. */
   precision?: NativePrecision;
   /** Weight-only quantization of the decoder at load. Default 'none'. */
@@ -46,6 +48,8 @@ export interface BenchResults {
   machine: string;
   /** The CPU kernels that ran (ISA level after PLM_CPU_ISA, kernel per kind of work); null with an older addon. */
   cpuKernels: NativeCpuKernels | null;
+  /** The backend that ran: 'cpu' or 'cuda'. */
+  backend: string;
   threads: number;
   precision: NativePrecision;
   quantize: NativeQuantize;
@@ -103,7 +107,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
   const t0 = Date.now();
   // The tile geometry is only known after load; allocate for the 1B-class 256 tokens per tile at most.
   const need = Math.max(2048, decodePrompt + decodeTokens + 8, ...prefillLens.map((n) => n + 8), ...ttftTiles.map((t) => t * 256 + ttftText + 8));
-  const model = await native.loadModel(modelDir, { backend: 'cpu', threads, maxContext: options.maxContext ?? need, precision, quantize }, () => {});
+  const model = await native.loadModel(modelDir, { backend: options.backend ?? 'cpu', threads, maxContext: options.maxContext ?? need, precision, quantize }, () => {});
   try {
     const cfg = model.info().config;
     const tile = cfg.vision?.image_size ?? 448;
@@ -113,6 +117,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
       model: modelDir,
       machine: os.cpus()[0]?.model ?? 'unknown',
       cpuKernels: native.cpuKernels ? native.cpuKernels() : null,
+      backend: model.info().backend,
       threads,
       precision,
       quantize,

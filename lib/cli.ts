@@ -7,9 +7,16 @@
  *   plm info [--model DIR] [--json]
  *   plm chat [--model DIR]
  *   plm pull <owner/name> [--revision main] [--dir DIR]
+ *   plm list [--json]
+ *   plm rm <owner/name>
  *   plm serve [--port 8080] [--host 127.0.0.1] [--model DIR]... [--parallel N] [--api-key KEY] (plm serve --help)
- *   plm bench [--model DIR] [--precision auto|bf16|f32] [--quantize none|int8|q4] [--json]
+ *   plm bench [--model DIR] [--backend auto|cpu|cuda] [--precision auto|bf16|f32] [--quantize none|int8|q4] [--json]
  *   plm quantize --model DIR --kind int8|q4 [--out FILE] [--json]
+ *
+ * --model takes a folder or a hub repo id (owner/name: a plm pull copy or the Hugging Face cache); without it
+ * the bundled toy model runs, and a one-line notice on stderr says that it only knows coloured shapes.
+ * Argument errors (commander's and ours) print `plm: ERR_INVALID_ARGUMENT: ...` and exit with status 2; other
+ * errors print `plm: ERR_CODE: ...` and exit with status 1.
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -18,7 +25,20 @@ import { isPlmError, PlmError } from './errors';
 import { GenerateProgress, loadModel, LoadProgress, PerceptionLM } from './model';
 import { createProgress } from './progress_bar';
 import { native, packageRoot } from './native';
-import { keepAlive, runChat, runPull } from './cli_shipping';
+import { keepAlive, runChat } from './cli_chat';
+import { runList, runPull, runRm, PullCliOpts } from './cli_models';
+import { defaultModelDir, resolveModel } from './model_store';
+import {
+  BACKENDS,
+  DEFAULT_BACKEND,
+  DEFAULT_MAX_TOKENS,
+  DEFAULT_MAX_TOKENS_LIMIT,
+  DEFAULT_NUM_FRAMES,
+  DEFAULT_MAX_NUM_TILES,
+  DEFAULT_PRECISION,
+  PRECISIONS,
+  QUANTIZE_KINDS,
+} from './defaults';
 import { runServeCommand, ServeCliOptions } from './server_cli';
 import { BenchFigure, runBench } from './bench';
 import { defaultQuantizedPath, quantizeModel, QuantizeKind, QuantizeResult } from './quantize';
@@ -27,9 +47,30 @@ import { registerBatchCommands } from './cli_batch';
 
 export { VIDEO_EXTENSIONS, isVideoPath };
 
-function defaultModelDir(): string {
-  const trained = path.join(packageRoot(), 'models', 'plm-tiny');
-  return fs.existsSync(path.join(trained, 'config.json')) ? trained : path.join(packageRoot(), 'models', 'plm-tiny-random');
+/** What --model means when it is not given, for the help texts. */
+const DEFAULT_MODEL_HELP = 'the bundled toy model, which only knows coloured shapes';
+
+/** The one line every run of the bundled toy model prints on stderr (also with -q: it says what the answers are worth). */
+export const TOY_MODEL_NOTICE =
+  'plm: note: no --model given: running the bundled toy model (models/plm-tiny), which only knows coloured shapes; ' +
+  'for real images pass --model facebook/Perception-LM-1B (after plm pull facebook/Perception-LM-1B) or a checkpoint folder';
+
+/**
+ * The checkpoint folder of a --model value (a folder, or owner/name from the plm pull store or the Hugging Face
+ * cache), or of the default model; prints the toy-model notice or the random-weights notice on stderr.
+ */
+function resolveCliModel(model: string | undefined, quiet?: boolean): string {
+  if (model === undefined) {
+    const dir = defaultModelDir();
+    if (!isRandomModel(dir)) process.stderr.write(TOY_MODEL_NOTICE + '\n');
+    else if (!quiet) process.stderr.write(`plm: note: ${dir} has random weights (a test model): its answers are noise. Use --model <dir> with a real PerceptionLM checkpoint.\n`);
+    return dir;
+  }
+  const dir = resolveModel(model).dir;
+  if (!quiet && isRandomModel(dir)) {
+    process.stderr.write(`plm: note: ${dir} has random weights (a test model): its answers are noise. Use --model <dir> with a real PerceptionLM checkpoint.\n`);
+  }
+  return dir;
 }
 
 /** True when the model directory carries a marker saying its weights are random. */
@@ -67,6 +108,8 @@ interface CommonOpts {
   model?: string;
   backend?: 'auto' | 'cpu' | 'cuda';
   threads?: number;
+  precision?: 'auto' | 'f32' | 'bf16';
+  maxContext?: number;
   quantize?: 'none' | 'int8' | 'q4';
   quantizedFile?: string | false;
   maxTokens: number;
@@ -78,38 +121,50 @@ interface CommonOpts {
   quiet?: boolean;
 }
 
-function addModelOptions(cmd: Command): Command {
+/** --threads, --precision and --max-context: the same flags, parsers and defaults on every command that loads a model. */
+function addEngineOptions(cmd: Command): Command {
   return cmd
-    .option('-m, --model <dir>', 'model directory (default: the bundled random-weight tiny model)')
-    .addOption(new Option('--backend <name>', 'compute backend').choices(['auto', 'cpu', 'cuda']).default('auto'))
-    .option('--threads <n>', 'CPU threads (0 = physical cores)', intArg('--threads', 0))
-    .addOption(new Option('--quantize <kind>', 'weight-only quantization of the decoder (CPU): mapped from DIR/model.<kind>.plmq.safetensors when `plm quantize` wrote it, else converted at load').choices(['none', 'int8', 'q4']))
+    .addOption(new Option('--backend <name>', 'compute backend (auto: CUDA when usable, else the CPU)').choices([...BACKENDS]).default(DEFAULT_BACKEND))
+    .option('--threads <n>', 'CPU threads (default 0 = physical cores)', intArg('--threads', 0))
+    .addOption(new Option('--precision <p>', "CPU activation precision ('auto': bf16 where the CPU has AVX512-BF16/AMX/NEON-BF16, else f32)").choices([...PRECISIONS]).default(DEFAULT_PRECISION))
+    .option('--max-context <n>', "KV cache capacity in tokens, prompt + answer (default 0 = the model's max_position_embeddings)", intArg('--max-context', 0));
+}
+
+function addModelOptions(cmd: Command): Command {
+  return addEngineOptions(cmd.option('-m, --model <dir|owner/name>', `checkpoint folder, or a hub repo id downloaded by plm pull or in the Hugging Face cache (default: ${DEFAULT_MODEL_HELP})`))
+    .addOption(new Option('--quantize <kind>', 'weight-only quantization of the decoder (CPU): mapped from DIR/model.<kind>.plmq.safetensors when `plm quantize` wrote it, else converted at load (default: $PLM_QUANTIZE, else none)').choices([...QUANTIZE_KINDS]))
     .option('--quantized-file <file>', 'a plm-quant file written by `plm quantize --out` (its kind is used)')
     .option('--no-quantized-file', 'convert at load even when DIR holds a quantized file');
 }
 
 function addSamplingOptions(cmd: Command): Command {
   return cmd
-    .option('-n, --max-tokens <n>', 'maximum new tokens', intArg('--max-tokens', 1), 256)
+    .option('-n, --max-tokens <n>', 'maximum new tokens', intArg('--max-tokens', 1), DEFAULT_MAX_TOKENS)
     .option('-t, --temperature <t>', '0 = greedy (default: the model generation_config)', floatArg('--temperature', 0))
     .option('--top-p <p>', 'nucleus sampling', floatArg('--top-p', 0))
     .option('--top-k <k>', 'top-k sampling (0 = off)', intArg('--top-k', 0))
     .option('--seed <n>', 'sampler seed', intArg('--seed', 0))
-    .option('-q, --quiet', 'no progress or notices on stderr');
+    .option('-q, --quiet', 'no progress or notices on stderr (but the one line saying the bundled toy model runs)');
+}
+
+/** The load options of the model flags (the same for every command). */
+function loadOptionsOf(opts: Pick<CommonOpts, 'backend' | 'threads' | 'precision' | 'maxContext' | 'quantize' | 'quantizedFile'>) {
+  return {
+    backend: opts.backend,
+    threads: opts.threads,
+    precision: opts.precision,
+    maxContext: opts.maxContext,
+    quantize: opts.quantize,
+    ...(opts.quantizedFile !== undefined ? { quantizedFile: opts.quantizedFile } : {}),
+  };
 }
 
 async function openModel(opts: CommonOpts & { sequences?: number }): Promise<PerceptionLM> {
-  const dir = path.resolve(opts.model ?? defaultModelDir());
-  if (!opts.quiet && isRandomModel(dir)) {
-    process.stderr.write(`plm: note: ${dir} has random weights (a test model): its answers are noise. Use --model <dir> with a real PerceptionLM checkpoint.\n`);
-  }
+  const dir = resolveCliModel(opts.model, opts.quiet);
   const progress = createProgress(!opts.quiet);
   try {
     return await loadModel(dir, {
-      backend: opts.backend,
-      threads: opts.threads,
-      quantize: opts.quantize,
-      ...(opts.quantizedFile !== undefined ? { quantizedFile: opts.quantizedFile } : {}),
+      ...loadOptionsOf(opts),
       ...(opts.sequences !== undefined ? { sequences: opts.sequences } : {}),
       onProgress: (p: LoadProgress) => progress.update(`loading ${p.stage}`, p.fraction),
     });
@@ -201,19 +256,15 @@ function formatBytes(n: number): string {
   return `${(n / 1024).toFixed(1)} KiB`;
 }
 
-type InfoOpts = Pick<CommonOpts, 'model' | 'json' | 'backend' | 'threads' | 'quantize' | 'quantizedFile'>;
+type InfoOpts = Pick<CommonOpts, 'model' | 'json' | 'backend' | 'threads' | 'precision' | 'maxContext' | 'quantize' | 'quantizedFile'>;
 
 async function runInfo(opts: InfoOpts): Promise<void> {
-  const dir = path.resolve(opts.model ?? defaultModelDir());
+  const dir = resolveCliModel(opts.model);
+  const toy = opts.model === undefined && !isRandomModel(dir);
   const cpu = native.cpuFeatures();
   const kernels = native.cpuKernels ? native.cpuKernels() : null;
   const cuda = native.cudaStatus();
-  const model = await loadModel(dir, {
-    backend: opts.backend,
-    threads: opts.threads,
-    quantize: opts.quantize,
-    ...(opts.quantizedFile !== undefined ? { quantizedFile: opts.quantizedFile } : {}),
-  });
+  const model = await loadModel(dir, loadOptionsOf(opts));
   try {
     const c = model.config;
     const random = isRandomModel(dir);
@@ -222,6 +273,7 @@ async function runInfo(opts: InfoOpts): Promise<void> {
         JSON.stringify({
           model: dir,
           randomWeights: random,
+          toyModel: toy,
           config: c,
           dtype: c.dtype ?? null,
           weightBytes: model.weightBytes,
@@ -240,7 +292,7 @@ async function runInfo(opts: InfoOpts): Promise<void> {
     const t = c.text;
     const v = c.vision;
     const lines = [
-      `model        ${dir}${random ? '  (random weights: answers are noise)' : ''}`,
+      `model        ${dir}${random ? '  (random weights: answers are noise)' : toy ? '  (the bundled toy model: it only knows coloured shapes)' : ''}`,
       `text         hidden ${t.hidden_size}, layers ${String(t.num_hidden_layers ?? t.num_layers ?? '?')}, ` +
         `heads ${String(t.num_heads ?? t.num_attention_heads ?? '?')}/${String(t.num_kv_heads ?? t.num_key_value_heads ?? '?')} kv, ` +
         `vocab ${t.vocab_size}, context ${t.max_position_embeddings}`,
@@ -275,9 +327,11 @@ async function runInfo(opts: InfoOpts): Promise<void> {
 
 interface BenchCliOpts {
   model?: string;
+  backend: 'auto' | 'cpu' | 'cuda';
   precision: 'auto' | 'f32' | 'bf16';
   quantize?: 'none' | 'int8' | 'q4';
   threads?: number;
+  maxContext?: number;
   runs: number;
   only: string;
   prefill: string;
@@ -299,7 +353,7 @@ function listArg(name: string, min: number) {
 const BENCH_FIGURES: readonly BenchFigure[] = ['decode', 'prefill', 'vision', 'ttft'];
 
 async function runBenchCmd(opts: BenchCliOpts): Promise<void> {
-  const dir = path.resolve(opts.model ?? defaultModelDir());
+  const dir = resolveCliModel(opts.model);
   if (!fs.existsSync(path.join(dir, 'config.json'))) throw new PlmError('ERR_FILE_NOT_FOUND', `no checkpoint (config.json) in ${dir}`);
   const only = opts.only.split(',').map((s) => s.trim()).filter(Boolean);
   for (const f of only) {
@@ -307,9 +361,11 @@ async function runBenchCmd(opts: BenchCliOpts): Promise<void> {
   }
   const results = await runBench({
     model: dir,
+    backend: opts.backend,
     precision: opts.precision,
     quantize: opts.quantize,
-    threads: opts.threads ?? 2,
+    threads: opts.threads ?? 0,
+    ...(opts.maxContext ? { maxContext: opts.maxContext } : {}),
     runs: opts.runs,
     only: only as BenchFigure[],
     prefill: opts.prefill.split(',').map(Number),
@@ -330,7 +386,15 @@ interface QuantizeCliOpts {
 }
 
 async function runQuantize(opts: QuantizeCliOpts): Promise<void> {
-  const dir = path.resolve(opts.model);
+  const resolved = resolveModel(opts.model);
+  const dir = resolved.dir;
+  if (resolved.source === 'hf-cache' && opts.out === undefined) {
+    throw new PlmError(
+      'ERR_INVALID_ARGUMENT',
+      `${opts.model} is in the Hugging Face cache, which Python and transformers.js share: plm does not write there. ` +
+        `Give the file with --out FILE, then load it with --quantized-file FILE (or plm pull ${opts.model} for a copy of our own)`,
+    );
+  }
   const ac = stopOnSigint();
   const progress = createProgress(!opts.quiet && !opts.json);
   let r: QuantizeResult;
@@ -357,11 +421,14 @@ async function runQuantize(opts: QuantizeCliOpts): Promise<void> {
   );
 }
 
+/** Exit status of an argument error (a bad flag, value or combination; commander's or ours). */
+export const EXIT_USAGE = 2;
+
 function fail(e: unknown): never {
   if (isPlmError(e)) process.stderr.write(`plm: ${e.code}: ${e.message}\n`);
   else if (e instanceof Error) process.stderr.write(`plm: ERR_INTERNAL: ${e.message}\n`);
   else process.stderr.write(`plm: ERR_INTERNAL: ${String(e)}\n`);
-  process.exit(1);
+  process.exit(isPlmError(e) && e.code === 'ERR_INVALID_ARGUMENT' ? EXIT_USAGE : 1);
 }
 
 /** Builds the commander program (exported for tests). */
@@ -371,7 +438,15 @@ export function buildProgram(): Command {
     .name('plm')
     .description('Run Meta PerceptionLM vision-language models locally (image, video or text in, text out).')
     .version(readVersion())
-    .showHelpAfterError()
+    // Commander's own argument errors in our format ("plm: ERR_INVALID_ARGUMENT: ...", status 2, like the errors
+    // the commands raise); subcommands inherit both settings.
+    .configureOutput({
+      outputError: (str, write) => write(str.startsWith('error: ') ? `plm: ERR_INVALID_ARGUMENT: ${str.slice('error: '.length)}` : str),
+    })
+    .exitOverride((err) => {
+      process.exit(err.exitCode === 0 ? 0 : EXIT_USAGE);
+    })
+    .showHelpAfterError('(add --help for the options and examples)')
     .addHelpText(
       'after',
       `
@@ -383,6 +458,8 @@ Examples:
   plm info --json
   plm chat
   plm pull facebook/Perception-LM-1B
+  plm describe photo.jpg --model facebook/Perception-LM-1B
+  plm list
   plm serve --port 8080
   plm bench --model ./models/plm-1b --quantize int8
   plm quantize --model ./models/plm-1b --kind int8`,
@@ -406,8 +483,8 @@ Examples:
   addSamplingOptions(addModelOptions(describe))
     .argument('<file>', `image (png, jpg, webp, gif, ...) or video (${VIDEO_EXTENSIONS.join(' ')}, needs ffmpeg)`)
     .option('-p, --prompt <text>', 'question about the media (default "Describe the image." / "Describe the video.")')
-    .option('--max-tiles <n>', 'maximum 448px tiles per image, thumbnail excluded (default 36)', intArg('--max-tiles', 1))
-    .option('--frames <n>', 'frames sampled from a video (default 32)', intArg('--frames', 1))
+    .option('--max-tiles <n>', `maximum 448px tiles per image, thumbnail excluded (default: the checkpoint's, else ${DEFAULT_MAX_NUM_TILES})`, intArg('--max-tiles', 1))
+    .option('--frames <n>', `frames sampled from a video (default ${DEFAULT_NUM_FRAMES})`, intArg('--frames', 1))
     .option('--json', 'print one JSON object with text, finishReason and timings instead of streaming')
     .addHelpText(
       'after',
@@ -432,12 +509,12 @@ Examples:
     )
     .action(async (opts: InfoOpts) => runInfo(opts));
 
-  registerShippingCommands(program);
+  registerModelAndServiceCommands(program);
   registerBatchCommands(program, { addModelOptions, addSamplingOptions, openModel, intArg, floatArg });
   return program;
 }
 
-function registerShippingCommands(program: Command): void {
+function registerModelAndServiceCommands(program: Command): void {
   const chat = program.command('chat').description('interactive chat with history; /image PATH attaches an image, Ctrl-C stops an answer, /exit quits');
   addSamplingOptions(addModelOptions(chat))
     .option('--system <text>', 'system prompt (default: the PerceptionLM system prompt)')
@@ -462,8 +539,9 @@ Examples:
     .description('download a checkpoint from the Hugging Face hub (resumable, sha256-verified; HF_TOKEN, HF_ENDPOINT)')
     .argument('<repo>', 'hub repo id, e.g. facebook/Perception-LM-1B')
     .option('-r, --revision <rev>', 'branch, tag or commit', 'main')
-    .option('-d, --dir <dir>', 'target directory (default: $PLM_MODELS_DIR or ~/.cache/perception-lm/models, then owner--name)')
+    .option('-d, --dir <dir>', 'target directory (default: $PLM_MODELS_DIR or ~/.cache/perception-lm/models, then owner--name, where --model owner/name finds it)')
     .option('--json', 'print one JSON object with the directory and files at the end')
+    .option('--progress-interval <s>', 'seconds between progress lines when stdout is not a terminal', floatArg('--progress-interval', 0), 10)
     .addHelpText(
       'after',
       `
@@ -473,10 +551,41 @@ Environment:
 
 Examples:
   HF_TOKEN=hf_xxx plm pull facebook/Perception-LM-1B
+  plm describe cat.jpg --model facebook/Perception-LM-1B
   plm pull facebook/Perception-LM-1B --revision main --dir ./models/plm-1b
   plm describe cat.jpg --model ./models/plm-1b`,
     )
-    .action(async (repo: string, opts: { revision: string; dir?: string; json?: boolean }) => runPull(repo, opts));
+    .action(async (repo: string, opts: PullCliOpts) => runPull(repo, opts));
+
+  program
+    .command('list')
+    .description('list downloaded models: plm pull copies ($PLM_MODELS_DIR) and the Hugging Face cache (HF_HUB_CACHE), with size, folder and quantized files')
+    .option('--json', 'print one JSON object')
+    .addHelpText(
+      'after',
+      `
+Any NAME listed works as --model NAME (a plm pull copy wins over the Hugging Face cache; a folder of that
+path wins over both).
+
+Examples:
+  plm list
+  plm list --json`,
+    )
+    .action((opts: { json?: boolean }) => runList(opts));
+
+  program
+    .command('rm')
+    .description('delete a model plm pull downloaded (the Hugging Face cache is shared with Python and transformers.js: plm refuses to touch it)')
+    .argument('<name>', 'owner/name, as plm list shows it')
+    .option('--json', 'print one JSON object with the folder and bytes removed')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  plm rm facebook/Perception-LM-1B
+  hf cache delete        (for models in the Hugging Face cache; older versions: huggingface-cli delete-cache)`,
+    )
+    .action((name: string, opts: { json?: boolean }) => runRm(name, opts));
 
   const serve = program.command('serve').description('OpenAI-compatible HTTP server (POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics)');
   addModelOptions(serve);
@@ -484,7 +593,7 @@ Examples:
     // --model repeats here: several models, each loaded on first use.
     const modelOpt = serve.options.find((opt) => opt.long === '--model');
     modelOpt?.argParser((v: string, prev: string[] | undefined) => [...(prev ?? []), v]);
-    if (modelOpt) modelOpt.description = 'model directory; repeat for several models (each loaded on first use) (default: the bundled tiny model)';
+    if (modelOpt) modelOpt.description = `checkpoint folder or owner/name; repeat for several models (each loaded on first use) (default: ${DEFAULT_MODEL_HELP})`;
   }
   const collect = (v: string, prev: string[] | undefined): string[] => [...(prev ?? []), v];
   const secondsArg = (name: string) => (v: string): number => {
@@ -499,7 +608,8 @@ Examples:
     .option('--host <host>', 'address to listen on', '127.0.0.1')
     .option('--parallel <n>', "requests generating at once per model (default: the model's sequences, what fits its KV budget; 1 on an engine without them)", intArg('--parallel', 1))
     .option('--max-queue <n>', 'requests waiting per model behind the running ones (429 beyond)', intArg('--max-queue', 0), 16)
-    .option('--max-tokens-limit <n>', 'largest max_tokens a request may ask for', intArg('--max-tokens-limit', 1), 4096)
+    .option('-n, --max-tokens <n>', `max_tokens of a request that gives none (default: ${DEFAULT_MAX_TOKENS}), or the limit when that is lower`, intArg('--max-tokens', 1))
+    .option('--max-tokens-limit <n>', 'largest max_tokens a request may ask for', intArg('--max-tokens-limit', 1), DEFAULT_MAX_TOKENS_LIMIT)
     .option('--max-body <bytes>', 'largest request body in bytes (413 beyond)', intArg('--max-body', 1024), 32 * 1024 * 1024)
     .option('--max-image-pixels <n>', 'largest image (width x height; 400 beyond)', intArg('--max-image-pixels', 1), 50_000_000)
     .option('--max-tiles <n>', "most 448px tiles per image for image_url.detail high/auto, thumbnail excluded (default: the checkpoint's max_num_tiles); detail low = 1", intArg('--max-tiles', 1))
@@ -537,11 +647,16 @@ Examples:
     );
   const bench = program
     .command('bench')
-    .description('CPU benchmark with synthetic inputs: decode and prefill tok/s, vision ms per tile, time to first token, peak RSS')
-    .option('-m, --model <dir>', 'model directory (default: the bundled random-weight tiny model)')
-    .addOption(new Option('--precision <p>', "activation precision ('auto': bf16 where the CPU has AVX512-BF16/AMX, else f32)").choices(['auto', 'f32', 'bf16']).default('auto'))
-    .addOption(new Option('--quantize <kind>', 'weight-only quantization of the decoder at load').choices(['none', 'int8', 'q4']))
-    .option('--threads <n>', 'CPU threads', intArg('--threads', 1), 2)
+    .description('benchmark with synthetic inputs: decode and prefill tok/s, vision ms per tile, time to first token, peak RSS')
+    .option('-m, --model <dir|owner/name>', `checkpoint folder or hub repo id (default: ${DEFAULT_MODEL_HELP})`);
+  addEngineOptions(bench);
+  {
+    // Same flag as elsewhere; only its default differs: bench allocates what its prompts need.
+    const ctx = bench.options.find((o) => o.long === '--max-context');
+    if (ctx) ctx.description = 'KV cache capacity in tokens (default: what the largest benchmark prompt needs, at least 2048)';
+  }
+  bench
+    .addOption(new Option('--quantize <kind>', 'weight-only quantization of the decoder at load').choices([...QUANTIZE_KINDS]))
     .option('--runs <n>', 'runs per figure (the median is reported)', intArg('--runs', 1), 3)
     .option('--only <list>', 'figures to measure: decode,prefill,vision,ttft', 'decode,prefill,vision,ttft')
     .option('--prefill <list>', 'prompt lengths for prefill, comma-separated', listArg('--prefill', 2), '512')

@@ -27,6 +27,8 @@ export interface ModelCliOpts {
   model?: string;
   backend?: 'auto' | 'cpu' | 'cuda';
   threads?: number;
+  precision?: 'auto' | 'f32' | 'bf16';
+  maxContext?: number;
   quantize?: 'none' | 'int8' | 'q4';
   quantizedFile?: string | false;
   maxTokens: number;

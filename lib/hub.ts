@@ -12,9 +12,9 @@
  */
 import * as crypto from 'crypto';
 import * as fs from 'fs';
-import * as os from 'os';
 import * as path from 'path';
 import { PlmError } from './errors';
+import { pulledModelDir } from './model_store';
 
 /** Codes of {@link HubError}. */
 export type HubErrorCode =
@@ -94,8 +94,7 @@ const OTHER_WEIGHTS = /\.(bin|pt|pth|ckpt|gguf|onnx|h5|msgpack|ot|tflite)$/i;
 
 /** The default download directory of a repo. */
 export function defaultPullDir(repo: string): string {
-  const base = process.env.PLM_MODELS_DIR || path.join(os.homedir(), '.cache', 'perception-lm', 'models');
-  return path.join(base, repo.replace(/\//g, '--'));
+  return pulledModelDir(repo);
 }
 
 function encodePath(p: string): string {

@@ -16,11 +16,12 @@ import * as fs from 'fs';
 import sharp from 'sharp';
 import { PlmError, wrapNativeError } from './errors';
 import { native } from './native';
+import { DEFAULT_MAX_NUM_TILES } from './defaults';
 
 /** Default tile size of the released PerceptionLM checkpoints (preprocessor_config.json). */
 export const DEFAULT_TILE_SIZE = 448;
-/** Default maximum number of tiles (excluding the thumbnail) of the released checkpoints. */
-export const DEFAULT_MAX_NUM_TILES = 36;
+/** Default maximum number of tiles (excluding the thumbnail) of the released checkpoints (lib/defaults.ts). */
+export { DEFAULT_MAX_NUM_TILES };
 /**
  * Largest accepted image, in pixels (2^28 = 268,435,456, e.g. 16384 x 16384). Larger inputs are
  * rejected with `ERR_IMAGE_DECODE` before they are decoded (sharp's `limitInputPixels`), so a huge

@@ -4,7 +4,7 @@
  * @example
  * ```ts
  * import { loadModel } from 'perception-lm';
- * const model = await loadModel('/models/Perception-LM-1B');
+ * const model = await loadModel('/models/Perception-LM-1B'); // or 'facebook/Perception-LM-1B' after plm pull
  * for await (const { text } of model.generate({ prompt: 'Describe the image.', images: ['cat.jpg'] })) {
  *   process.stdout.write(text);
  * }
@@ -45,6 +45,33 @@ export type { QuantizeKind, QuantizeOptions, QuantizeProgress, QuantizeResult } 
 export { batch, listItems, readManifest, BatchOutput, IMAGE_EXTENSIONS, MEDIA_EXTENSIONS } from './batch';
 export type { BatchItem, BatchModel, BatchModelInfo, BatchOptions, BatchOutputScan, BatchParams, BatchProgress, BatchRecord, BatchTimings, ListItemsOptions } from './batch';
 export { PlmError, isPlmError } from './errors';
+export { startServer, HttpError } from './server';
+export type { ServerOptions, PlmServer, RequestDoneInfo, ModelSource } from './server';
+export { pull, listFiles, defaultPullDir, HubError } from './hub';
+export type { HubErrorCode, HubFile, PullOptions, PullProgress, PullResult } from './hub';
+export {
+  resolveModel,
+  listModels,
+  removeModel,
+  isModelName,
+  pulledModelsDir,
+  pulledModelDir,
+  hfHubCacheDir,
+  hfCacheSnapshot,
+  bundledModelDir,
+  defaultModelDir,
+} from './model_store';
+export type { ModelStoreSource, ResolvedModel, StoredModel } from './model_store';
+export {
+  DEFAULT_MAX_TOKENS,
+  DEFAULT_MAX_TOKENS_LIMIT,
+  DEFAULT_NUM_FRAMES,
+  DEFAULT_MAX_NUM_TILES,
+  DEFAULT_BACKEND,
+  DEFAULT_THREADS,
+  DEFAULT_PRECISION,
+  DEFAULT_MAX_CONTEXT,
+} from './defaults';
 export type { PlmErrorCode } from './errors';
 export { decodeImage, preprocessImage } from './image';
 export type { ImageInput, RawImage, DecodedImage, PreprocessImageOptions, PreprocessedImage } from './image';
@@ -109,27 +136,4 @@ export function cpuKernels(): CpuKernels {
  */
 export function cudaStatus(): string {
   return native.cudaStatus();
-}
-
-/** The directory of the small random-weight model shipped with the package (for smoke tests). */
-export function bundledModelDir(): string {
-  return path.join(packageRoot(), 'models', 'plm-tiny-random');
-}
-
-/**
- * The model `plm` uses when no `--model` is given: `models/plm-tiny`, a 20 MB PerceptionLM trained on a
- * synthetic world of coloured shapes (training/README.md), so that a fresh install shows real answers.
- * It knows nothing outside that world; use a `facebook/Perception-LM-*` checkpoint for real images.
- *
- * @example
- * ```ts
- * const model = await loadModel(defaultModelDir());
- * const r = await model.complete({ messages: [{ role: 'user', content: [
- *   { type: 'image', image: 'node_modules/perception-lm/samples/scene1.png' },
- *   { type: 'text', text: 'Describe the image.' }] }] });
- * ```
- */
-export function defaultModelDir(): string {
-  const trained = path.join(packageRoot(), 'models', 'plm-tiny');
-  return fs.existsSync(path.join(trained, 'config.json')) ? trained : bundledModelDir();
 }

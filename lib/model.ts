@@ -27,6 +27,19 @@ import { batch as runBatch, BatchItem, BatchOptions, BatchRecord } from './batch
 import { buildPrompt, BuiltPrompt, MediaProcessors, ProcessedImage, ProcessedVideo, PromptModelInfo } from './prompt';
 import { PlmTokenizer } from './tokenizer';
 import { loadVideoFrames } from './video';
+import { resolveModel } from './model_store';
+import {
+  BACKENDS,
+  DEFAULT_BACKEND,
+  DEFAULT_MAX_CONTEXT,
+  DEFAULT_MAX_NUM_TILES,
+  DEFAULT_MAX_TOKENS,
+  DEFAULT_NUM_FRAMES,
+  DEFAULT_PRECISION,
+  DEFAULT_THREADS,
+  PRECISIONS,
+  QUANTIZE_KINDS,
+} from './defaults';
 
 /** A video: a file path (decoded with ffmpeg) or an array of frames. */
 export type VideoInput = string | ImageInput[];
@@ -170,7 +183,11 @@ export interface GenerateOptions {
   stop?: string[];
   /** Extra stop token ids besides generation_config's eos_token_id. */
   stopTokenIds?: number[];
-  /** Cancels: complete() resolves with finishReason 'cancelled', generate() ends its iteration. */
+  /**
+   * Cancels, before or during the call (preprocessing, waiting for a slot, decoding): aborting is never an error.
+   * complete() resolves with finishReason 'cancelled' and the text so far; generate() yields nothing once
+   * `abort()` has returned and ends its iteration. (Errors that are not aborts, e.g. ERR_DISPOSED, still reject.)
+   */
   signal?: AbortSignal;
   onProgress?: (progress: GenerateProgress) => void;
   /** Tiles per image, thumbnail excluded. Default preprocessor_config.json max_num_tiles, else 36. */
@@ -290,9 +307,6 @@ export interface ModelStats {
   imagesEncoded: number;
 }
 
-const DEFAULT_MAX_TOKENS = 256;
-const DEFAULT_NUM_FRAMES = 32;
-const DEFAULT_MAX_NUM_TILES = 36;
 
 /** Options of {@link PerceptionLM.createChat}: a system prompt and defaults for every turn. */
 export type ChatOptions = Omit<GenerateOptions, 'messages' | 'prompt' | 'inputIds' | 'pixelValues' | 'numTiles' | 'images' | 'videos' | 'signal' | 'onProgress'>;
@@ -1208,18 +1222,22 @@ export class Chat {
  * Loads a PerceptionLM checkpoint in the Hugging Face layout (config.json, generation_config.json,
  * *.safetensors, tokenizer.json, tokenizer_config.json, chat template, preprocessor_config.json).
  *
- * @param dir checkpoint directory.
+ * @param dir checkpoint directory, or a hub repo id `owner/name` that `plm pull` downloaded
+ *   (`$PLM_MODELS_DIR/owner--name`) or that Python / transformers.js put in the Hugging Face cache
+ *   (`$HF_HUB_CACHE`, `$HF_HOME/hub`, `~/.cache/huggingface/hub`); a path that exists as a directory always wins
+ *   (see {@link resolveModel}).
  * @param options `backend` ('auto'), `threads` (0 = physical cores), `maxContext` (0 = the model's
  *   max_position_embeddings), `precision` ('auto'), `quantize` ('none'), `quantizedFile` (default: the
  *   `quantizeModel` file of that kind in `dir` when present), `signal`, `onProgress({ fraction, stage })`.
  * @returns the loaded {@link PerceptionLM}; call `dispose()` when done.
- * @throws PlmError ERR_FILE_NOT_FOUND, ERR_CORRUPT_FILE, ERR_UNSUPPORTED_MODEL, ERR_SHAPE_MISMATCH,
+ * @throws PlmError ERR_FILE_NOT_FOUND (also for a name not downloaded: the message says `plm pull owner/name`), ERR_CORRUPT_FILE, ERR_UNSUPPORTED_MODEL, ERR_SHAPE_MISMATCH,
  *   ERR_UNSUPPORTED_DTYPE, ERR_BACKEND, ERR_OUT_OF_MEMORY, ERR_CANCELLED, ERR_NATIVE_NOT_FOUND; with a
  *   quantized file also ERR_FILE_READ (truncated), ERR_UNSUPPORTED_VERSION and ERR_STALE_FILE.
  * @example
  * ```ts
  * import { loadModel } from 'perception-lm';
  * const model = await loadModel('/models/Perception-LM-1B', { onProgress: (p) => console.log(p.stage, p.fraction) });
+ * const same = await loadModel('facebook/Perception-LM-1B'); // after `plm pull facebook/Perception-LM-1B`, or from the HF cache
  * const { text } = await model.complete({ prompt: 'Describe the image.', images: ['cat.jpg'] });
  * model.dispose();
  * // int8 decoder weights, mapped from the file `quantizeModel(dir, { kind: 'int8' })` wrote (or converted at load):
@@ -1228,16 +1246,19 @@ export class Chat {
  * ```
  */
 export async function loadModel(dir: string, options: LoadModelOptions = {}): Promise<PerceptionLM> {
-  if (typeof dir !== 'string' || dir.length === 0) throw new PlmError('ERR_INVALID_ARGUMENT', 'dir must be a non-empty path');
-  const abs = path.resolve(dir);
+  if (typeof dir !== 'string' || dir.length === 0) throw new PlmError('ERR_INVALID_ARGUMENT', 'dir must be a non-empty path or a hub repo id (owner/name)');
   if (options.signal?.aborted) throw cancelledError();
-  if (!fs.existsSync(abs) || !fs.statSync(abs).isDirectory()) {
-    throw new PlmError('ERR_FILE_NOT_FOUND', `${abs} is not a directory: pass the folder holding config.json and the *.safetensors files`);
+  // A folder, else owner/name in the plm pull store or the Hugging Face cache (ERR_FILE_NOT_FOUND naming `plm pull`).
+  const abs = resolveModel(dir).dir;
+  const backend = options.backend ?? DEFAULT_BACKEND;
+  if (!(BACKENDS as readonly string[]).includes(backend)) throw new PlmError('ERR_INVALID_ARGUMENT', `backend must be 'auto', 'cpu' or 'cuda', got ${String(backend)}`);
+  const precision = options.precision ?? DEFAULT_PRECISION;
+  if (!(PRECISIONS as readonly string[]).includes(precision)) throw new PlmError('ERR_INVALID_ARGUMENT', `precision must be 'auto', 'f32' or 'bf16', got ${String(precision)}`);
+  if (options.quantize !== undefined && !(QUANTIZE_KINDS as readonly string[]).includes(options.quantize)) {
+    throw new PlmError('ERR_INVALID_ARGUMENT', `quantize must be 'none', 'int8' or 'q4', got ${String(options.quantize)}`);
   }
-  const backend = options.backend ?? 'auto';
-  if (!['auto', 'cpu', 'cuda'].includes(backend)) throw new PlmError('ERR_INVALID_ARGUMENT', `backend must be 'auto', 'cpu' or 'cuda', got ${String(backend)}`);
-  const threads = options.threads ?? 0;
-  const maxContext = options.maxContext ?? 0;
+  const threads = options.threads ?? DEFAULT_THREADS;
+  const maxContext = options.maxContext ?? DEFAULT_MAX_CONTEXT;
   if (!Number.isInteger(threads) || threads < 0) throw new PlmError('ERR_INVALID_ARGUMENT', `threads must be an integer >= 0, got ${threads}`);
   if (!Number.isInteger(maxContext) || maxContext < 0) throw new PlmError('ERR_INVALID_ARGUMENT', `maxContext must be an integer >= 0, got ${maxContext}`);
   const sequences = options.sequences ?? 0;
@@ -1264,7 +1285,7 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   let handle: NativeModel;
   try {
     const nativeOptions: NativeLoadOptions = {
-      backend, threads, maxContext, precision: options.precision ?? 'auto', sequences, kvCacheBytes,
+      backend, threads, maxContext, precision, sequences, kvCacheBytes,
       // Unset: the engine applies PLM_QUANTIZE (else none); an explicit 'none' is never overridden.
       ...(options.quantize !== undefined ? { quantize: options.quantize } : {}),
     };

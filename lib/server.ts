@@ -42,6 +42,7 @@ import { ModelLease, ModelRegistry, ModelSource, ServedModel } from './server_mo
 import { MetricsRegistry } from './server_metrics';
 import { JsonBodyError, JsonParser } from './server_json';
 import { checkPromptBound, promptInfoOf } from './server_tokenizer';
+import { DEFAULT_MAX_TOKENS, DEFAULT_MAX_TOKENS_LIMIT } from './defaults';
 
 export { HttpError, toHttpError } from './server_guard';
 export type { ModelSource } from './server_models';
@@ -75,7 +76,10 @@ export interface ServerOptions {
   maxImagePixels?: number;
   /** Largest max_tokens a request may ask for (400 above). Default 4096. */
   maxTokensLimit?: number;
-  /** max_tokens when a request gives none. Default 512. */
+  /**
+   * max_tokens when a request gives none. Default 256 (`DEFAULT_MAX_TOKENS`, the same as `complete()` and the CLI),
+   * or `maxTokensLimit` when that is lower; an explicit value above `maxTokensLimit` is ERR_INVALID_ARGUMENT.
+   */
   defaultMaxTokens?: number;
   /** Largest tiles per image (thumbnail excluded) for `detail` 'high'/'auto': min(checkpoint's max_num_tiles, this). Default: the checkpoint's. */
   maxTiles?: number;
@@ -144,8 +148,8 @@ const DEFAULTS = {
   maxQueue: 16,
   maxBodyBytes: 32 * 1024 * 1024,
   maxImagePixels: 50_000_000,
-  maxTokensLimit: 4096,
-  defaultMaxTokens: 512,
+  maxTokensLimit: DEFAULT_MAX_TOKENS_LIMIT,
+  defaultMaxTokens: DEFAULT_MAX_TOKENS,
   idleTimeoutMs: 300_000,
   maxLoadedModels: 3,
   headersTimeoutMs: 10_000,
@@ -248,6 +252,15 @@ export async function startServer(options: ServerOptions): Promise<PlmServer> {
   positive('maxConnections', o.maxConnections);
   positive('maxLoadedModels', o.maxLoadedModels);
   positive('idleTimeoutMs', o.idleTimeoutMs, 0);
+  positive('maxTokensLimit', o.maxTokensLimit);
+  positive('defaultMaxTokens', o.defaultMaxTokens);
+  // An explicit default above the limit is a mistake; the built-in default just follows a lower limit.
+  if (options.defaultMaxTokens !== undefined && o.defaultMaxTokens > o.maxTokensLimit) {
+    throw new PlmError(
+      'ERR_INVALID_ARGUMENT',
+      `defaultMaxTokens (plm serve --max-tokens) ${o.defaultMaxTokens} is above maxTokensLimit (--max-tokens-limit) ${o.maxTokensLimit}: lower it, or raise the limit`,
+    );
+  }
   const log = options.log ?? ((): void => undefined);
 
   // Models.

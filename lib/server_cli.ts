@@ -18,6 +18,8 @@ export interface ServeCliOptions {
   host: string;
   parallel?: number;
   maxQueue: number;
+  /** max_tokens of a request that gives none (default DEFAULT_MAX_TOKENS, as the API and the other commands). */
+  maxTokens?: number;
   maxTokensLimit: number;
   maxBody: number;
   maxImagePixels: number;
@@ -51,7 +53,7 @@ export function modelsInDir(dir: string): string[] {
   return dirs;
 }
 
-/** The model id of a --model value: its folder name when it is a folder, else the value itself (e.g. owner/name). */
+/** The model id of a --model value: its folder name when it is a folder, else the value itself (owner/name, resolved by the model opener). */
 export function modelIdOfArg(value: string): string {
   const abs = path.resolve(value);
   return fs.existsSync(abs) && fs.statSync(abs).isDirectory() ? path.basename(abs) : value;
@@ -90,6 +92,7 @@ export async function runServeCommand(opts: ServeCliOptions, open: (model: strin
     parallel: opts.parallel,
     maxQueue: opts.maxQueue,
     maxTokensLimit: opts.maxTokensLimit,
+    ...(opts.maxTokens !== undefined ? { defaultMaxTokens: opts.maxTokens } : {}),
     maxBodyBytes: opts.maxBody,
     maxImagePixels: opts.maxImagePixels,
     maxTiles: opts.maxTiles,

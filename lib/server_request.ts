@@ -258,7 +258,7 @@ function parseResponseFormat(v: unknown): EngineResponseFormat | undefined {
  *
  * @example
  * ```ts
- * const req = parseChatRequest(JSON.parse(body), { maxTokensLimit: 4096, defaultMaxTokens: 512 });
+ * const req = parseChatRequest(JSON.parse(body), { maxTokensLimit: 4096, defaultMaxTokens: 256 });
  * ```
  */
 export function parseChatRequest(body: unknown, limits: RequestLimits): ChatRequest {

@@ -11,6 +11,7 @@ import * as path from 'path';
 import { PlmError, PlmErrorCode, wrapNativeError } from './errors';
 import { DEFAULT_TILE_SIZE, DecodedImage, ImageInput, MAX_IMAGE_PIXELS, decodeImage } from './image';
 import { native } from './native';
+import { DEFAULT_NUM_FRAMES } from './defaults';
 
 /** Options of {@link loadVideoFrames}. */
 export interface LoadVideoOptions {
@@ -232,7 +233,7 @@ async function preprocessDecoded(frames: DecodedImage[], size: number): Promise<
  * ```
  */
 export async function loadVideoFrames(input: string | ImageInput[], options: LoadVideoOptions = {}): Promise<VideoFrames> {
-  const numFrames = options.numFrames ?? 32;
+  const numFrames = options.numFrames ?? DEFAULT_NUM_FRAMES;
   const size = options.size ?? DEFAULT_TILE_SIZE;
   if (!Number.isInteger(size) || size < 1 || size > 4096) {
     throw new PlmError('ERR_INVALID_ARGUMENT', `size must be an integer in 1..4096, got ${size}`);

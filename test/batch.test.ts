@@ -265,7 +265,7 @@ describe('plm batch', () => {
     expect(JSON.parse(again.stdout)).toMatchObject({ total: 4, done: 0, skipped: 4 });
     expect(readRecords(path.join(dir, 'out', 'captions.jsonl'))).toHaveLength(4);
     const noOut = await plm(['batch', 'imgs'], dir);
-    expect(noOut.code).toBe(1);
+    expect(noOut.code).toBe(2); // an argument error
     expect(noOut.stderr).toMatch(/plm: ERR_INVALID_ARGUMENT: give the output file with -o/);
   });
 });

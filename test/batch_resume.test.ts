@@ -53,7 +53,8 @@ test(`${N} items killed at random points three times and resumed equal an uninte
     ...(i % 7 === 3 ? { maxTokens: 5 } : {}),
   }));
   writeManifest(path.join(scratch, 'items.jsonl'), items);
-  const args = (out: string): string[] => ['batch', 'items.jsonl', '-o', out, '--temperature', '0', '--max-tokens', '48', '-q'];
+  // --model given: without it every run prints the one-line toy-model notice, and this checks that -q is silent.
+  const args = (out: string): string[] => ['batch', 'items.jsonl', '-o', out, '--model', path.join(ROOT, 'models', 'plm-tiny'), '--temperature', '0', '--max-tokens', '48', '-q'];
 
   const ref = await start(args('reference.jsonl')).done;
   expect(ref.stderr).toBe('');

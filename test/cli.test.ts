@@ -23,6 +23,22 @@ test("the bin runs as the README's main command runs it (an executable file with
   expect(r.stderr).not.toMatch(/random weights/);
 });
 
+test('every run of the bundled toy model says so in one stderr line, also with -q; an explicit --model does not', () => {
+  const toyLine = /^plm: note: no --model given: running the bundled toy model .*only knows coloured shapes.*--model facebook\/Perception-LM-1B/m;
+  for (const args of [['describe', 'samples/scene1.png', '--max-tokens', '2'], ['describe', 'samples/scene1.png', '--max-tokens', '2', '-q'], ['info']]) {
+    const r = plm(args);
+    expect(r.code).toBe(0);
+    expect(r.stderr.match(new RegExp(toyLine.source, 'gm'))).toHaveLength(1);
+  }
+  const explicit = plm(['describe', 'samples/scene1.png', '--max-tokens', '2', '--model', 'models/plm-tiny']);
+  expect(explicit.code).toBe(0);
+  expect(explicit.stderr).not.toMatch(/toy model/);
+  // --help describes the default for what it is (it used to say "random-weight").
+  const help = plm(['describe', '--help']).stdout.replace(/\s+/g, ' ');
+  expect(help).toMatch(/default: the bundled toy model, which only knows coloured shapes/);
+  expect(help).not.toMatch(/random-weight/);
+});
+
 /** The ground-truth caption of a bundled sample, written by training/make_samples.py from the scene. */
 function sampleCaption(image: string): string {
   const j = JSON.parse(fs.readFileSync(path.join(root, 'samples', 'scenes.json'), 'utf8')) as { scenes: { image: string; caption: string }[] };
@@ -66,7 +82,7 @@ test('info prints model, backend, cpu and cuda lines', () => {
   expect(typeof j.cudaStatus).toBe('string');
 });
 
-test.each([[], ['generate'], ['describe'], ['info'], ['chat'], ['pull'], ['serve'], ['bench']])('--help of %p with examples', (...cmd) => {
+test.each([[], ['generate'], ['describe'], ['info'], ['chat'], ['pull'], ['list'], ['rm'], ['serve'], ['bench'], ['batch'], ['worker'], ['quantize']])('--help of %p with examples', (...cmd) => {
   const r = plm([...cmd, '--help']);
   expect(r.code).toBe(0);
   expect(r.stdout).toMatch(/Usage: plm/);
@@ -77,9 +93,92 @@ test('an error prints "plm: ERR_..." and exits 1', () => {
   const r = plm(['describe', 'no/such/file.png']);
   expect(r.code).toBe(1);
   expect(r.stderr).toMatch(/^plm: ERR_FILE_NOT_FOUND: /m);
-  const p = plm(['pull', 'not a repo']);
-  expect(p.code).toBe(1);
-  expect(p.stderr).toMatch(/^plm: ERR_INVALID_ARGUMENT: /m);
+});
+
+test.each([
+  [['pull', 'not a repo'], /"not a repo" is not a hub repo id/], // ours
+  [['describe', 'samples/scene1.png', '--bogus'], /unknown option '--bogus'/], // commander's
+  [['describe', 'samples/scene1.png', '--threads', 'many'], /--threads must be an integer >= 0/], // our parser, through commander
+  [['describe', 'samples/scene1.png', '--precision', 'f16'], /--precision.*f16.*is invalid/], // commander's choices
+  [['describe'], /missing required argument 'file'/],
+  [['serve', '--max-tokens', '600', '--max-tokens-limit', '500'], /--max-tokens\) 600 is above maxTokensLimit \(--max-tokens-limit\) 500/],
+  [['nosuchcommand'], /unknown command 'nosuchcommand'/],
+])('an argument error %p prints "plm: ERR_INVALID_ARGUMENT: ..." and exits 2', (args, message) => {
+  const r = plm(args as string[]);
+  expect(r.code).toBe(2);
+  expect(r.stderr).toMatch(/^plm: ERR_INVALID_ARGUMENT: /m);
+  expect(r.stderr).toMatch(message as RegExp);
+  expect(r.stderr).not.toMatch(/^error: /m);
+});
+
+test('--model owner/name that is not downloaded fails with the plm pull command to run', () => {
+  const empty = fs.mkdtempSync(path.join(require('os').tmpdir(), 'plm-cli-store-'));
+  try {
+    const r = plm(['describe', 'samples/scene1.png', '--model', 'acme/not-here'], { PLM_MODELS_DIR: empty, HF_HUB_CACHE: empty });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^plm: ERR_FILE_NOT_FOUND: .*download it with: plm pull acme\/not-here$/m);
+  } finally {
+    fs.rmSync(empty, { recursive: true, force: true });
+  }
+});
+
+test('plm list shows pulled copies and HF cache models; plm rm removes only pulled copies', () => {
+  const tmp = fs.mkdtempSync(path.join(require('os').tmpdir(), 'plm-cli-list-'));
+  const env = { PLM_MODELS_DIR: path.join(tmp, 'models'), HF_HUB_CACHE: path.join(tmp, 'hub') };
+  try {
+    const tiny = path.join(root, 'models', 'plm-tiny');
+    fs.cpSync(tiny, path.join(env.PLM_MODELS_DIR, 'acme--mine'), { recursive: true });
+    fs.writeFileSync(path.join(env.PLM_MODELS_DIR, 'acme--mine', 'model.q4.plmq.safetensors'), Buffer.alloc(10));
+    const snap = path.join(env.HF_HUB_CACHE, 'models--acme--shared', 'snapshots', 'c0ffee');
+    fs.mkdirSync(snap, { recursive: true });
+    fs.mkdirSync(path.join(env.HF_HUB_CACHE, 'models--acme--shared', 'refs'));
+    fs.writeFileSync(path.join(env.HF_HUB_CACHE, 'models--acme--shared', 'refs', 'main'), 'c0ffee');
+    // As huggingface_hub lays it out: the content in blobs/, the snapshot's entries relative symlinks to it.
+    const blobs = path.join(env.HF_HUB_CACHE, 'models--acme--shared', 'blobs');
+    fs.mkdirSync(blobs);
+    for (const f of fs.readdirSync(tiny)) {
+      fs.copyFileSync(path.join(tiny, f), path.join(blobs, `blob-${f}`));
+      fs.symlinkSync(`../../blobs/blob-${f}`, path.join(snap, f));
+    }
+
+    const text = plm(['list'], env);
+    expect(text.code).toBe(0);
+    expect(text.stdout).toMatch(/^NAME\s+SIZE\s+SOURCE\s+QUANTIZED\s+PATH$/m);
+    expect(text.stdout).toMatch(new RegExp(`^acme/mine\\s+18\\.\\d MiB\\s+plm pull\\s+model\\.q4\\.plmq\\.safetensors\\s+${env.PLM_MODELS_DIR}/acme--mine$`, 'm'));
+    expect(text.stdout).toMatch(/^acme\/shared\s+18\.\d MiB\s+hf cache @c0ffee\s+-\s+\S+snapshots\/c0ffee$/m);
+    const j = JSON.parse(plm(['list', '--json'], env).stdout) as { models: Array<{ name: string; source: string }> };
+    expect(j.models.map((m) => [m.name, m.source])).toEqual([['acme/mine', 'pulled'], ['acme/shared', 'hf-cache']]);
+
+    // A name from either store works as --model.
+    const d = plm(['describe', 'samples/scene1.png', '--model', 'acme/shared', '--json'], env);
+    expect(d.code).toBe(0);
+    expect((JSON.parse(d.stdout) as { text: string }).text).toBe(sampleCaption('scene1.png'));
+
+    const refused = plm(['rm', 'acme/shared'], env);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/^plm: ERR_FILE_NOT_FOUND: acme\/shared is not a plm pull copy: it is in the Hugging Face cache/m);
+    expect(fs.existsSync(path.join(snap, 'config.json'))).toBe(true);
+    const rm = plm(['rm', 'acme/mine'], env);
+    expect(rm.code).toBe(0);
+    expect(rm.stdout).toMatch(/^removed acme\/mine: /);
+    expect(fs.existsSync(path.join(env.PLM_MODELS_DIR, 'acme--mine'))).toBe(false);
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+});
+
+test('every command that loads a model takes --backend, --threads, --precision and --max-context; max tokens default once', () => {
+  const { DEFAULT_MAX_TOKENS } = require('../lib/defaults') as typeof import('../lib/defaults');
+  for (const cmd of ['generate', 'describe', 'info', 'chat', 'batch', 'worker', 'serve', 'bench']) {
+    const help = plm([cmd, '--help']).stdout;
+    for (const flag of ['--backend <name>', '--threads <n>', '--precision <p>', '--max-context <n>']) {
+      expect({ cmd, flag, present: help.includes(flag) }).toEqual({ cmd, flag, present: true });
+    }
+  }
+  for (const cmd of ['generate', 'describe', 'chat', 'batch', 'serve']) {
+    const help = plm([cmd, '--help']).stdout.replace(/\s+/g, ' ');
+    expect(help).toMatch(new RegExp(`--max-tokens <n> [^-]*\\(default: ${DEFAULT_MAX_TOKENS}\\)`));
+  }
 });
 
 test('chat reads lines from a pipe, keeps history, /image attaches, /exit quits', () => {
@@ -130,8 +229,19 @@ test('bench --model models/plm-tiny-random --json prints valid JSON with the dec
   expect(j.runs).toBe(1);
 });
 
-test('bench rejects an unknown --only figure', () => {
+test('bench rejects an unknown --only figure (an argument error: status 2)', () => {
   const r = plm(['bench', '--model', 'models/plm-tiny-random', '--only', 'decode,nope', '--json']);
-  expect(r.code).toBe(1);
-  expect(r.stderr).toMatch(/ERR_INVALID_ARGUMENT/);
+  expect(r.code).toBe(2);
+  expect(r.stderr).toMatch(/^plm: ERR_INVALID_ARGUMENT: --only: unknown figure "nope"/m);
+});
+
+test('bench --backend cpu runs on the CPU and says so; --backend takes the same choices as elsewhere', () => {
+  const r = plm(['bench', '--model', 'models/plm-tiny-random', '--backend', 'cpu', '--json', '--runs', '1', '--only', 'decode', '--decode-tokens', '2', '--threads', '1']);
+  expect(r.code).toBe(0);
+  const j = JSON.parse(r.stdout.trim()) as { backend: string; threads: number };
+  expect(j.backend).toBe('cpu');
+  expect(j.threads).toBe(1);
+  const bad = plm(['bench', '--backend', 'tpu']);
+  expect(bad.code).toBe(2);
+  expect(bad.stderr).toMatch(/^plm: ERR_INVALID_ARGUMENT: option '--backend <name>' argument 'tpu' is invalid/m);
 });

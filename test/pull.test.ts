@@ -169,3 +169,34 @@ test('HF_ENDPOINT is honoured', async () => {
     else process.env.HF_ENDPOINT = old;
   }
 });
+
+test('plm pull without a TTY prints plain progress lines, into $PLM_MODELS_DIR where --model owner/name finds it', async () => {
+  const { spawn } = await import('child_process');
+  const root = path.resolve(__dirname, '..');
+  const modelsDir = path.join(tmp, 'store');
+  // Async spawn: the fake hub runs in this process and must keep answering while the CLI downloads.
+  const child = spawn(process.execPath, [path.join(root, 'dist', 'lib', 'cli.js'), 'pull', 'acme/plm-test', '--progress-interval', '0'], {
+    cwd: root,
+    env: { ...process.env, HF_ENDPOINT: endpoint, PLM_MODELS_DIR: modelsDir, HF_TOKEN: '' },
+  });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  const code = await new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+  expect(code).toBe(0);
+  const lines = out.trim().split('\n');
+  // Progress while bytes flow ("of N (p%)", a rate, the share of all files), then the file events and the summary.
+  expect(lines.some((l) => /^\(\d\/2\) model\.safetensors: \d[\d.]* (B|KiB) of 293\.0 KiB \(\d+%\), [\d.]+ (B|KiB|MiB|GiB)\/s; all files \d+%$/.test(l))).toBe(true);
+  expect(lines).toContain('(2/2) model.safetensors: verifying sha256');
+  expect(lines).toContain('(2/2) model.safetensors: 293.0 KiB done');
+  expect(lines[lines.length - 1]).toBe('use it with: plm describe IMAGE --model acme/plm-test');
+  expect(out).not.toMatch(/\u001b\[/); // no terminal control codes in a log
+  const { resolveModel } = await import('../lib/model_store');
+  const old = process.env.PLM_MODELS_DIR;
+  process.env.PLM_MODELS_DIR = modelsDir;
+  try {
+    expect(resolveModel('acme/plm-test')).toEqual({ dir: path.join(modelsDir, 'acme--plm-test'), source: 'pulled', name: 'acme/plm-test' });
+  } finally {
+    if (old === undefined) delete process.env.PLM_MODELS_DIR;
+    else process.env.PLM_MODELS_DIR = old;
+  }
+});

@@ -164,7 +164,7 @@ describe('plm serve (the built CLI)', () => {
     return { child, url, stderr: () => err, exit };
   }
 
-  test('--model twice with --alias, and --models-dir: /v1/models lists them; a busy --port exits 1 naming --port', async () => {
+  test('--model twice with --alias, and --models-dir: /v1/models lists them; a busy --port exits 2 naming --port', async () => {
     const a = serve(['--model', tinyRandom, '--alias', 'rnd', '--model', tiny, '-q']);
     const url = await a.url;
     const ids = ((await (await fetch(`${url}/v1/models`)).json()) as { data: Array<{ id: string }> }).data.map((m) => m.id);
@@ -172,7 +172,7 @@ describe('plm serve (the built CLI)', () => {
     expect((await post(url, say('plm-tiny'))).status).toBe(200);
     // The same port again (the last --port wins).
     const busy = serve(['--port', new URL(url).port, '-q']);
-    expect(await busy.exit).toBe(1);
+    expect(await busy.exit).toBe(2); // ERR_INVALID_ARGUMENT (naming --port): an argument error, status 2
     expect(busy.stderr()).toMatch(/plm: ERR_INVALID_ARGUMENT: port \d+ on 127\.0\.0\.1 is already in use.*--port/);
     a.child.kill('SIGTERM');
     expect(await a.exit).toBe(0);
