@@ -404,6 +404,22 @@ installTest('npm pack the package and its platform package, install both without
     expect(loaded.source).toBe('platform-package');
     expect(loaded.dir).toBe(path.join(fs.realpathSync(pkgDir), 'models', 'plm-tiny'));
     console.log(`installed package: cudaStatus() = ${loaded.cuda}`);
+    if (withCuda && process.platform === 'linux' && spawnSync('sh', ['-c', 'command -v cc'], { encoding: 'utf8' }).status === 0) {
+      // The addon must find the platform package's libplm_cuda.so beside itself. Without a GPU, a stand-in
+      // libcuda.so.1 (an empty library) gets the addon past its driver check to the search for the library:
+      // found, it is loaded and its CUDA runtime rejects the stand-in driver; removed, the search says so.
+      const fake = path.join(tmp, 'fake-driver');
+      fs.mkdirSync(fake);
+      fs.writeFileSync(path.join(fake, 'f.c'), 'int plm_stand_in_driver(void) { return 0; }\n');
+      execFileSync('cc', ['-shared', '-fPIC', '-o', path.join(fake, 'libcuda.so.1'), path.join(fake, 'f.c')]);
+      const status = () => spawnSync('node', ['-e', "console.log(require('perception-lm').cudaStatus())"], { cwd: app, env: { ...env, LD_LIBRARY_PATH: fake }, encoding: 'utf8' }).stdout.trim();
+      const found = status();
+      expect(found).not.toMatch(/no NVIDIA driver|not built|not found next to the addon/);
+      fs.renameSync(path.join(platDir, 'libplm_cuda.so'), path.join(tmp, 'libplm_cuda.so.away'));
+      expect(status()).toMatch(/libplm_cuda\.so not built \(or not found next to the addon/);
+      fs.renameSync(path.join(tmp, 'libplm_cuda.so.away'), path.join(platDir, 'libplm_cuda.so'));
+      console.log(`with a stand-in libcuda.so.1: ${found}`);
+    }
     // the exports map, from the packed copy
     expectExports(probe(app, env));
 
