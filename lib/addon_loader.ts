@@ -81,11 +81,18 @@ export interface HostPlatform {
  */
 export function detectLibc(): 'glibc' | 'musl' | undefined {
   if (process.platform !== 'linux') return undefined;
+  const report = process.report as (NodeJS.ProcessReport & { excludeNetwork?: boolean }) | undefined;
+  if (!report) return 'glibc';
+  // The loader may first run inside a server with open sockets: keep the report from resolving their peers.
+  const prev = report.excludeNetwork;
+  report.excludeNetwork = true;
   try {
-    const report = process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined;
-    return report?.header?.glibcVersionRuntime ? 'glibc' : 'musl';
+    const header = (report.getReport() as { header?: { glibcVersionRuntime?: string } }).header;
+    return header?.glibcVersionRuntime ? 'glibc' : 'musl';
   } catch {
     return 'glibc';
+  } finally {
+    report.excludeNetwork = prev;
   }
 }
 
