@@ -323,11 +323,11 @@ function readPackageName(dir: string): string | undefined {
 }
 
 /**
- * The directory of the perception-lm package (holding package.json, build/, prebuilds/, models/).
+ * The directory of the perception-lm package (holding package.json, dist/, models/, and build/ or prebuilds/ when present).
  *
  * @example
  * ```ts
- * const bundled = path.join(packageRoot(), 'models', 'plm-tiny-random');
+ * const bundled = path.join(packageRoot(), 'models', 'plm-tiny');
  * ```
  */
 export function packageRoot(): string {
