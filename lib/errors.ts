@@ -25,6 +25,7 @@ export type PlmErrorCode =
   | 'ERR_UNSUPPORTED_VERSION' // a quantized file (plm-quant) of a format version this build cannot read: re-run plm quantize
   | 'ERR_STALE_FILE' // a quantized file made from another checkpoint than the one loaded: re-run plm quantize
   | 'ERR_NATIVE_NOT_FOUND' // the compiled addon could not be loaded
+  | 'ERR_UNSUPPORTED_PLATFORM' // no prebuilt binary and no source build exist for this OS (Windows)
   | 'ERR_FFMPEG_MISSING' // a video file needs ffmpeg on PATH
   | 'ERR_HUB_UNAUTHORIZED' // plm pull: 401 without a (valid) token
   | 'ERR_HUB_GATED' // plm pull: gated repo, accept the license and set HF_TOKEN
@@ -54,6 +55,7 @@ export const PLM_ERROR_CODES: readonly PlmErrorCode[] = [
   'ERR_UNSUPPORTED_VERSION',
   'ERR_STALE_FILE',
   'ERR_NATIVE_NOT_FOUND',
+  'ERR_UNSUPPORTED_PLATFORM',
   'ERR_FFMPEG_MISSING',
   'ERR_HUB_UNAUTHORIZED',
   'ERR_HUB_GATED',

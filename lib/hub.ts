@@ -5,7 +5,7 @@
  *
  * @example
  * ```ts
- * import { pull } from 'perception-lm/dist/lib/hub';
+ * import { pull } from 'perception-lm/hub';
  * const { dir } = await pull('facebook/Perception-LM-1B', { onProgress: (p) => console.log(p.file, p.fileBytes) });
  * const model = await loadModel(dir);
  * ```

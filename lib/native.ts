@@ -1,12 +1,13 @@
 /**
  * Loader and typed interface of the N-API addon (bindings/addon.cpp).
  *
- * The addon is found with node-gyp-build from the package root: `build/Release/*.node` when built
- * from source, else `prebuilds/<platform>-<arch>/perception-lm.node`. The package root is found by
+ * The addon is found by lib/addon_loader.ts from the package root: `build/Release/perception_lm.node` when
+ * built from source, else the platform package (`@perception-lm/<os>-<cpu>[-<libc>]`, an optional
+ * dependency), else `prebuilds/<platform>-<arch>/` through node-gyp-build. The package root is found by
  * walking up from this file to the directory whose package.json is named `perception-lm`, so the
  * loader works from `lib/` (ts-jest), from `dist/lib/` (the published build) and from bundles that
  * keep the package directory. In Electron the addon must live outside the asar archive: list
- * `node_modules/perception-lm/{build,prebuilds}/**` in `asarUnpack`; the loader rewrites
+ * `node_modules/perception-lm/**` and `node_modules/@perception-lm/**` in `asarUnpack`; the loader rewrites
  * `app.asar` to `app.asar.unpacked` when that directory exists. `PERCEPTION_LM_ROOT` overrides the
  * package root (for bundlers that move the code away from the package).
  *
@@ -16,6 +17,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { PlmError } from './errors';
+import { asarUnpacked, loadAddon } from './addon_loader';
 
 /** Compute backend names accepted by the addon. */
 export type NativeBackend = 'auto' | 'cpu' | 'cuda';
@@ -320,26 +322,12 @@ function readPackageName(dir: string): string | undefined {
   }
 }
 
-/** Maps `.../app.asar/...` to `.../app.asar.unpacked/...` when the unpacked copy exists (Electron). */
-function asarUnpacked(dir: string): string {
-  const marker = `${path.sep}app.asar${path.sep}`;
-  const i = (dir + path.sep).indexOf(marker);
-  if (i < 0) return dir;
-  const unpacked = dir.slice(0, i) + `${path.sep}app.asar.unpacked` + dir.slice(i + marker.length - 1);
-  try {
-    if (fs.existsSync(unpacked)) return unpacked;
-  } catch {
-    /* fall through */
-  }
-  return dir;
-}
-
 /**
- * The directory of the perception-lm package (holding package.json, build/, prebuilds/, models/).
+ * The directory of the perception-lm package (holding package.json, dist/, models/, and build/ or prebuilds/ when present).
  *
  * @example
  * ```ts
- * const bundled = path.join(packageRoot(), 'models', 'plm-tiny-random');
+ * const bundled = path.join(packageRoot(), 'models', 'plm-tiny');
  * ```
  */
 export function packageRoot(): string {
@@ -371,21 +359,12 @@ let loadError: PlmError | undefined;
 export function loadNative(): NativeAddon {
   if (loaded) return loaded;
   if (loadError) throw loadError;
-  const root = packageRoot();
   try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const nodeGypBuild = require('node-gyp-build') as (dir: string) => unknown;
-    loaded = nodeGypBuild(root) as NativeAddon;
+    loaded = loadAddon<NativeAddon>(packageRoot()).addon;
     return loaded;
   } catch (e) {
-    const reason = e instanceof Error ? e.message : String(e);
-    loadError = new PlmError(
-      'ERR_NATIVE_NOT_FOUND',
-      `could not load the perception-lm native addon from ${root} (${reason}). ` +
-        `Build it with "npm run build:native" (needs cmake and a C++17 compiler), or reinstall the package ` +
-        `for a platform with a prebuilt binary. In Electron, add the package's build/ and prebuilds/ to asarUnpack.`,
-      { cause: e },
-    );
+    // loadAddon's PlmError already lists what was tried and how to fix it.
+    loadError = e instanceof PlmError ? e : new PlmError('ERR_NATIVE_NOT_FOUND', `could not load the perception-lm native addon: ${String(e)}`, { cause: e });
     throw loadError;
   }
 }

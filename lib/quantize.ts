@@ -119,7 +119,7 @@ export async function quantizeModel(dir: string, options: QuantizeOptions): Prom
   }
   if (options.signal?.aborted) throw new PlmError('ERR_CANCELLED', 'the operation was aborted (AbortSignal)');
   if (typeof native.quantizeModel !== 'function') {
-    throw new PlmError('ERR_NATIVE_NOT_FOUND', 'the loaded native addon predates quantizeModel: rebuild it (npm run build:native) or update the prebuilt binary (npm run prebuild)');
+    throw new PlmError('ERR_NATIVE_NOT_FOUND', 'the loaded native addon predates quantizeModel: rebuild it (npm run build:native) or update the prebuilt binary (npm run build:prebuilt)');
   }
   const cancel = native.createCancelToken();
   const onAbort = (): void => cancel.cancel();

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// `npm run prebuild`: builds prebuilds/<platform>-<arch>/perception-lm.node (N-API, stripped) with
+// `npm run build:prebuilt`: builds prebuilds/<platform>-<arch>/perception-lm.node (N-API, stripped) with
 // prebuildify, using cmake-js through scripts/prebuild-node-gyp.js. Shared libraries that the build
 // leaves in build/Release/ (libplm_cuda.so when nvcc exists) are copied next to the addon.
 // PLM_CMAKE_ARGS passes CMake definitions (e.g. "-DPLM_CUDA=OFF").
