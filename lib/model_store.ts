@@ -69,7 +69,10 @@ export function hfHubCacheDir(): string {
   return path.join(os.homedir(), '.cache', 'huggingface', 'hub');
 }
 
-/** The directory of the small random-weight model shipped with the package (for smoke tests). */
+/**
+ * The directory of the small random-weight test model, `models/plm-tiny-random`: in a git checkout only (the npm
+ * package does not ship it; its default model is {@link defaultModelDir}). For smoke tests and benchmarks.
+ */
 export function bundledModelDir(): string {
   return path.join(packageRoot(), 'models', 'plm-tiny-random');
 }
