@@ -26,7 +26,7 @@ import { GenerateProgress, loadModel, LoadProgress, PerceptionLM } from './model
 import { createProgress } from './progress_bar';
 import { native, packageRoot } from './native';
 import { keepAlive, runChat } from './cli_chat';
-import { runList, runPull, runRm, PullCliOpts } from './cli_models';
+import { humanBytes, runList, runPull, runRm, PullCliOpts } from './cli_models';
 import { defaultModelDir, resolveModel } from './model_store';
 import {
   BACKENDS,
@@ -60,14 +60,10 @@ export const TOY_MODEL_NOTICE =
  * cache), or of the default model; prints the toy-model notice or the random-weights notice on stderr.
  */
 function resolveCliModel(model: string | undefined, quiet?: boolean): string {
-  if (model === undefined) {
-    const dir = defaultModelDir();
-    if (!isRandomModel(dir)) process.stderr.write(TOY_MODEL_NOTICE + '\n');
-    else if (!quiet) process.stderr.write(`plm: note: ${dir} has random weights (a test model): its answers are noise. Use --model <dir> with a real PerceptionLM checkpoint.\n`);
-    return dir;
-  }
-  const dir = resolveModel(model).dir;
-  if (!quiet && isRandomModel(dir)) {
+  const dir = model === undefined ? defaultModelDir() : resolveModel(model).dir;
+  const random = isRandomModel(dir);
+  if (model === undefined && !random) process.stderr.write(TOY_MODEL_NOTICE + '\n');
+  else if (random && !quiet) {
     process.stderr.write(`plm: note: ${dir} has random weights (a test model): its answers are noise. Use --model <dir> with a real PerceptionLM checkpoint.\n`);
   }
   return dir;
@@ -250,12 +246,6 @@ async function runDescribe(
   }
 }
 
-function formatBytes(n: number): string {
-  if (n >= 1 << 30) return `${(n / (1 << 30)).toFixed(2)} GiB`;
-  if (n >= 1 << 20) return `${(n / (1 << 20)).toFixed(1)} MiB`;
-  return `${(n / 1024).toFixed(1)} KiB`;
-}
-
 type InfoOpts = Pick<CommonOpts, 'model' | 'json' | 'backend' | 'threads' | 'precision' | 'maxContext' | 'quantize' | 'quantizedFile'>;
 
 async function runInfo(opts: InfoOpts): Promise<void> {
@@ -301,7 +291,7 @@ async function runInfo(opts: InfoOpts): Promise<void> {
           `width ${String(v.width ?? '?')}, depth ${String(v.depth ?? '?')}, ${c.tokens_per_tile} tokens per tile`
         : 'vision       none (text only)',
       `dtype        ${c.dtype ?? 'unknown'}`,
-      `weights      ${formatBytes(model.weightBytes)}`,
+      `weights      ${humanBytes(model.weightBytes)}`,
       `backend      ${model.backend}${model.backendNote ? ` (${model.backendNote})` : ''}`,
       `quantize     ${model.quantization.kind}${
         model.quantization.kind === 'none' ? '' : model.quantization.file ? ` (mapped from ${model.quantization.file})` : ' (converted at load)'
@@ -416,7 +406,7 @@ async function runQuantize(opts: QuantizeCliOpts): Promise<void> {
   const kept = r.kept > 0 ? `, ${r.kept} left unquantized (input dimension not a multiple of 32)` : '';
   const load = r.path === defaultQuantizedPath(dir, r.kind) ? `--quantize ${r.kind}` : `--quantized-file ${r.path}`;
   process.stdout.write(
-    `wrote ${r.path}: ${formatBytes(r.fileBytes)} (${r.quantized} matrices as ${r.kind} from ${formatBytes(r.sourceBytes)}${kept}) in ${r.seconds.toFixed(1)} s\n` +
+    `wrote ${r.path}: ${humanBytes(r.fileBytes)} (${r.quantized} matrices as ${r.kind} from ${humanBytes(r.sourceBytes)}${kept}) in ${r.seconds.toFixed(1)} s\n` +
       `use it with: plm describe IMAGE --model ${dir} ${load}\n`,
   );
 }

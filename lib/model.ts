@@ -307,7 +307,6 @@ export interface ModelStats {
   imagesEncoded: number;
 }
 
-
 /** Options of {@link PerceptionLM.createChat}: a system prompt and defaults for every turn. */
 export type ChatOptions = Omit<GenerateOptions, 'messages' | 'prompt' | 'inputIds' | 'pixelValues' | 'numTiles' | 'images' | 'videos' | 'signal' | 'onProgress'>;
 
