@@ -83,6 +83,10 @@ void pack_bf16_tiles_avx512bf16(const WeightMatrix& w, uint8_t* out, ThreadPool*
 // x rounded to bf16, bf16 weights in place, vdpbf16ps; every row computed alike for any M. K % 32 == 0, no
 // quantization; returns false otherwise.
 bool gemv_avx512bf16(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
+// The same GEMV on AMX CPUs (gemv_amx.cpp): M <= 16 rows of x rounded to bf16, bf16 weights in place as A tiles,
+// each row computed alike for any M, and as the prefill kernel (matmul_amx_bf16) computes it. K % 32 == 0,
+// N % 16 == 0, no quantization; returns false otherwise.
+bool gemv_amx_bf16(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool);
 #if defined(__aarch64__)
 // f32 activations, bf16/f16/f32 weights read in place, f32 accumulation (ARM64 NEON): GEMV for M <= 8,
 // panel GEMM above. Returns false only for other weight dtypes.

@@ -5,7 +5,9 @@
 
 #include <cstdint>
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "core/align.h"
@@ -65,6 +67,14 @@ bool bf16_gemv_usable() {
   static const bool v = cpu_features().avx512_bf16 && avx512_usable();
   return v;
 }
+// PLM_GEMV_AMX=0 keeps the vdpbf16ps GEMV on AMX CPUs (to compare the two; read once).
+bool gemv_amx_disabled() {
+  static const bool off = [] {
+    const char* v = std::getenv("PLM_GEMV_AMX");
+    return v && std::string(v) == "0";
+  }();
+  return off;
+}
 // A matmul of M rows at `precision` goes to the AMX kernels (which still decline shapes they don't cover).
 bool amx_rows(Precision precision, int64_t M) { return precision == Precision::kBF16 && amx_usable() && M >= 32; }
 // ... or to the AVX512-BF16 kernels: the same operands and epilogues, for every M above the GEMV's 8 rows.
@@ -108,6 +118,7 @@ bool bf16_rounds_activations(int64_t M, const WeightMatrix& w) {
 
 const char* decode_bf16_kernel_name() {
 #if defined(__x86_64__) || defined(_M_X64)
+  if (amx_usable() && !gemv_amx_disabled()) return "amx-bf16 (GEMV, bf16 activations, weights as A tiles)";
   if (bf16_gemv_usable()) return "avx512-bf16 (GEMV, bf16 activations, vdpbf16ps)";
 #endif
   return nullptr;
@@ -305,6 +316,9 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
 #if defined(__x86_64__) || defined(_M_X64)
   static const CpuFeatures& f = cpu_features();
   static const bool avx2 = f.avx2 && f.fma && f.f16c;
+  if (precision == Precision::kBF16 && M <= kGemvRows && amx_usable() && !gemv_amx_disabled() &&
+      kernels::gemv_amx_bf16(x, M, w, bias, y, pool))
+    return;
   if (precision == Precision::kBF16 && M <= kGemvRows && bf16_gemv_usable() &&
       kernels::gemv_avx512bf16(x, M, w, bias, y, pool))
     return;
