@@ -75,6 +75,11 @@ bool gemv_amx_disabled() {
   }();
   return off;
 }
+// The AMX bf16 GEMV runs for these weights (gemv_amx_bf16 takes them).
+bool amx_gemv_covers(const WeightMatrix& w) {
+  return amx_usable() && !gemv_amx_disabled() && w.dtype == DType::kBF16 && w.quant == Quant::kNone &&
+         w.cols % 32 == 0 && w.rows % 16 == 0;
+}
 // A matmul of M rows at `precision` goes to the AMX kernels (which still decline shapes they don't cover).
 bool amx_rows(Precision precision, int64_t M) { return precision == Precision::kBF16 && amx_usable() && M >= 32; }
 // ... or to the AVX512-BF16 kernels: the same operands and epilogues, for every M above the GEMV's 8 rows.
@@ -106,6 +111,7 @@ bool bf16_matmul_available() {
 bool bf16_rounds_activations(int64_t M, const WeightMatrix& w) {
   if (w.quant != Quant::kNone || w.dtype != DType::kBF16 || w.rows <= 0 || w.cols <= 0) return false;
 #if defined(__x86_64__) || defined(_M_X64)
+  if (M <= kAmxGemvRows && amx_gemv_covers(w)) return true;       // the AMX decode GEMV (gemv_amx)
   if (M <= kGemvRows) return bf16_gemv_usable() && w.cols % 32 == 0;  // the decode GEMV (gemv_avx512bf16)
   return tile_rows(Precision::kBF16, M) && w.rows % 32 == 0 && w.cols % 32 == 0;
 #elif defined(__aarch64__)
@@ -114,6 +120,15 @@ bool bf16_rounds_activations(int64_t M, const WeightMatrix& w) {
   (void)M;
   return false;
 #endif
+}
+
+int64_t decode_rows_per_call(Precision precision, const WeightMatrix& w) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (precision == Precision::kBF16 && amx_gemv_covers(w)) return kAmxGemvRows;
+#else
+  (void)precision, (void)w;
+#endif
+  return kGemvRows;
 }
 
 const char* decode_bf16_kernel_name() {
@@ -316,7 +331,7 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
 #if defined(__x86_64__) || defined(_M_X64)
   static const CpuFeatures& f = cpu_features();
   static const bool avx2 = f.avx2 && f.fma && f.f16c;
-  if (precision == Precision::kBF16 && M <= kGemvRows && amx_usable() && !gemv_amx_disabled() &&
+  if (precision == Precision::kBF16 && M <= kAmxGemvRows && amx_gemv_covers(w) &&
       kernels::gemv_amx_bf16(x, M, w, bias, y, pool))
     return;
   if (precision == Precision::kBF16 && M <= kGemvRows && bf16_gemv_usable() &&

@@ -226,6 +226,14 @@ void Decoder::prefill(float* x, int64_t n, const int32_t* table, int64_t pos0, i
   cpu::matmul(h + (norm_rows - logits_rows) * H, logits_rows, lm_head_, nullptr, logits_out, pool_, precision_);
 }
 
+int64_t Decoder::decode_group() const {
+  int64_t rows = cpu::decode_rows_per_call(precision_, lm_head_);
+  for (const Layer& L : layers_)
+    for (const cpu::WeightMatrix* w : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
+      rows = std::min(rows, cpu::decode_rows_per_call(precision_, *w));
+  return rows;
+}
+
 void Decoder::decode(float* x, int64_t R, const int32_t* const* tables, const int64_t* pos, float* logits_out) {
   const int64_t H = cfg_.hidden_size, hd = cfg_.head_dim, nh = cfg_.num_heads, nkv = cfg_.num_kv_heads;
   const int64_t qw = nh * hd, kvw = nkv * hd, I = cfg_.intermediate_size, half = hd / 2, V = cfg_.vocab_size;
@@ -246,9 +254,10 @@ void Decoder::decode(float* x, int64_t R, const int32_t* const* tables, const in
   }
   cpu::PagedQueries pq{q, qw, attn, qw, R, static_cast<int>(nh), 1.0f / std::sqrt(static_cast<float>(hd)), tables,
                        keys.data()};
-  // fn(first row, rows) for each group of at most kDecodeGroup rows: the GEMV kernels' row count.
+  // fn(first row, rows) for each group of at most decode_group() rows: the GEMV kernels' row count.
+  const int64_t group = decode_group();
   auto groups = [&](const auto& fn) {
-    for (int64_t r0 = 0; r0 < R; r0 += kDecodeGroup) fn(r0, std::min(kDecodeGroup, R - r0));
+    for (int64_t r0 = 0; r0 < R; r0 += group) fn(r0, std::min(group, R - r0));
   };
   for (int l = 0; l < cfg_.num_layers; ++l) {
     Layer& L = layers_[l];

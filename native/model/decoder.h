@@ -43,9 +43,11 @@ class Decoder {
   void prefill(float* x, int64_t n, const int32_t* table, int64_t pos0, int64_t logits_rows, float* logits_out,
                const CancelToken* cancel, const DumpFn& dump, const std::function<void()>& between_layers = nullptr);
   // Decode: x [R, hidden], row r the token at position pos[r] of the sequence with block table tables[r] (its
-  // block allocated); logits_out [R, vocab]. Rows go through the matmuls in groups of at most kDecodeGroup.
+  // block allocated); logits_out [R, vocab]. Rows go through the matmuls in groups of decode_group() rows.
   void decode(float* x, int64_t R, const int32_t* const* tables, const int64_t* pos, float* logits_out);
-  static constexpr int64_t kDecodeGroup = 8;
+  // Rows per matmul call in decode: what the row-invariant GEMV of every decoder matrix takes (16 on AMX at bf16,
+  // else 8), so that a group's rows are computed as each row alone.
+  int64_t decode_group() const;
   // embeds [n, hidden] for token ids.
   void embed(const int32_t* ids, int64_t n, float* out) const;
 

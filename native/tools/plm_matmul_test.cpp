@@ -779,8 +779,8 @@ int main(int argc, char** argv) {
                   wtype_name(t), K, gemv_same ? "equal alone" : "DIFFER  FAIL", rows_same ? "equal alone" : "DIFFER  FAIL");
     }
   }
-  // The bf16 decode GEMV at PLM's shapes (N a multiple of 16: the AMX GEMV's tiles): rows of M = 1..16 (the
-  // decoder sends up to kGemvRows) equal to each row alone, bit for bit, and within bf16 rounding of x of the f32
+  // The bf16 decode GEMV at PLM's shapes (N a multiple of 16: the AMX GEMV's tiles): rows of M = 1 to
+  // decode_rows_per_call (what the decoder sends: 16 on AMX, else 8) equal to each row alone, bit for bit, and within bf16 rounding of x of the f32
   // product; on AMX also equal to the prefill kernel's rows (matmul_amx_bf16, M = 40), so that a token computed in
   // a prompt and the same token decoded agree.
   if (const char* gemv = decode_bf16_kernel_name()) {
@@ -802,11 +802,9 @@ int main(int argc, char** argv) {
       for (int64_t g = 2; g <= 16; ++g)
         for (int64_t m0 = 0; m0 + g <= M; m0 += 5) {
           std::vector<float> y(static_cast<size_t>(g * N));
-          const bool ran = amx ? kernels::gemv_amx_bf16(x.data() + m0 * K, g, w, bias.data(), y.data(), &pool)
-                               : (g <= kGemvRows && (matmul(x.data() + m0 * K, g, w, bias.data(), y.data(), &pool,
-                                                            Precision::kBF16), true));
-          if (ran) same = same && std::memcmp(y.data(), alone.data() + m0 * N, y.size() * sizeof(float)) == 0;
-          else same = same && !amx && g > kGemvRows;
+          if (g > decode_rows_per_call(Precision::kBF16, w)) continue;
+          matmul(x.data() + m0 * K, g, w, bias.data(), y.data(), &pool, Precision::kBF16);
+          same = same && std::memcmp(y.data(), alone.data() + m0 * N, y.size() * sizeof(float)) == 0;
         }
       double worst = 0;
       for (int64_t m = 0; m < M; ++m)
@@ -823,7 +821,7 @@ int main(int argc, char** argv) {
       }
       record(same && worst <= 1.0 && prefill_same);
       std::printf("  decode GEMV %s N=%-4" PRId64 " K=%-4" PRId64 ": rows of M = 2..%d %s alone; bf16 error %.2f of its bound%s\n",
-                  amx ? "amx   " : "vector", N, K, amx ? 16 : static_cast<int>(kGemvRows), same ? "equal" : "DIFFER from", worst,
+                  amx ? "amx   " : "vector", N, K, static_cast<int>(decode_rows_per_call(Precision::kBF16, w)), same ? "equal" : "DIFFER from", worst,
                   !amx || N % 32 != 0 ? "" : prefill_same ? "; equal to the prefill kernel's rows" : "; DIFFERS from the prefill kernel's rows  FAIL");
     }
   }
