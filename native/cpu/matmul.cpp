@@ -75,10 +75,12 @@ bool gemv_amx_disabled() {
   }();
   return off;
 }
-// The AMX bf16 GEMV runs for these weights (gemv_amx_bf16 takes them).
+// The AMX bf16 GEMV runs for these weights: where the AMX prefill kernel covers them too (rows and cols multiples
+// of 32; the GEMV itself takes rows % 16), because the two compute a row alike, so a prompt chunk of any length
+// gives the same bits. Elsewhere 9-48 rows would round x to bf16 where a long chunk computes in f32.
 bool amx_gemv_covers(const WeightMatrix& w) {
   return amx_usable() && !gemv_amx_disabled() && w.dtype == DType::kBF16 && w.quant == Quant::kNone &&
-         w.cols % 32 == 0 && w.rows % 16 == 0;
+         w.cols % 32 == 0 && w.rows % 32 == 0;
 }
 // A matmul of M rows at `precision` goes to the AMX kernels (which still decline shapes they don't cover).
 bool amx_rows(Precision precision, int64_t M) { return precision == Precision::kBF16 && amx_usable() && M >= 32; }
