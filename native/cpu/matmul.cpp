@@ -77,10 +77,16 @@ bool gemv_amx_disabled() {
 }
 // The AMX bf16 GEMV runs for these weights: where the AMX prefill kernel covers them too (rows and cols multiples
 // of 32; the GEMV itself takes rows % 16), because the two compute a row alike, so a prompt chunk of any length
-// gives the same bits. Elsewhere 9-48 rows would round x to bf16 where a long chunk computes in f32.
+// gives the same bits. Elsewhere 9-80 rows would round x to bf16 where a long chunk computes in f32. Matrices
+// prepacked for the prefill kernel (the vision tower: their mapped pages are dropped) stay with it.
 bool amx_gemv_covers(const WeightMatrix& w) {
   return amx_usable() && !gemv_amx_disabled() && w.dtype == DType::kBF16 && w.quant == Quant::kNone &&
-         w.cols % 32 == 0 && w.rows % 32 == 0;
+         w.cols % 32 == 0 && w.rows % 32 == 0 && !w.bf16_tiles;
+}
+// Up to kAmxGemvRows rows the AMX GEMV runs in place of the prefill kernel (the same bits, at least twice the
+// rate: the prefill kernel repacks each weight panel per call), so short prompt chunks skip the tile chains.
+bool amx_gemv_rows(Precision precision, int64_t M, const WeightMatrix& w) {
+  return precision == Precision::kBF16 && M <= kAmxGemvRows && amx_gemv_covers(w);
 }
 // A matmul of M rows at `precision` goes to the AMX kernels (which still decline shapes they don't cover).
 bool amx_rows(Precision precision, int64_t M) { return precision == Precision::kBF16 && amx_usable() && M >= 32; }
@@ -93,7 +99,12 @@ bool tile_rows(Precision precision, int64_t M) { return amx_rows(precision, M) |
 // matmul_group on the bf16 tile kernels; false where they don't run or decline the shapes.
 bool tile_group(const float* x, int64_t M, const MatmulOut* outs, int count, ThreadPool* pool, Precision precision,
                 const RowNorm* norm) {
-  if (amx_rows(precision, M)) return kernels::matmul_amx_bf16_group(x, M, outs, count, pool, norm);
+  if (amx_rows(precision, M)) {
+    const bool gemv = std::all_of(outs, outs + count, [&](const MatmulOut& o) {
+      return amx_gemv_rows(precision, M, *o.w) && !o.tiles && o.epilogue != Epilogue::kSwiGLU;
+    });
+    return !gemv && kernels::matmul_amx_bf16_group(x, M, outs, count, pool, norm);
+  }
   if (avx512bf16_rows(precision, M)) return kernels::matmul_avx512bf16_group(x, M, outs, count, pool, norm);
   return false;
 }
@@ -240,7 +251,7 @@ void matmul_group(const float* x, int64_t M, const MatmulOut* outs, int count, T
 bool tile_chain_available(Precision precision, int64_t M, const WeightMatrix& w) {
 #if defined(__x86_64__) || defined(_M_X64)
   return tile_rows(precision, M) && w.quant == Quant::kNone && w.dtype == DType::kBF16 && w.rows % 32 == 0 &&
-         w.cols % 32 == 0 && w.cols > 0;
+         w.cols % 32 == 0 && w.cols > 0 && !amx_gemv_rows(precision, M, w);
 #else
   (void)precision, (void)M, (void)w;
   return false;
@@ -333,8 +344,7 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
 #if defined(__x86_64__) || defined(_M_X64)
   static const CpuFeatures& f = cpu_features();
   static const bool avx2 = f.avx2 && f.fma && f.f16c;
-  if (precision == Precision::kBF16 && M <= kAmxGemvRows && amx_gemv_covers(w) &&
-      kernels::gemv_amx_bf16(x, M, w, bias, y, pool))
+  if (amx_gemv_rows(precision, M, w) && kernels::gemv_amx_bf16(x, M, w, bias, y, pool))
     return;
   if (precision == Precision::kBF16 && M <= kGemvRows && bf16_gemv_usable() &&
       kernels::gemv_avx512bf16(x, M, w, bias, y, pool))

@@ -47,7 +47,7 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
 // accumulation (exact to f32 rounding; the fixture tests' mode). kBF16: activations rounded to bf16,
 // f32 accumulation, on AMX tiles where the CPU has them, else with AVX512-BF16 vdpbf16ps on the same operands
 // (error bound in benchmarks/RESULTS.md).
-// Small-M matmuls (decode, M <= 8; 48 on AMX at kBF16): every row is computed by the same operations for any M
+// Small-M matmuls (decode, M <= 8; 80 on AMX at kBF16): every row is computed by the same operations for any M
 // from 1 to that limit (so batching decode rows changes no bits). f32 activations, except kBF16 on AVX512-BF16
 // CPUs: x rounded to bf16 and vdpbf16ps (8 decode rows are bound by arithmetic on small CPUs, and it does twice
 // the work per instruction), or on AMX CPUs the AMX GEMV (gemv_amx.cpp: the prefill kernel's row arithmetic).
@@ -57,7 +57,7 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
 // bf16 weights (K % 32 == 0) has a blocked GEMM in that order; elsewhere rows go through the GEMV 8 at a time.
 enum class Precision { kF32, kBF16, kF32RowInvariant };
 constexpr int64_t kGemvRows = 8;  // the largest M the GEMV kernels take
-constexpr int64_t kAmxGemvRows = 48;  // ... and the AMX bf16 GEMV (gemv_amx.cpp), where it covers the weights
+constexpr int64_t kAmxGemvRows = 80;  // ... and the AMX bf16 GEMV (gemv_amx.cpp), where it covers the weights
 
 // The most decode rows one matmul over w at `precision` computes with the GEMV's row-invariant arithmetic:
 // kAmxGemvRows where the AMX bf16 GEMV covers w, else kGemvRows.

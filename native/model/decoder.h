@@ -45,7 +45,7 @@ class Decoder {
   // Decode: x [R, hidden], row r the token at position pos[r] of the sequence with block table tables[r] (its
   // block allocated); logits_out [R, vocab]. Rows go through the matmuls in groups of decode_group() rows.
   void decode(float* x, int64_t R, const int32_t* const* tables, const int64_t* pos, float* logits_out);
-  // Rows per matmul call in decode: what the row-invariant GEMV of every decoder matrix takes (48 on AMX at bf16,
+  // Rows per matmul call in decode: what the row-invariant GEMV of every decoder matrix takes (80 on AMX at bf16,
   // else 8), so that a group's rows are computed as each row alone.
   int64_t decode_group() const;
   // embeds [n, hidden] for token ids.
