@@ -119,10 +119,10 @@ void row_block(const uint32_t* xb, int64_t M, int64_t K, int64_t N, const uint8_
 
 bool gemv_amx_bf16(const float* x, int64_t M, const WeightMatrix& w, const float* bias, float* y, ThreadPool* pool) {
   const int64_t N = w.rows, K = w.cols;
-  if (M < 1 || M > 16 * kMaxGroups || w.dtype != DType::kBF16 || w.quant != Quant::kNone || K % kChunk != 0 ||
-      N % kBlockRows != 0)
+  if (M < 1 || M > 16 * kMaxGroups || w.dtype != DType::kBF16 || w.quant != Quant::kNone || K <= 0 ||
+      K % kChunk != 0 || N % kBlockRows != 0)
     return false;
-  if (N <= 0 || K <= 0) return true;
+  if (N <= 0) return true;
   thread_local std::vector<uint32_t> xb_buf;
   const int G = static_cast<int>((M + 15) / 16);
   xb_buf.resize(static_cast<size_t>(K / 2 * 16 * G + 16));
