@@ -675,6 +675,7 @@ Napi::Value NativeModel::Stats(const Napi::CallbackInfo& info) {
   o.Set("mediaCacheBytes", static_cast<double>(st.media_cache_bytes));
   o.Set("mediaCacheHits", static_cast<double>(st.media_cache_hits));
   o.Set("mediaEncoded", static_cast<double>(st.media_encoded));
+  o.Set("requestsDeferred", static_cast<double>(st.requests_deferred));
   return o;
 }
 

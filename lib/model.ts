@@ -305,6 +305,8 @@ export interface ModelStats {
   imageCacheBytes: number;
   imageCacheHits: number;
   imagesEncoded: number;
+  /** Requests since load that waited for KV cache space before they started (each counted once). */
+  requestsDeferred: number;
 }
 
 /** Options of {@link PerceptionLM.createChat}: a system prompt and defaults for every turn. */
@@ -789,6 +791,7 @@ export class PerceptionLM {
       imageCacheBytes: n.mediaCacheBytes,
       imageCacheHits: n.mediaCacheHits,
       imagesEncoded: n.mediaEncoded,
+      requestsDeferred: n.requestsDeferred,
     };
   }
 

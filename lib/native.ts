@@ -157,6 +157,7 @@ export interface NativeStats {
   mediaCacheBytes: number;
   mediaCacheHits: number;
   mediaEncoded: number;
+  requestsDeferred: number;
 }
 
 export type NativeFinishReason = 'stop' | 'length' | 'cancelled';

@@ -333,6 +333,7 @@ export async function startServer(options: ServerOptions): Promise<PlmServer> {
   metrics.gauge('plm_kv_cache_bytes_budget', 'KV-cache byte budget (model.stats()).', () => perModel((m) => statsOf(m)?.kvCacheBytesBudget));
   metrics.gauge('plm_kv_cache_bytes_cached', "KV-cache bytes of finished requests' prefixes kept for reuse (model.stats()).", () => perModel((m) => statsOf(m)?.kvCacheBytesCached));
   metrics.gauge('plm_image_cache_hits', 'Images whose features came from the cache since load (model.stats()).', () => perModel((m) => statsOf(m)?.imageCacheHits));
+  metrics.gauge('plm_requests_deferred', 'Requests that waited for KV-cache space before starting, since load (model.stats()).', () => perModel((m) => statsOf(m)?.requestsDeferred));
   metrics.gauge('plm_cached_prompt_tokens', 'Prompt tokens served from the prefix cache since load (model.stats()).', () => perModel((m) => statsOf(m)?.cachedPromptTokens));
   metrics.gauge('plm_engine_prompt_tokens', 'Prompt tokens the engine processed since load (model.stats()).', () => perModel((m) => statsOf(m)?.promptTokens));
 

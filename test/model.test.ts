@@ -70,7 +70,7 @@ function fakeModel(): NativeModel {
     stats: () => ({
       activeSequences: active, waitingSequences: 0, maxSequences: 4, kvBlocksInUse: 0, kvBlocksCached: 0,
       kvBlocksCapacity: 10, kvBlockBytes: 1024, kvBytesResident: 0, promptTokens: 0, cachedPromptTokens: 0,
-      mediaCacheBytes: 0, mediaCacheHits: 0, mediaEncoded: 0,
+      mediaCacheBytes: 0, mediaCacheHits: 0, mediaEncoded: 0, requestsDeferred: 0,
     }),
     clearCache: async () => undefined,
     dispose: () => {

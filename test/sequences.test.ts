@@ -293,14 +293,10 @@ describe('plm-tiny: chats, cancellation and the KV budget', () => {
       const prompts = await promptsFor(small, 8, 99);
       const opts: GenerateOptions = { ...GEN, maxTokens: 6 };
       const ref = await alone(model, prompts, opts);
-      let waited = false;
-      const timer = setInterval(() => {
-        if (small.stats().waitingSequences > 0) waited = true;
-      }, 5);
       const got = await Promise.all(prompts.map((p) => small.complete({ ...opts, ...p })));
-      clearInterval(timer);
       expectSame(ref, got);
-      expect(waited).toBe(true);
+      // Some had to wait for blocks (counted by the engine: a 5 ms poll of waitingSequences missed it once).
+      expect(small.stats().requestsDeferred).toBeGreaterThan(0);
       // Again with the cache full of the first round's prefixes: reuse where it survived, eviction elsewhere.
       expectSame(ref, await Promise.all(prompts.map((p) => small.complete({ ...opts, ...p }))));
       await expect(small.complete({ inputIds: randomIds(1400, t.vocab_size, 3, [model.config.image_token_id, model.config.video_token_id]), maxTokens: 4 }))

@@ -89,6 +89,7 @@ struct Scheduler::Sequence {
   int32_t next_token = -1;          // sampled, not yet fed
   GenerateResult result;
   Clock::time_point submitted, admitted, first_token;
+  bool deferred = false;            // admission waited for KV cache space at least once (counted once)
 };
 
 Session::~Session() {
@@ -376,7 +377,14 @@ void Scheduler::step() {
       waiting_.pop_front();
       continue;
     }
-    if (!ok) break;
+    if (!ok) {
+      if (!s.deferred) {
+        s.deferred = true;
+        std::lock_guard<std::mutex> lock(mutex_);
+        stats_.requests_deferred++;
+      }
+      break;
+    }
     active_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
   }

@@ -125,6 +125,7 @@ struct SchedulerStats {
   int64_t kv_bytes_resident = 0;   // blocks ever touched
   int64_t prompt_tokens = 0, cached_prompt_tokens = 0;  // since load
   int64_t media_cache_bytes = 0, media_cache_hits = 0, media_encoded = 0;
+  int64_t requests_deferred = 0;  // requests that waited for KV cache space before starting, since load
 };
 
 class Scheduler {
