@@ -25,7 +25,7 @@ import { isPlmError, PlmError } from './errors';
 import { GenerateProgress, loadModel, LoadProgress, PerceptionLM } from './model';
 import { createProgress } from './progress_bar';
 import { native, packageRoot } from './native';
-import { keepAlive, runChat } from './cli_chat';
+import { keepAlive, runChat, samplingOptions, SamplingFlags } from './cli_chat';
 import { humanBytes, runList, runPull, runRm, PullCliOpts } from './cli_models';
 import { defaultModelDir, resolveModel } from './model_store';
 import {
@@ -100,7 +100,7 @@ function floatArg(name: string, min: number) {
   };
 }
 
-interface CommonOpts {
+interface CommonOpts extends SamplingFlags {
   model?: string;
   backend?: 'auto' | 'cpu' | 'cuda';
   threads?: number;
@@ -108,11 +108,6 @@ interface CommonOpts {
   maxContext?: number;
   quantize?: 'none' | 'int8' | 'q4';
   quantizedFile?: string | false;
-  maxTokens: number;
-  temperature?: number;
-  topP?: number;
-  topK?: number;
-  seed?: number;
   json?: boolean;
   quiet?: boolean;
 }
@@ -184,11 +179,7 @@ async function runGenerate(promptParts: string[], opts: CommonOpts & { system?: 
     const common = {
       prompt,
       system: opts.system,
-      maxTokens: opts.maxTokens,
-      temperature: opts.temperature,
-      topP: opts.topP,
-      topK: opts.topK,
-      seed: opts.seed,
+      ...samplingOptions(opts),
       signal: ac.signal,
     };
     if (opts.json) {
@@ -217,11 +208,7 @@ async function runDescribe(
     const common = {
       prompt,
       ...(video ? { videos: [file] } : { images: [file] }),
-      maxTokens: opts.maxTokens,
-      temperature: opts.temperature,
-      topP: opts.topP,
-      topK: opts.topK,
-      seed: opts.seed,
+      ...samplingOptions(opts),
       maxNumTiles: opts.maxTiles,
       numFrames: opts.frames,
       signal: ac.signal,

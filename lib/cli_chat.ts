@@ -14,9 +14,23 @@ export function keepAlive(): boolean {
   return keepProcessAlive;
 }
 
+/** The sampling flags every generating command shares (--max-tokens, --temperature, --top-p, --top-k, --seed). */
+export interface SamplingFlags {
+  maxTokens: number;
+  temperature?: number;
+  topP?: number;
+  topK?: number;
+  seed?: number;
+}
+
+/** Those flags as generate options. */
+export function samplingOptions(opts: SamplingFlags): SamplingFlags {
+  return { maxTokens: opts.maxTokens, temperature: opts.temperature, topP: opts.topP, topK: opts.topK, seed: opts.seed };
+}
+
 /** `plm chat`: a REPL with history, /image PATH, /clear, /exit; Ctrl-C stops the answer. */
 export async function runChat(
-  opts: { system?: string; maxTokens: number; temperature?: number; topP?: number; topK?: number; seed?: number; maxTiles?: number },
+  opts: SamplingFlags & { system?: string; maxTiles?: number },
   open: () => Promise<PerceptionLM>,
 ): Promise<void> {
   const model = await open();
@@ -26,11 +40,7 @@ export async function runChat(
   // The chat keeps the conversation's context in the model's cache: a follow-up costs about its own length.
   const chat = model.createChat({
     ...(opts.system ? { system: opts.system } : {}),
-    maxTokens: opts.maxTokens,
-    temperature: opts.temperature,
-    topP: opts.topP,
-    topK: opts.topK,
-    seed: opts.seed,
+    ...samplingOptions(opts),
     maxNumTiles: opts.maxTiles,
   });
   let pendingImages: string[] = [];
