@@ -40,7 +40,7 @@ inline void dot_block(const uint16_t* xb, int64_t K, int64_t N, const uint8_t* W
   // From 4 rows of x on, a block's arithmetic outlasts its weight read, and the read of the next block stalls
   // the next block unless it is already under way: the next block's NR rows go to L2 a few lines per k step,
   // spread over this block (8 rows: a PLM-1B step 146-153 ms instead of 170-176 on 2 Xeon cores; no gain below).
-  const uint8_t* next = W + static_cast<size_t>(n + NR) * rb;
+  const uint8_t* next = W + static_cast<size_t>(std::min<int64_t>(n + NR, n1)) * rb;  // at most one past the task
   const size_t next_bytes = static_cast<size_t>(std::clamp<int64_t>(n1 - n - NR, 0, NR)) * rb;
   __m512 acc[MR][NR];
   for (int m = 0; m < MR; ++m)
